@@ -1,0 +1,1 @@
+//! CDC-ACM virtual serial port (work in progress).

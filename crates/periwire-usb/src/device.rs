@@ -1,0 +1,182 @@
+//! The [`UsbDevice`] trait and the URB types it carries.
+
+use std::future::Future;
+use std::pin::Pin;
+
+pub use periwire_wire::usbip::{Direction, InterfaceRecord, IsoPacket, Speed};
+
+use crate::SetupPacket;
+
+/// A boxed, sendable future: what [`UsbDevice::submit`] returns.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// One USB Request Block as the device sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Urb {
+    /// Endpoint number, 0..=15 (0 is the default control pipe).
+    pub endpoint: u8,
+    /// Direction of the data stage.
+    pub direction: Direction,
+    /// The SETUP packet (control transfers on endpoint 0 only).
+    pub setup: SetupPacket,
+    /// Linux `URB_*` transfer flags as the client sent them.
+    pub transfer_flags: u32,
+    /// Bytes asked for (IN) or carried in `data` (OUT).
+    pub length: u32,
+    /// OUT payload; empty for IN.
+    pub data: Vec<u8>,
+    /// ISO packet descriptors; empty for other transfer types.
+    pub iso_packets: Vec<IsoPacket>,
+    /// ISO start frame.
+    pub start_frame: i32,
+    /// Polling interval the client asked for.
+    pub interval: i32,
+}
+
+impl Urb {
+    /// The endpoint address: number with bit 7 set for IN.
+    pub fn endpoint_address(&self) -> u8 {
+        match self.direction {
+            Direction::In => self.endpoint | 0x80,
+            Direction::Out => self.endpoint,
+        }
+    }
+}
+
+/// A successfully completed URB.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Completion {
+    /// IN payload, at most the length asked for. Empty for OUT.
+    pub data: Vec<u8>,
+    /// Bytes transferred: `data.len()` for IN, bytes consumed for OUT.
+    pub actual_length: u32,
+    /// ISO packet results, one per submitted packet.
+    pub iso_packets: Vec<IsoPacket>,
+    /// ISO start frame.
+    pub start_frame: i32,
+    /// ISO packets that failed.
+    pub error_count: u32,
+}
+
+impl Completion {
+    /// An IN completion carrying `data`.
+    pub fn data_in(data: Vec<u8>) -> Self {
+        let actual_length = u32::try_from(data.len()).unwrap_or(u32::MAX);
+        Self {
+            data,
+            actual_length,
+            ..Self::default()
+        }
+    }
+
+    /// An OUT completion that consumed `len` bytes.
+    pub fn data_out(len: usize) -> Self {
+        Self {
+            actual_length: u32::try_from(len).unwrap_or(u32::MAX),
+            ..Self::default()
+        }
+    }
+
+    /// An IN completion of `data` cut to the `limit` the host asked for.
+    pub fn data_in_limited(mut data: Vec<u8>, limit: u32) -> Self {
+        data.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        Self::data_in(data)
+    }
+}
+
+/// Why a URB failed. One mapping, [`TransferError::errno`], gives the status that goes on the
+/// wire; passthrough backends map their OS errors into this enum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TransferError {
+    /// The endpoint stalled (or the control request is not supported).
+    #[error("endpoint stalled")]
+    Stall,
+    /// The URB was cancelled.
+    #[error("cancelled")]
+    Cancelled,
+    /// The device is gone.
+    #[error("device disconnected")]
+    Disconnected,
+    /// The device sent more than asked for.
+    #[error("babble / overflow")]
+    Overflow,
+    /// A low-level protocol error (CRC, bit stuffing, ...).
+    #[error("protocol error")]
+    Protocol,
+    /// The device did not answer in time.
+    #[error("timed out")]
+    Timeout,
+    /// Any other failure.
+    #[error("transfer fault")]
+    Fault,
+}
+
+impl TransferError {
+    /// The negative Linux errno USB/IP sends for this error.
+    pub fn errno(self) -> i32 {
+        match self {
+            Self::Stall => -32,         // EPIPE
+            Self::Cancelled => -104,    // ECONNRESET
+            Self::Disconnected => -108, // ESHUTDOWN
+            Self::Overflow => -75,      // EOVERFLOW
+            Self::Protocol => -71,      // EPROTO
+            Self::Timeout => -62,       // ETIME
+            Self::Fault => -121,        // EREMOTEIO
+        }
+    }
+}
+
+/// What a URB comes to.
+pub type UrbResult = Result<Completion, TransferError>;
+
+/// What the device list tells about a device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// Speed the device runs at.
+    pub speed: Speed,
+    /// idVendor.
+    pub vendor_id: u16,
+    /// idProduct.
+    pub product_id: u16,
+    /// bcdDevice.
+    pub device_version: u16,
+    /// bDeviceClass.
+    pub class: u8,
+    /// bDeviceSubClass.
+    pub subclass: u8,
+    /// bDeviceProtocol.
+    pub protocol: u8,
+    /// bConfigurationValue of the configuration in use (or the first one).
+    pub configuration_value: u8,
+    /// bNumConfigurations.
+    pub num_configurations: u8,
+    /// Interfaces of that configuration (alternate setting 0).
+    pub interfaces: Vec<InterfaceRecord>,
+}
+
+/// A USB device that periwire can export.
+///
+/// The server calls [`submit`](Self::submit) once per URB. For one endpoint and direction,
+/// it awaits each future before submitting the next, so a device sees an endpoint's URBs one
+/// at a time and in order; futures of different endpoints run concurrently. Dropping a future
+/// cancels its URB, so futures must be cancel-safe: data a dropped IN future had not yet
+/// returned stays queued for the next one.
+pub trait UsbDevice: Send + Sync + 'static {
+    /// What the device list shows.
+    fn info(&self) -> DeviceInfo;
+
+    /// Carries out one URB.
+    fn submit(&self, urb: Urb) -> BoxFuture<'_, UrbResult>;
+
+    /// A client has imported the device.
+    fn attached(&self) {}
+
+    /// The client has released the device (detach or disconnect): pending URBs have already
+    /// been dropped. Storage devices make their writes durable here.
+    fn detached(&self) {}
+
+    /// The server is shutting down: make everything durable.
+    fn shutdown(&self) {
+        self.detached();
+    }
+}

@@ -1,0 +1,1 @@
+//! HID boot keyboard and mouse (work in progress).

@@ -1,0 +1,1 @@
+//! USB mass storage, Bulk-Only Transport with SCSI (work in progress).
