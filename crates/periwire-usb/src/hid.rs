@@ -1,1 +1,0 @@
-//! HID boot keyboard and mouse (work in progress).
