@@ -164,12 +164,14 @@ impl<F: BootFunction> Shared<F> {
 
     /// Queues the reports `make` builds once `slots` places are free; `make` runs under the
     /// lock so it may read and update the function state (a mouse's held buttons). All of
-    /// them are queued at once, so a key press is never separated from its release.
+    /// them are queued at once, so a key press is never separated from its release. `slots`
+    /// is at most 2, which the capacity always allows.
     pub(crate) async fn push(
         &self,
         slots: usize,
         make: impl FnOnce(&mut F) -> Vec<F::Report>,
     ) -> Result<(), InputError> {
+        debug_assert!(slots <= 2, "a wait for {slots} slots might never end");
         let mut make = Some(make);
         self.wait(|inner| Self::push_step(inner, slots, &mut make))
             .await
@@ -196,7 +198,7 @@ impl<F: BootFunction> Shared<F> {
         if inner.closed {
             return Some(Err(InputError::DeviceGone));
         }
-        if inner.free() < slots.min(inner.capacity) {
+        if inner.free() < slots {
             return None;
         }
         let make = make.take()?;

@@ -508,7 +508,7 @@ impl KeyboardHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hid::test_util::{control, interrupt_in, poll_once, ready_now};
+    use crate::hid::test_util::{control, poll_once, ready_now, urb_in};
     use crate::TransferError;
 
     #[test]
@@ -654,7 +654,7 @@ mod tests {
     #[tokio::test]
     async fn pending_interrupt_in_completes_when_a_key_is_typed() {
         let (kb, h) = Keyboard::new();
-        let mut urb = kb.submit(interrupt_in(1, 8));
+        let mut urb = kb.submit(urb_in(1, 8));
         assert!(poll_once(&mut urb).await.is_none(), "no key yet: pends");
         assert!(poll_once(&mut urb).await.is_none(), "still pends");
         h.type_text("hi").await.unwrap();
@@ -663,7 +663,7 @@ mod tests {
         assert_eq!(c.actual_length, 8);
         let mut rest = vec![];
         for _ in 0..3 {
-            rest.push(kb.submit(interrupt_in(1, 64)).await.unwrap().data);
+            rest.push(kb.submit(urb_in(1, 64)).await.unwrap().data);
         }
         assert_eq!(rest[1], [0, 0, 0x0c, 0, 0, 0, 0, 0]); // i
         assert_eq!(rest[2], [0; 8]);
@@ -676,20 +676,20 @@ mod tests {
     async fn dropping_a_pending_urb_loses_no_report() {
         let (kb, h) = Keyboard::new();
         // Dropped while pending, before any input.
-        let mut urb = kb.submit(interrupt_in(1, 8));
+        let mut urb = kb.submit(urb_in(1, 8));
         assert!(poll_once(&mut urb).await.is_none());
         drop(urb);
         // Dropped after being woken by input but before being polled again.
-        let mut urb = kb.submit(interrupt_in(1, 8));
+        let mut urb = kb.submit(urb_in(1, 8));
         assert!(poll_once(&mut urb).await.is_none());
         h.press(key::ENTER, Modifiers::LEFT_CTRL).await.unwrap();
         drop(urb);
         // Dropped without ever being polled.
-        drop(kb.submit(interrupt_in(1, 8)));
+        drop(kb.submit(urb_in(1, 8)));
         assert_eq!(h.queued(), 2);
-        let c = kb.submit(interrupt_in(1, 8)).await.unwrap();
+        let c = kb.submit(urb_in(1, 8)).await.unwrap();
         assert_eq!(c.data, [0x01, 0, 0x28, 0, 0, 0, 0, 0]);
-        let c = kb.submit(interrupt_in(1, 8)).await.unwrap();
+        let c = kb.submit(urb_in(1, 8)).await.unwrap();
         assert_eq!(c.data, [0; 8]);
     }
 
@@ -700,6 +700,11 @@ mod tests {
         h.try_type_text(&text).unwrap();
         assert_eq!(h.queued(), QUEUE_CAPACITY);
         assert_eq!(h.try_type_text("b"), Err(InputError::QueueFull));
+        // The queue is bounded even for one long text.
+        let (_kb2, h2) = Keyboard::new();
+        let long = "x".repeat(QUEUE_CAPACITY / 2 + 1);
+        assert_eq!(h2.try_type_text(&long), Err(InputError::QueueFull));
+        assert_eq!(h2.queued(), 0);
         assert_eq!(
             h.try_press(key::A, Modifiers::NONE),
             Err(InputError::QueueFull)
@@ -707,17 +712,28 @@ mod tests {
         let mut typing = Box::pin(h.type_text("bc"));
         assert!(poll_once(&mut typing).await.is_none(), "waits for room");
         // The host takes one report: still no room for a press + release.
-        kb.submit(interrupt_in(1, 8)).await.unwrap();
+        kb.submit(urb_in(1, 8)).await.unwrap();
         assert!(poll_once(&mut typing).await.is_none());
-        kb.submit(interrupt_in(1, 8)).await.unwrap();
+        kb.submit(urb_in(1, 8)).await.unwrap();
         // Room for 'b' but not yet for 'c'.
         assert!(poll_once(&mut typing).await.is_none());
         assert_eq!(h.queued(), QUEUE_CAPACITY);
         for _ in 0..2 {
-            kb.submit(interrupt_in(1, 8)).await.unwrap();
+            kb.submit(urb_in(1, 8)).await.unwrap();
         }
         typing.await.unwrap();
         assert_eq!(h.queued(), QUEUE_CAPACITY);
+    }
+
+    #[test]
+    fn handle_futures_can_be_spawned() {
+        fn assert_send<T: Send>(_: &T) {}
+        let (kb, h) = Keyboard::new();
+        assert_send(&h.type_text("x"));
+        assert_send(&h.press(key::A, Modifiers::NONE));
+        assert_send(&h.wait_for_leds(|_| true));
+        assert_send(&h.drained());
+        assert_send(&kb.submit(urb_in(1, 8)));
     }
 
     #[tokio::test]
@@ -763,15 +779,9 @@ mod tests {
         h.send(KeyboardReport::key(Modifiers::NONE, key::F1))
             .await
             .unwrap();
-        assert_eq!(
-            kb.submit(interrupt_in(1, 4)).await,
-            Err(TransferError::Overflow)
-        );
+        assert_eq!(kb.submit(urb_in(1, 4)).await, Err(TransferError::Overflow));
         // Wrong endpoints stall.
-        assert_eq!(
-            kb.submit(interrupt_in(2, 8)).await,
-            Err(TransferError::Stall)
-        );
+        assert_eq!(kb.submit(urb_in(2, 8)).await, Err(TransferError::Stall));
     }
 
     impl Keyboard {

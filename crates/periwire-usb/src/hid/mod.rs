@@ -76,7 +76,7 @@ pub enum InputError {
 }
 
 #[cfg(test)]
-mod test_util {
+pub(crate) mod test_util {
     use std::future::Future;
     use std::pin::Pin;
     use std::task::Poll;
@@ -132,7 +132,16 @@ mod test_util {
         }
     }
 
-    pub(crate) fn interrupt_in(endpoint: u8, length: u32) -> Urb {
+    pub(crate) fn urb_out(endpoint: u8, data: &[u8]) -> Urb {
+        Urb {
+            direction: Direction::Out,
+            length: u32::try_from(data.len()).unwrap(),
+            data: data.to_vec(),
+            ..urb_in(endpoint, 0)
+        }
+    }
+
+    pub(crate) fn urb_in(endpoint: u8, length: u32) -> Urb {
         Urb {
             endpoint,
             direction: Direction::In,

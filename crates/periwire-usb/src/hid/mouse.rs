@@ -308,7 +308,7 @@ impl MouseHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hid::test_util::{control, interrupt_in, poll_once, ready_now};
+    use crate::hid::test_util::{control, poll_once, ready_now, urb_in};
 
     #[test]
     fn descriptors() {
@@ -327,6 +327,16 @@ mod tests {
         )))
         .unwrap();
         assert_eq!(r.data, MOUSE_REPORT_DESCRIPTOR);
+    }
+
+    #[test]
+    fn handle_futures_can_be_spawned() {
+        fn assert_send<T: Send>(_: &T) {}
+        let (_mouse, h) = Mouse::new();
+        assert_send(&h.move_by(1, 1));
+        assert_send(&h.click(MouseButton::Left));
+        assert_send(&h.press(MouseButton::Left));
+        assert_send(&h.scroll(1));
     }
 
     #[test]
@@ -355,13 +365,13 @@ mod tests {
     }
 
     async fn next(mouse: &Mouse) -> Vec<u8> {
-        mouse.submit(interrupt_in(1, 4)).await.unwrap().data
+        mouse.submit(urb_in(1, 4)).await.unwrap().data
     }
 
     #[tokio::test]
     async fn a_move_larger_than_127_is_split() {
         let (mouse, h) = Mouse::new();
-        let mut urb = mouse.submit(interrupt_in(1, 4));
+        let mut urb = mouse.submit(urb_in(1, 4));
         assert!(poll_once(&mut urb).await.is_none());
         h.move_by(300, -200).await.unwrap();
         assert_eq!(urb.await.unwrap().data, [0, 127, 0x81, 0]); // -127
