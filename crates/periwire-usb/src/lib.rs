@@ -22,4 +22,5 @@ pub use setup::SetupPacket;
 
 pub mod cdc_acm;
 pub mod hid;
+pub mod source_sink;
 pub mod storage;

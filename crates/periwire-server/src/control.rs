@@ -1,0 +1,341 @@
+//! The local control socket: a Unix socket in the server's data directory through which
+//! `periwire input` and `periwire status` talk to a running server. One JSON request per line,
+//! one JSON response per line. The socket file is created mode 0600 so that only the user who
+//! runs the server can type on its keyboards.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use periwire_usb::hid::{KeyboardHandle, MouseHandle};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tracing::{debug, warn};
+
+use crate::Registry;
+
+/// Longest request line accepted, so a confused client cannot make the server buffer without
+/// bound.
+const MAX_REQUEST_LINE: usize = 64 * 1024;
+
+/// A mouse button.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MouseButton {
+    /// Primary button.
+    Left,
+    /// Secondary button.
+    Right,
+    /// Middle button / wheel press.
+    Middle,
+}
+
+impl std::str::FromStr for MouseButton {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "left" => Ok(Self::Left),
+            "right" => Ok(Self::Right),
+            "middle" => Ok(Self::Middle),
+            other => Err(format!(
+                "unknown button {other:?}: use left, right or middle"
+            )),
+        }
+    }
+}
+
+/// A request on the control socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum ControlRequest {
+    /// List the devices and whether each is imported.
+    Status,
+    /// Type text on a keyboard.
+    Type {
+        /// Keyboard name or bus id; the first keyboard if absent.
+        device: Option<String>,
+        /// The text.
+        text: String,
+    },
+    /// Move a mouse.
+    MouseMove {
+        /// Mouse name or bus id; the first mouse if absent.
+        device: Option<String>,
+        /// Horizontal movement.
+        dx: i32,
+        /// Vertical movement.
+        dy: i32,
+    },
+    /// Click a mouse button.
+    MouseClick {
+        /// Mouse name or bus id; the first mouse if absent.
+        device: Option<String>,
+        /// The button.
+        button: MouseButton,
+    },
+}
+
+/// One device in a status reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceStatus {
+    /// Bus id.
+    pub busid: String,
+    /// Name.
+    pub name: String,
+    /// Kind (keyboard, mouse, storage, serial, ...).
+    pub kind: String,
+    /// Whether a client has imported it.
+    pub imported: bool,
+}
+
+/// A response on the control socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "kebab-case")]
+pub enum ControlResponse {
+    /// Done.
+    Ok,
+    /// The device table.
+    Status {
+        /// Every device.
+        devices: Vec<DeviceStatus>,
+    },
+    /// The request failed.
+    Error {
+        /// Why.
+        message: String,
+    },
+}
+
+/// A named input device the control socket can drive.
+#[derive(Clone)]
+pub struct NamedInput<H> {
+    /// Its name.
+    pub name: String,
+    /// Its bus id.
+    pub busid: String,
+    /// The handle that injects input.
+    pub handle: H,
+}
+
+/// What the control socket serves.
+#[derive(Clone, Default)]
+pub struct ControlState {
+    /// The server's devices.
+    pub registry: Registry,
+    /// Kind of each device by bus id, for the status table.
+    pub kinds: Vec<(String, String)>,
+    /// Keyboards.
+    pub keyboards: Vec<NamedInput<KeyboardHandle>>,
+    /// Mice.
+    pub mice: Vec<NamedInput<MouseHandle>>,
+}
+
+fn pick<'a, H>(
+    list: &'a [NamedInput<H>],
+    wanted: &Option<String>,
+    kind: &str,
+) -> Result<&'a H, String> {
+    match wanted {
+        None => list
+            .first()
+            .map(|n| &n.handle)
+            .ok_or_else(|| format!("the server has no {kind}")),
+        Some(w) => list
+            .iter()
+            .find(|n| &n.name == w || &n.busid == w)
+            .map(|n| &n.handle)
+            .ok_or_else(|| format!("no {kind} named {w}")),
+    }
+}
+
+impl ControlState {
+    /// Carries out one request.
+    pub async fn handle(&self, request: ControlRequest) -> ControlResponse {
+        let result = match request {
+            ControlRequest::Status => {
+                let devices = self
+                    .registry
+                    .exports()
+                    .into_iter()
+                    .map(|e| DeviceStatus {
+                        busid: e.busid.to_string(),
+                        imported: self.registry.is_claimed(&e.busid),
+                        kind: self
+                            .kinds
+                            .iter()
+                            .find(|(b, _)| b == e.busid.as_str())
+                            .map_or_else(String::new, |(_, k)| k.clone()),
+                        name: e.name,
+                    })
+                    .collect();
+                return ControlResponse::Status { devices };
+            }
+            ControlRequest::Type { device, text } => {
+                match pick(&self.keyboards, &device, "keyboard") {
+                    Ok(k) => k.type_text(&text).await.map_err(|e| e.to_string()),
+                    Err(e) => Err(e),
+                }
+            }
+            ControlRequest::MouseMove { device, dx, dy } => {
+                match pick(&self.mice, &device, "mouse") {
+                    Ok(m) => m.move_by(dx, dy).await.map_err(|e| e.to_string()),
+                    Err(e) => Err(e),
+                }
+            }
+            ControlRequest::MouseClick { device, button } => {
+                match pick(&self.mice, &device, "mouse") {
+                    Ok(m) => {
+                        let b = match button {
+                            MouseButton::Left => periwire_usb::hid::MouseButton::Left,
+                            MouseButton::Right => periwire_usb::hid::MouseButton::Right,
+                            MouseButton::Middle => periwire_usb::hid::MouseButton::Middle,
+                        };
+                        m.click(b).await.map_err(|e| e.to_string())
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        match result {
+            Ok(()) => ControlResponse::Ok,
+            Err(message) => ControlResponse::Error { message },
+        }
+    }
+}
+
+/// Binds the control socket at `path` (replacing a stale one) with mode 0600.
+pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Serves control requests on `listener` until the task is dropped.
+pub async fn serve(listener: UnixListener, state: Arc<ControlState>) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                warn!(error = %e, "control socket accept failed");
+                continue;
+            }
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            if let Err(e) = serve_client(stream, &state).await {
+                debug!(error = %e, "control client ended");
+            }
+        });
+    }
+}
+
+async fn serve_client(stream: UnixStream, state: &ControlState) -> std::io::Result<()> {
+    let (rd, mut wr) = stream.into_split();
+    let mut reader = BufReader::new(rd);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        // Read at most one byte past the cap, so an endless line cannot grow the buffer.
+        let n = (&mut reader)
+            .take(MAX_REQUEST_LINE as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .await?;
+        if n == 0 {
+            return Ok(());
+        }
+        let response = if line.last() != Some(&b'\n') && n > MAX_REQUEST_LINE {
+            let mut out = serde_json::to_vec(&ControlResponse::Error {
+                message: "request too long".into(),
+            })
+            .map_err(std::io::Error::other)?;
+            out.push(b'\n');
+            wr.write_all(&out).await?;
+            return Ok(());
+        } else {
+            match serde_json::from_slice::<ControlRequest>(&line) {
+                Ok(req) => state.handle(req).await,
+                Err(e) => ControlResponse::Error {
+                    message: format!("invalid request: {e}"),
+                },
+            }
+        };
+        let mut out = serde_json::to_vec(&response).map_err(std::io::Error::other)?;
+        out.push(b'\n');
+        wr.write_all(&out).await?;
+    }
+}
+
+/// Why a control request could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlClientError {
+    /// The socket could not be reached.
+    #[error("cannot reach the server's control socket {path}: {source} (is `periwire serve` running with this data directory?)")]
+    Connect {
+        /// The socket path.
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Talking to it failed.
+    #[error("control socket: {0}")]
+    Io(#[from] std::io::Error),
+    /// The reply is not valid.
+    #[error("invalid reply on the control socket: {0}")]
+    Reply(#[from] serde_json::Error),
+    /// The server closed the socket without replying.
+    #[error("the server closed the control socket without replying")]
+    Closed,
+}
+
+/// Sends one request to the control socket at `path` and returns the response.
+pub async fn request(
+    path: &Path,
+    request: &ControlRequest,
+) -> Result<ControlResponse, ControlClientError> {
+    let stream = UnixStream::connect(path)
+        .await
+        .map_err(|source| ControlClientError::Connect {
+            path: path.display().to_string(),
+            source,
+        })?;
+    let (rd, mut wr) = stream.into_split();
+    let mut out = serde_json::to_vec(request)?;
+    out.push(b'\n');
+    wr.write_all(&out).await?;
+    let mut lines = BufReader::new(rd).lines();
+    let line = lines.next_line().await?.ok_or(ControlClientError::Closed)?;
+    Ok(serde_json::from_str(&line)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_have_a_stable_json_form() {
+        let r = ControlRequest::Type {
+            device: None,
+            text: "hi".into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"op":"type","device":null,"text":"hi"}"#
+        );
+        let back: ControlRequest =
+            serde_json::from_str(r#"{"op":"mouse-move","device":"m","dx":-3,"dy":4}"#).unwrap();
+        assert_eq!(
+            back,
+            ControlRequest::MouseMove {
+                device: Some("m".into()),
+                dx: -3,
+                dy: 4
+            }
+        );
+    }
+}

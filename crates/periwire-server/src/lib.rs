@@ -1,0 +1,21 @@
+//! The periwire runtime: tokio glue around the sans-IO codecs and device models.
+//!
+//! - [`server`]: the USB/IP server (operation phase, URB phase, caps, shutdown).
+//! - [`registry`]: the exported devices and who holds each.
+//! - [`client`]: a USB/IP client for listing and importing devices.
+//! - [`control`]: the local control socket that `periwire input` and friends talk to.
+//! - [`serial`]: bridges between a virtual serial port and a host TCP socket.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod client;
+pub mod control;
+pub mod framing;
+pub mod registry;
+pub mod serial;
+pub mod server;
+pub mod urb_tracker;
+
+pub use registry::{Export, Registry};
+pub use server::{serve, ServerConfig};

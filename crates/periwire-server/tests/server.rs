@@ -1,0 +1,300 @@
+//! The server against periwire's own client over loopback TCP: the URB-phase rules (pipelining,
+//! per-endpoint independence, unlink races, release on disconnect, caps, misbehaving clients).
+//! The same rules are proven against the Linux kernel's vhci-hcd by the guest scenarios in
+//! `crates/periwire/tests`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use periwire_server::client::{import, list_devices, UrbClient, UrbRequest};
+use periwire_server::{serve, Export, Registry, ServerConfig};
+use periwire_usb::source_sink::{
+    SourceSink, SourceSinkHandle, EP_INTERRUPT, EP_LOOP_IN, EP_LOOP_OUT, EP_SINK, EP_SOURCE,
+};
+use periwire_wire::usbip::{BusId, Direction, OpStatus};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+const ECONNRESET: i32 = -104;
+
+struct TestServer {
+    addr: String,
+    registry: Registry,
+    handles: Vec<SourceSinkHandle>,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+async fn start(devices: usize, config: ServerConfig) -> TestServer {
+    let registry = Registry::new();
+    let mut handles = Vec::new();
+    for i in 0..devices {
+        let (dev, handle) = SourceSink::new();
+        registry
+            .add(Export {
+                busid: BusId::new(&format!("1-{}", i + 1)).unwrap(),
+                busnum: 1,
+                devnum: (i + 2) as u32,
+                name: format!("ss{i}"),
+                device: Arc::new(dev),
+            })
+            .unwrap();
+        handles.push(handle);
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(serve(listener, registry.clone(), config, async {
+        let _ = stopped.await;
+    }));
+    TestServer {
+        addr,
+        registry,
+        handles,
+        stop: Some(stop),
+        task,
+    }
+}
+
+fn busid(s: &str) -> BusId {
+    BusId::new(s).unwrap()
+}
+
+async fn attach(server: &TestServer, id: &str) -> UrbClient {
+    let (stream, record) = import(&server.addr, &busid(id), TIMEOUT).await.unwrap();
+    UrbClient::new(stream, &record)
+}
+
+fn bulk_in(ep: u8, length: u32) -> UrbRequest {
+    UrbRequest {
+        ep: ep & 0x0f,
+        direction: Direction::In,
+        setup: [0; 8],
+        data: Vec::new(),
+        length,
+    }
+}
+
+fn bulk_out(ep: u8, data: Vec<u8>) -> UrbRequest {
+    UrbRequest {
+        ep,
+        direction: Direction::Out,
+        setup: [0; 8],
+        data,
+        length: 0,
+    }
+}
+
+fn get_device_descriptor() -> UrbRequest {
+    UrbRequest {
+        ep: 0,
+        direction: Direction::In,
+        setup: [0x80, 0x06, 0x00, 0x01, 0x00, 0x00, 18, 0],
+        data: Vec::new(),
+        length: 18,
+    }
+}
+
+#[tokio::test]
+async fn lists_and_imports_and_refuses_a_busy_device() {
+    let server = start(2, ServerConfig::default()).await;
+    let list = list_devices(&server.addr, TIMEOUT).await.unwrap();
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[0].device.busid.as_str(), "1-1");
+    assert_eq!(list[0].device.id_vendor, 0x1209);
+    assert_eq!(list[0].interfaces.len(), 1);
+    assert_eq!(list[0].interfaces[0].class, 0xff);
+
+    let client = attach(&server, "1-1").await;
+    let desc = client.transfer(&get_device_descriptor()).await.unwrap();
+    assert_eq!(desc.status, 0);
+    assert_eq!(desc.data.len(), 18);
+    assert_eq!(&desc.data[8..12], &[0x09, 0x12, 0xff, 0x77]);
+
+    let busy = import(&server.addr, &busid("1-1"), TIMEOUT).await;
+    assert!(matches!(
+        busy,
+        Err(periwire_server::client::ClientError::Refused(OpStatus::DeviceBusy))
+    ));
+    let missing = import(&server.addr, &busid("9-9"), TIMEOUT).await;
+    assert!(matches!(
+        missing,
+        Err(periwire_server::client::ClientError::Refused(OpStatus::NoDevice))
+    ));
+    // The other device is free.
+    let other = attach(&server, "1-2").await;
+    assert_eq!(other.transfer(&get_device_descriptor()).await.unwrap().status, 0);
+}
+
+#[tokio::test]
+async fn pipelined_urbs_complete_in_order_per_endpoint() {
+    let server = start(1, ServerConfig::default()).await;
+    let client = attach(&server, "1-1").await;
+    let mut outs = Vec::new();
+    for i in 0..32u8 {
+        outs.push(client.submit(&bulk_out(EP_LOOP_OUT, vec![i; 100])).await.unwrap().1);
+    }
+    let mut ins = Vec::new();
+    for _ in 0..32 {
+        ins.push(client.submit(&bulk_in(EP_LOOP_IN, 100)).await.unwrap().1);
+    }
+    for rx in outs {
+        let r = rx.await.unwrap();
+        assert_eq!((r.status, r.actual_length), (0, 100));
+    }
+    for (i, rx) in ins.into_iter().enumerate() {
+        let r = rx.await.unwrap();
+        assert_eq!(r.data, vec![i as u8; 100], "loopback IN {i} out of order");
+    }
+}
+
+#[tokio::test]
+async fn idle_interrupt_in_blocks_nothing_and_unlink_cancels_it() {
+    let server = start(1, ServerConfig::default()).await;
+    let client = attach(&server, "1-1").await;
+    let (irq_seq, mut irq) = client.submit(&bulk_in(EP_INTERRUPT, 8)).await.unwrap();
+
+    // Bulk traffic on other endpoints flows while the interrupt IN waits.
+    for _ in 0..10 {
+        let r = client.transfer(&bulk_in(EP_SOURCE, 4096)).await.unwrap();
+        assert_eq!(r.data.len(), 4096);
+        let r = client.transfer(&bulk_out(EP_SINK, vec![7; 4096])).await.unwrap();
+        assert_eq!(r.actual_length, 4096);
+    }
+    assert_eq!(server.handles[0].bytes_sunk(), 40960);
+    assert!(irq.try_recv().is_err(), "an idle interrupt IN must stay pending");
+
+    // Unlink while pending: ECONNRESET, and no RET_SUBMIT ever follows (an unexpected
+    // RET_SUBMIT would make the client's decoder fail and close the connection).
+    assert_eq!(client.unlink(irq_seq).await.unwrap(), ECONNRESET);
+    assert_eq!(client.transfer(&get_device_descriptor()).await.unwrap().status, 0);
+    assert!(!client.is_closed());
+
+    // A report sent after the cancellation goes to the next URB, not to the cancelled one.
+    server.handles[0].send_interrupt(vec![1, 2, 3]).await.unwrap();
+    let r = client.transfer(&bulk_in(EP_INTERRUPT, 8)).await.unwrap();
+    assert_eq!(r.data, vec![1, 2, 3]);
+}
+
+#[tokio::test]
+async fn unlink_after_completion_answers_zero() {
+    let server = start(1, ServerConfig::default()).await;
+    let client = attach(&server, "1-1").await;
+    let (seq, rx) = client.submit(&bulk_in(EP_SOURCE, 64)).await.unwrap();
+    assert_eq!(rx.await.unwrap().data.len(), 64);
+    assert_eq!(client.unlink(seq).await.unwrap(), 0);
+    assert!(!client.is_closed());
+}
+
+#[tokio::test]
+async fn disconnect_with_pending_urbs_frees_the_device() {
+    let server = start(1, ServerConfig::default()).await;
+    let client = attach(&server, "1-1").await;
+    let _pending = client.submit(&bulk_in(EP_INTERRUPT, 8)).await.unwrap();
+    let _pending2 = client.submit(&bulk_in(EP_LOOP_IN, 8)).await.unwrap();
+    assert!(server.registry.is_claimed(&busid("1-1")));
+    drop(client);
+    tokio::time::timeout(TIMEOUT, server.registry.wait_until_free(&busid("1-1")))
+        .await
+        .expect("device released after disconnect");
+    let again = attach(&server, "1-1").await;
+    assert_eq!(again.transfer(&get_device_descriptor()).await.unwrap().status, 0);
+}
+
+#[tokio::test]
+async fn a_client_breaking_the_protocol_is_dropped_and_others_go_on() {
+    let server = start(2, ServerConfig::default()).await;
+    let good = attach(&server, "1-2").await;
+    let (mut stream, _) = import(&server.addr, &busid("1-1"), TIMEOUT).await.unwrap();
+    // A header with command 9: not a USB/IP command.
+    let mut garbage = vec![0u8; 48];
+    garbage[3] = 9;
+    stream.write_all(&garbage).await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(TIMEOUT, stream.read(&mut buf)).await.unwrap();
+    assert!(matches!(n, Ok(0) | Err(_)), "server closes the offender's connection");
+    tokio::time::timeout(TIMEOUT, server.registry.wait_until_free(&busid("1-1")))
+        .await
+        .unwrap();
+    assert_eq!(good.transfer(&get_device_descriptor()).await.unwrap().status, 0);
+}
+
+#[tokio::test]
+async fn oversized_transfer_is_refused_before_its_payload() {
+    let config = ServerConfig {
+        limits: periwire_wire::usbip::Limits {
+            max_transfer_length: 1024,
+            ..Default::default()
+        },
+        ..ServerConfig::default()
+    };
+    let server = start(1, config).await;
+    let (mut stream, _) = import(&server.addr, &busid("1-1"), TIMEOUT).await.unwrap();
+    let mut hdr = vec![0u8; 48];
+    hdr[3] = 1; // CMD_SUBMIT, OUT, ep 0
+    hdr[0x18..0x1c].copy_from_slice(&(1u32 << 30).to_be_bytes());
+    stream.write_all(&hdr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(TIMEOUT, stream.read(&mut buf)).await.unwrap();
+    assert!(matches!(n, Ok(0) | Err(_)));
+}
+
+#[tokio::test]
+async fn in_flight_cap_applies_backpressure_not_disconnection() {
+    let config = ServerConfig {
+        max_urbs_in_flight: 4,
+        ..ServerConfig::default()
+    };
+    let server = start(1, config).await;
+    let client = attach(&server, "1-1").await;
+    // Four idle interrupt INs fill the cap; a fifth URB then waits in the server, unread.
+    let mut pending = Vec::new();
+    for _ in 0..4 {
+        pending.push(client.submit(&bulk_in(EP_INTERRUPT, 8)).await.unwrap().1);
+    }
+    let (_, desc) = client.submit(&get_device_descriptor()).await.unwrap();
+    tokio::pin!(desc);
+    // Completing one interrupt IN frees a slot, and the waiting request goes through.
+    server.handles[0].send_interrupt(vec![9]).await.unwrap();
+    let r = tokio::time::timeout(TIMEOUT, &mut desc).await.unwrap().unwrap();
+    assert_eq!(r.status, 0);
+    assert_eq!(pending.remove(0).await.unwrap().data, vec![9]);
+    assert!(!client.is_closed());
+}
+
+#[tokio::test]
+async fn arbitrary_bytes_never_take_the_server_down() {
+    let server = start(1, ServerConfig::default()).await;
+    let mut seed = 0x1234_5678_u32;
+    for round in 0..64 {
+        let mut stream = TcpStream::connect(&server.addr).await.unwrap();
+        let len = 1 + (round * 37) % 700;
+        let bytes: Vec<u8> = (0..len)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 17;
+                seed ^= seed << 5;
+                seed as u8
+            })
+            .collect();
+        let _ = stream.write_all(&bytes).await;
+        drop(stream);
+    }
+    assert_eq!(list_devices(&server.addr, TIMEOUT).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn shutdown_closes_clients_and_returns() {
+    let mut server = start(1, ServerConfig::default()).await;
+    let client = attach(&server, "1-1").await;
+    let _pending = client.submit(&bulk_in(EP_INTERRUPT, 8)).await.unwrap();
+    server.stop.take().unwrap().send(()).unwrap();
+    tokio::time::timeout(TIMEOUT, &mut server.task)
+        .await
+        .expect("serve returns after shutdown")
+        .unwrap()
+        .unwrap();
+    tokio::time::timeout(TIMEOUT, client.closed()).await.unwrap().unwrap();
+}

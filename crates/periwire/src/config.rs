@@ -1,0 +1,246 @@
+//! The TOML configuration file.
+//!
+//! ```toml
+//! listen = "127.0.0.1:3240"          # optional; loopback unless you say otherwise
+//!
+//! [[device]]
+//! kind = "keyboard"                   # keyboard | mouse | storage | serial
+//! busid = "1-1"
+//!
+//! [[device]]
+//! kind = "storage"
+//! busid = "1-3"
+//! image = "disk.img"                  # relative to the data directory
+//! size = "64MiB"                      # created sparse at this size when missing
+//! read_only = false
+//!
+//! [[device]]
+//! kind = "serial"
+//! busid = "1-4"
+//! tcp = "127.0.0.1:3241"              # host side of the serial line
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Why a configuration is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("{path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The error, with line and column.
+        source: toml::de::Error,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address the USB/IP server listens on.
+    pub listen: Option<SocketAddr>,
+    /// Directory for images and the control socket.
+    pub data_dir: Option<PathBuf>,
+    /// Exported devices.
+    #[serde(default, rename = "device")]
+    pub devices: Vec<DeviceConfig>,
+}
+
+/// One exported virtual device.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceConfig {
+    /// Bus id the client imports it by, such as `1-1`.
+    pub busid: String,
+    /// Name used by `periwire input --device` and in logs; defaults to the bus id.
+    pub name: Option<String>,
+    /// What the device is.
+    #[serde(flatten)]
+    pub kind: DeviceKind,
+}
+
+/// The kinds of virtual device.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum DeviceKind {
+    /// HID boot keyboard.
+    Keyboard,
+    /// HID boot mouse.
+    Mouse,
+    /// Mass storage backed by a raw image file.
+    Storage {
+        /// Image file; relative paths are under the data directory.
+        image: PathBuf,
+        /// Size to create the image at when it is missing ("64MiB", "1G", or bytes).
+        size: Option<ByteSize>,
+        /// Refuse writes.
+        #[serde(default)]
+        read_only: bool,
+    },
+    /// CDC-ACM serial port bridged to a host TCP listener.
+    Serial {
+        /// Loopback address the host side of the line listens on.
+        tcp: SocketAddr,
+    },
+}
+
+/// A size in bytes, written as a number or with a unit (K, M, G, KiB, MiB, GiB; all binary).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl std::str::FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (digits, unit) = s.split_at(split);
+        let n: u64 = digits
+            .parse()
+            .map_err(|_| format!("invalid size {s:?}: expected a number with an optional unit"))?;
+        let shift = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 0,
+            "k" | "kib" | "kb" => 10,
+            "m" | "mib" | "mb" => 20,
+            "g" | "gib" | "gb" => 30,
+            "t" | "tib" | "tb" => 40,
+            other => return Err(format!("invalid size unit {other:?} in {s:?}")),
+        };
+        n.checked_mul(1u64 << shift)
+            .map(ByteSize)
+            .ok_or_else(|| format!("size {s:?} is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bytes(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bytes(n) => Ok(ByteSize(n)),
+            Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and checks a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Checks what the schema cannot: unique bus ids and names, sane sizes.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let mut seen = std::collections::HashSet::new();
+        for d in &self.devices {
+            periwire_wire::usbip::BusId::new(&d.busid).map_err(|_| {
+                ConfigError::Invalid(format!(
+                    "bus id {:?} must be 1 to 31 printable ASCII characters",
+                    d.busid
+                ))
+            })?;
+            if !seen.insert(d.busid.clone()) {
+                return Err(ConfigError::Invalid(format!("bus id {} is used twice", d.busid)));
+            }
+            if let Some(name) = &d.name {
+                if name != &d.busid && !seen.insert(name.clone()) {
+                    return Err(ConfigError::Invalid(format!("name {name} is used twice")));
+                }
+            }
+            if let DeviceKind::Storage { size: Some(ByteSize(n)), .. } = d.kind {
+                if n == 0 || n % 512 != 0 {
+                    return Err(ConfigError::Invalid(format!(
+                        "device {}: size {n} must be a positive multiple of 512 bytes",
+                        d.busid
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_kind() {
+        let c: Config = toml::from_str(
+            r#"
+            listen = "127.0.0.1:4000"
+            [[device]]
+            kind = "keyboard"
+            busid = "1-1"
+            [[device]]
+            kind = "storage"
+            busid = "1-2"
+            image = "a.img"
+            size = "64MiB"
+            read_only = true
+            [[device]]
+            kind = "serial"
+            busid = "1-3"
+            tcp = "127.0.0.1:5000"
+            "#,
+        )
+        .unwrap();
+        c.check().unwrap();
+        assert_eq!(c.devices.len(), 3);
+        assert!(matches!(
+            c.devices[1].kind,
+            DeviceKind::Storage { size: Some(ByteSize(0x400_0000)), read_only: true, .. }
+        ));
+    }
+
+    #[test]
+    fn refuses_bad_input_with_a_reason() {
+        let dup = r#"
+            [[device]]
+            kind = "mouse"
+            busid = "1-1"
+            [[device]]
+            kind = "keyboard"
+            busid = "1-1"
+        "#;
+        let c: Config = toml::from_str(dup).unwrap();
+        assert!(c.check().unwrap_err().to_string().contains("used twice"));
+        assert!(toml::from_str::<Config>("[[device]]\nkind = \"toaster\"\nbusid = \"1-1\"").is_err());
+        assert!("12XB".parse::<ByteSize>().is_err());
+        assert_eq!("2k".parse::<ByteSize>(), Ok(ByteSize(2048)));
+        let odd: Config = toml::from_str(
+            "[[device]]\nkind = \"storage\"\nbusid = \"1-1\"\nimage = \"x\"\nsize = 1000",
+        )
+        .unwrap();
+        assert!(odd.check().is_err());
+    }
+}

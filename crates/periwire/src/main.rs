@@ -1,0 +1,207 @@
+//! `periwire`: share the peripherals in front of the user with virtual machines over USB/IP.
+
+mod config;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use periwire_server::control::{ControlRequest, ControlResponse, MouseButton};
+use periwire_wire::usbip::USBIP_PORT;
+
+/// Share USB devices with virtual machines over USB/IP.
+#[derive(Debug, Parser)]
+#[command(name = "periwire", version, about)]
+struct Cli {
+    /// More logging (-v info, -vv debug, -vvv trace). RUST_LOG overrides it.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the USB/IP server exporting the configured virtual devices.
+    Serve(serve::ServeArgs),
+    /// List the devices a USB/IP server exports.
+    List {
+        /// Server to ask, HOST or HOST:PORT.
+        #[arg(long, short, default_value = "127.0.0.1")]
+        remote: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send input to a running server's virtual keyboard or mouse.
+    Input {
+        /// Data directory of the server (where its control socket is).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Device name or bus id; defaults to the first device of the right kind.
+        #[arg(long, short)]
+        device: Option<String>,
+        #[command(subcommand)]
+        action: InputAction,
+    },
+    /// Show the devices of a running server and which are imported.
+    Status {
+        /// Data directory of the server (where its control socket is).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum InputAction {
+    /// Type text on the keyboard (US layout).
+    Type {
+        /// The text; `\n` in it presses Enter.
+        text: String,
+    },
+    /// Move the mouse by a relative amount.
+    Move {
+        /// Horizontal movement (positive is right).
+        #[arg(allow_negative_numbers = true)]
+        dx: i32,
+        /// Vertical movement (positive is down).
+        #[arg(allow_negative_numbers = true)]
+        dy: i32,
+    },
+    /// Click a mouse button.
+    Click {
+        /// left, right or middle.
+        #[arg(default_value = "left")]
+        button: MouseButton,
+    },
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("periwire: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("periwire: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Any failure of a command, printed as one line.
+type AnyError = Box<dyn std::error::Error + Send + Sync>;
+
+async fn run(command: Command) -> Result<(), AnyError> {
+    match command {
+        Command::Serve(args) => serve::run(args).await,
+        Command::List { remote, json } => list(&remote, json).await,
+        Command::Input {
+            data_dir,
+            device,
+            action,
+        } => {
+            let request = match action {
+                InputAction::Type { text } => ControlRequest::Type { device, text },
+                InputAction::Move { dx, dy } => ControlRequest::MouseMove { device, dx, dy },
+                InputAction::Click { button } => ControlRequest::MouseClick { device, button },
+            };
+            control(data_dir, request).await.map(|_| ())
+        }
+        Command::Status { data_dir, json } => {
+            let response = control(data_dir, ControlRequest::Status).await?;
+            if let ControlResponse::Status { devices } = response {
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&devices)?);
+                } else {
+                    for d in devices {
+                        let state = if d.imported { "imported" } else { "available" };
+                        println!("{:<8} {:<12} {:<10} {}", d.busid, d.name, d.kind, state);
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn control(
+    data_dir: Option<PathBuf>,
+    request: ControlRequest,
+) -> Result<ControlResponse, AnyError> {
+    let socket = serve::data_dir(data_dir)?.join(serve::CONTROL_SOCKET);
+    let response = periwire_server::control::request(&socket, &request).await?;
+    match response {
+        ControlResponse::Error { message } => Err(message.into()),
+        other => Ok(other),
+    }
+}
+
+async fn list(remote: &str, json: bool) -> Result<(), AnyError> {
+    let addr = if remote.contains(':') && !remote.ends_with(']') {
+        remote.to_owned()
+    } else {
+        format!("{remote}:{USBIP_PORT}")
+    };
+    let devices = periwire_server::client::list_devices(&addr, Duration::from_secs(10)).await?;
+    if json {
+        let rows: Vec<_> = devices
+            .iter()
+            .map(|d| {
+                serde_json::json!({
+                    "busid": d.device.busid.as_str(),
+                    "vendor_id": format!("{:04x}", d.device.id_vendor),
+                    "product_id": format!("{:04x}", d.device.id_product),
+                    "speed": d.device.speed.name(),
+                    "class": d.device.device_class,
+                    "interfaces": d.interfaces.iter().map(|i| format!("{:02x}/{:02x}/{:02x}", i.class, i.subclass, i.protocol)).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    if devices.is_empty() {
+        println!("{addr}: no exportable devices");
+    }
+    for d in &devices {
+        let r = &d.device;
+        println!(
+            "{:>8}: {:04x}:{:04x} ({})",
+            r.busid, r.id_vendor, r.id_product, r.speed.name()
+        );
+        for (n, i) in d.interfaces.iter().enumerate() {
+            println!(
+                "          {n}: class {:02x}/{:02x}/{:02x}",
+                i.class, i.subclass, i.protocol
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,255 @@
+//! `periwire serve`: builds the configured devices and runs the server until a signal.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use periwire_server::control::{ControlState, NamedInput};
+use periwire_server::{Export, Registry, ServerConfig};
+use periwire_usb::cdc_acm::CdcAcm;
+use periwire_usb::hid::{Keyboard, Mouse};
+use periwire_usb::storage::{create_demo_image, MassStorage, StorageConfig};
+use periwire_usb::UsbDevice;
+use periwire_wire::usbip::{BusId, USBIP_PORT};
+use tokio::net::TcpListener;
+use tracing::info;
+
+use crate::config::{ByteSize, Config, DeviceConfig, DeviceKind};
+use crate::AnyError;
+
+/// File name of the control socket inside the data directory.
+pub const CONTROL_SOCKET: &str = "control.sock";
+
+/// Size of the demo disk image.
+const DEMO_DISK_SIZE: u64 = 64 * 1024 * 1024;
+/// Name of the demo disk image inside the data directory.
+const DEMO_DISK_IMAGE: &str = "demo-disk.img";
+/// Where the demo serial port's host side listens.
+const DEMO_SERIAL_ADDR: &str = "127.0.0.1:3241";
+
+/// Options of `periwire serve`.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on. Defaults to loopback; anything else exposes your devices to that
+    /// network.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Configuration file (TOML) declaring the devices.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Directory for disk images and the control socket.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Export a demo set: keyboard, mouse, a 64 MiB FAT disk with a file on it, a serial port
+    /// (host side on 127.0.0.1:3241). Added to the configured devices.
+    #[arg(long)]
+    demo: bool,
+}
+
+/// The data directory: the one given, else `$XDG_DATA_HOME/periwire`, else
+/// `~/.local/share/periwire`.
+pub fn data_dir(given: Option<PathBuf>) -> Result<PathBuf, AnyError> {
+    if let Some(d) = given {
+        return Ok(d);
+    }
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|x| !x.is_empty()) {
+        return Ok(PathBuf::from(x).join("periwire"));
+    }
+    match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        Some(h) => Ok(PathBuf::from(h).join(".local/share/periwire")),
+        None => Err("no data directory: pass --data-dir or set HOME".into()),
+    }
+}
+
+fn demo_devices() -> Result<Vec<DeviceConfig>, AnyError> {
+    let device = |busid: &str, name: &str, kind| DeviceConfig {
+        busid: busid.into(),
+        name: Some(name.into()),
+        kind,
+    };
+    Ok(vec![
+        device("1-1", "keyboard", DeviceKind::Keyboard),
+        device("1-2", "mouse", DeviceKind::Mouse),
+        device(
+            "1-3",
+            "disk",
+            DeviceKind::Storage {
+                image: DEMO_DISK_IMAGE.into(),
+                size: Some(ByteSize(DEMO_DISK_SIZE)),
+                read_only: false,
+            },
+        ),
+        device(
+            "1-4",
+            "serial",
+            DeviceKind::Serial {
+                tcp: DEMO_SERIAL_ADDR.parse()?,
+            },
+        ),
+    ])
+}
+
+const DEMO_README: &[u8] = b"Hello from periwire!\n\
+This disk is a 64 MiB image file on the machine running `periwire serve --demo`.\n\
+Files you write here are kept in that image.\n";
+
+/// The busnum of a bus id like `3-1.2`, or 1.
+fn busnum_of(busid: &str) -> u32 {
+    busid
+        .split('-')
+        .next()
+        .and_then(|b| b.parse().ok())
+        .filter(|&n| n > 0 && n < 0x8000)
+        .unwrap_or(1)
+}
+
+pub async fn run(args: ServeArgs) -> Result<(), AnyError> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if args.demo {
+        config.devices.extend(demo_devices()?);
+        config.check()?;
+    }
+    if config.devices.is_empty() {
+        return Err("no devices to export: pass --demo or a --config with [[device]] entries".into());
+    }
+    let data_dir = data_dir(args.data_dir.clone().or(config.data_dir.clone()))?;
+    std::fs::create_dir_all(&data_dir)
+        .map_err(|e| format!("creating data directory {}: {e}", data_dir.display()))?;
+    if args.demo {
+        let image = data_dir.join(DEMO_DISK_IMAGE);
+        create_demo_image(&image, DEMO_DISK_SIZE, &[("README.TXT", DEMO_README)])
+            .map_err(|e| format!("creating demo disk {}: {e}", image.display()))?;
+    }
+
+    let registry = Registry::new();
+    let mut control = ControlState {
+        registry: registry.clone(),
+        ..ControlState::default()
+    };
+    let mut bridges = Vec::new();
+    for (index, d) in config.devices.iter().enumerate() {
+        let name = d.name.clone().unwrap_or_else(|| d.busid.clone());
+        let (device, kind): (Arc<dyn UsbDevice>, &str) = match &d.kind {
+            DeviceKind::Keyboard => {
+                let (dev, handle) = Keyboard::new();
+                control.keyboards.push(NamedInput {
+                    name: name.clone(),
+                    busid: d.busid.clone(),
+                    handle,
+                });
+                (Arc::new(dev), "keyboard")
+            }
+            DeviceKind::Mouse => {
+                let (dev, handle) = Mouse::new();
+                control.mice.push(NamedInput {
+                    name: name.clone(),
+                    busid: d.busid.clone(),
+                    handle,
+                });
+                (Arc::new(dev), "mouse")
+            }
+            DeviceKind::Storage {
+                image,
+                size,
+                read_only,
+            } => {
+                let path = resolve(&data_dir, image);
+                let dev = MassStorage::open(StorageConfig {
+                    path: path.clone(),
+                    size: size.map(|s| s.0),
+                    read_only: *read_only,
+                    serial: serial_for(&d.busid),
+                    ..StorageConfig::default()
+                })
+                .map_err(|e| format!("device {}: image {}: {e}", d.busid, path.display()))?;
+                (Arc::new(dev), "storage")
+            }
+            DeviceKind::Serial { tcp } => {
+                let (dev, link) = CdcAcm::new(Default::default());
+                let listener = TcpListener::bind(tcp)
+                    .await
+                    .map_err(|e| format!("device {}: serial listener {tcp}: {e}", d.busid))?;
+                info!(busid = %d.busid, %tcp, "serial port host side listening");
+                bridges.push(tokio::spawn(periwire_server::serial::bridge_tcp(listener, link)));
+                (Arc::new(dev), "serial")
+            }
+        };
+        let busid = BusId::new(&d.busid)?;
+        registry
+            .add(Export {
+                busid,
+                busnum: busnum_of(&d.busid),
+                devnum: u32::try_from(index + 2).unwrap_or(u32::MAX),
+                name,
+                device,
+            })
+            .map_err(|b| format!("bus id {b} is used twice"))?;
+        control.kinds.push((d.busid.clone(), kind.to_owned()));
+    }
+
+    let socket = data_dir.join(CONTROL_SOCKET);
+    let control_listener = periwire_server::control::bind(&socket)
+        .map_err(|e| format!("control socket {}: {e}", socket.display()))?;
+    let control_task = tokio::spawn(periwire_server::control::serve(
+        control_listener,
+        Arc::new(control),
+    ));
+
+    let listen = args
+        .listen
+        .or(config.listen)
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], USBIP_PORT)));
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("listening on {listen}: {e}"))?;
+    if !listen.ip().is_loopback() {
+        tracing::warn!(%listen, "listening beyond loopback: anyone who reaches this address can use the devices");
+    }
+    // Tests and scripts wait for this line to know the server is ready.
+    println!(
+        "periwire: serving {} device(s) on {} (data directory {})",
+        config.devices.len(),
+        listener.local_addr()?,
+        data_dir.display()
+    );
+    periwire_server::serve(listener, registry, ServerConfig::default(), shutdown_signal()).await?;
+    control_task.abort();
+    for b in bridges {
+        b.abort();
+    }
+    let _ = std::fs::remove_file(&socket);
+    Ok(())
+}
+
+fn resolve(data_dir: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_owned()
+    } else {
+        data_dir.join(p)
+    }
+}
+
+/// A serial number Linux accepts for a mass-storage device, stable per bus id.
+fn serial_for(busid: &str) -> String {
+    let hex: String = busid.bytes().map(|b| format!("{b:02X}")).collect();
+    format!("{:0>12}", hex)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
