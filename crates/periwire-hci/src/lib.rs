@@ -1,0 +1,26 @@
+//! Sans-IO Bluetooth HCI for periwire.
+//!
+//! Three layers, none of which does I/O, spawns tasks or reads the clock:
+//!
+//! - [`wire`]: HCI packets (Core Specification v5.4, Vol 4, Part E, 5.4) as zero-copy views and
+//!   typed `Repr`s, the command and event parameter codecs (Vol 4, Part E, 7), and H4 stream
+//!   framing (Vol 4, Part A) with resynchronisation after garbage.
+//! - [`controller`]: one emulated controller per virtual adapter. Commands are dispatched by
+//!   a handler table keyed by opcode; the Supported Commands mask and the feature bits are
+//!   derived from that table. Input comes in through `handle_*` methods, output leaves through
+//!   `poll_*` methods, and time is passed in.
+//! - [`radio`]: the simulated radio all controllers of a process share. It routes link-layer
+//!   messages between controllers (inquiry, paging, advertising, connections, ACL, pairing).
+//!
+//! The controller API is packet-typed, not byte-stream-typed: an H4 transport, a USB dongle
+//! (commands on EP0, events on interrupt IN, ACL on bulk) or `/dev/vhci` all drive it the same
+//! way.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod controller;
+pub mod radio;
+pub mod wire;
+
+pub use wire::{BdAddr, HciCommand, HciEvent};
