@@ -51,6 +51,13 @@ impl std::str::FromStr for MouseButton {
 pub enum ControlRequest {
     /// List the devices and whether each is imported.
     Status,
+    /// Wait until no client holds a device (answers `Ok`, or an error after the timeout).
+    WaitReleased {
+        /// The device's bus id.
+        busid: String,
+        /// Longest wait in milliseconds.
+        timeout_ms: u64,
+    },
     /// Type text on a keyboard.
     Type {
         /// Keyboard name or bus id; the first keyboard if absent.
@@ -170,6 +177,23 @@ impl ControlState {
                     })
                     .collect();
                 return ControlResponse::Status { devices };
+            }
+            ControlRequest::WaitReleased { busid, timeout_ms } => {
+                let wait = async {
+                    let id = periwire_wire::usbip::BusId::new(&busid).map_err(|e| e.to_string())?;
+                    if !self.registry.exports().iter().any(|e| e.busid == id) {
+                        return Err(format!("no device {busid}"));
+                    }
+                    self.registry.wait_until_free(&id).await;
+                    Ok(())
+                };
+                match tokio::time::timeout(std::time::Duration::from_millis(timeout_ms), wait).await
+                {
+                    Ok(r) => r,
+                    Err(_) => Err(format!(
+                        "device {busid} still imported after {timeout_ms} ms"
+                    )),
+                }
             }
             ControlRequest::Type { device, text } => {
                 match pick(&self.keyboards, &device, "keyboard") {

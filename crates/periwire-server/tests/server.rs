@@ -116,16 +116,27 @@ async fn lists_and_imports_and_refuses_a_busy_device() {
     let busy = import(&server.addr, &busid("1-1"), TIMEOUT).await;
     assert!(matches!(
         busy,
-        Err(periwire_server::client::ClientError::Refused(OpStatus::DeviceBusy))
+        Err(periwire_server::client::ClientError::Refused(
+            OpStatus::DeviceBusy
+        ))
     ));
     let missing = import(&server.addr, &busid("9-9"), TIMEOUT).await;
     assert!(matches!(
         missing,
-        Err(periwire_server::client::ClientError::Refused(OpStatus::NoDevice))
+        Err(periwire_server::client::ClientError::Refused(
+            OpStatus::NoDevice
+        ))
     ));
     // The other device is free.
     let other = attach(&server, "1-2").await;
-    assert_eq!(other.transfer(&get_device_descriptor()).await.unwrap().status, 0);
+    assert_eq!(
+        other
+            .transfer(&get_device_descriptor())
+            .await
+            .unwrap()
+            .status,
+        0
+    );
 }
 
 #[tokio::test]
@@ -134,7 +145,13 @@ async fn pipelined_urbs_complete_in_order_per_endpoint() {
     let client = attach(&server, "1-1").await;
     let mut outs = Vec::new();
     for i in 0..32u8 {
-        outs.push(client.submit(&bulk_out(EP_LOOP_OUT, vec![i; 100])).await.unwrap().1);
+        outs.push(
+            client
+                .submit(&bulk_out(EP_LOOP_OUT, vec![i; 100]))
+                .await
+                .unwrap()
+                .1,
+        );
     }
     let mut ins = Vec::new();
     for _ in 0..32 {
@@ -160,20 +177,36 @@ async fn idle_interrupt_in_blocks_nothing_and_unlink_cancels_it() {
     for _ in 0..10 {
         let r = client.transfer(&bulk_in(EP_SOURCE, 4096)).await.unwrap();
         assert_eq!(r.data.len(), 4096);
-        let r = client.transfer(&bulk_out(EP_SINK, vec![7; 4096])).await.unwrap();
+        let r = client
+            .transfer(&bulk_out(EP_SINK, vec![7; 4096]))
+            .await
+            .unwrap();
         assert_eq!(r.actual_length, 4096);
     }
     assert_eq!(server.handles[0].bytes_sunk(), 40960);
-    assert!(irq.try_recv().is_err(), "an idle interrupt IN must stay pending");
+    assert!(
+        irq.try_recv().is_err(),
+        "an idle interrupt IN must stay pending"
+    );
 
     // Unlink while pending: ECONNRESET, and no RET_SUBMIT ever follows (an unexpected
     // RET_SUBMIT would make the client's decoder fail and close the connection).
     assert_eq!(client.unlink(irq_seq).await.unwrap(), ECONNRESET);
-    assert_eq!(client.transfer(&get_device_descriptor()).await.unwrap().status, 0);
+    assert_eq!(
+        client
+            .transfer(&get_device_descriptor())
+            .await
+            .unwrap()
+            .status,
+        0
+    );
     assert!(!client.is_closed());
 
     // A report sent after the cancellation goes to the next URB, not to the cancelled one.
-    server.handles[0].send_interrupt(vec![1, 2, 3]).await.unwrap();
+    server.handles[0]
+        .send_interrupt(vec![1, 2, 3])
+        .await
+        .unwrap();
     let r = client.transfer(&bulk_in(EP_INTERRUPT, 8)).await.unwrap();
     assert_eq!(r.data, vec![1, 2, 3]);
 }
@@ -200,7 +233,14 @@ async fn disconnect_with_pending_urbs_frees_the_device() {
         .await
         .expect("device released after disconnect");
     let again = attach(&server, "1-1").await;
-    assert_eq!(again.transfer(&get_device_descriptor()).await.unwrap().status, 0);
+    assert_eq!(
+        again
+            .transfer(&get_device_descriptor())
+            .await
+            .unwrap()
+            .status,
+        0
+    );
 }
 
 #[tokio::test]
@@ -213,12 +253,23 @@ async fn a_client_breaking_the_protocol_is_dropped_and_others_go_on() {
     garbage[3] = 9;
     stream.write_all(&garbage).await.unwrap();
     let mut buf = [0u8; 16];
-    let n = tokio::time::timeout(TIMEOUT, stream.read(&mut buf)).await.unwrap();
-    assert!(matches!(n, Ok(0) | Err(_)), "server closes the offender's connection");
+    let n = tokio::time::timeout(TIMEOUT, stream.read(&mut buf))
+        .await
+        .unwrap();
+    assert!(
+        matches!(n, Ok(0) | Err(_)),
+        "server closes the offender's connection"
+    );
     tokio::time::timeout(TIMEOUT, server.registry.wait_until_free(&busid("1-1")))
         .await
         .unwrap();
-    assert_eq!(good.transfer(&get_device_descriptor()).await.unwrap().status, 0);
+    assert_eq!(
+        good.transfer(&get_device_descriptor())
+            .await
+            .unwrap()
+            .status,
+        0
+    );
 }
 
 #[tokio::test]
@@ -237,7 +288,9 @@ async fn oversized_transfer_is_refused_before_its_payload() {
     hdr[0x18..0x1c].copy_from_slice(&(1u32 << 30).to_be_bytes());
     stream.write_all(&hdr).await.unwrap();
     let mut buf = [0u8; 16];
-    let n = tokio::time::timeout(TIMEOUT, stream.read(&mut buf)).await.unwrap();
+    let n = tokio::time::timeout(TIMEOUT, stream.read(&mut buf))
+        .await
+        .unwrap();
     assert!(matches!(n, Ok(0) | Err(_)));
 }
 
@@ -258,7 +311,10 @@ async fn in_flight_cap_applies_backpressure_not_disconnection() {
     tokio::pin!(desc);
     // Completing one interrupt IN frees a slot, and the waiting request goes through.
     server.handles[0].send_interrupt(vec![9]).await.unwrap();
-    let r = tokio::time::timeout(TIMEOUT, &mut desc).await.unwrap().unwrap();
+    let r = tokio::time::timeout(TIMEOUT, &mut desc)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(r.status, 0);
     assert_eq!(pending.remove(0).await.unwrap().data, vec![9]);
     assert!(!client.is_closed());
@@ -296,5 +352,8 @@ async fn shutdown_closes_clients_and_returns() {
         .expect("serve returns after shutdown")
         .unwrap()
         .unwrap();
-    tokio::time::timeout(TIMEOUT, client.closed()).await.unwrap().unwrap();
+    tokio::time::timeout(TIMEOUT, client.closed())
+        .await
+        .unwrap()
+        .unwrap();
 }

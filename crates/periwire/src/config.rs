@@ -64,20 +64,18 @@ pub struct Config {
 
 /// One exported virtual device.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RawDevice")]
 pub struct DeviceConfig {
     /// Bus id the client imports it by, such as `1-1`.
     pub busid: String,
     /// Name used by `periwire input --device` and in logs; defaults to the bus id.
     pub name: Option<String>,
     /// What the device is.
-    #[serde(flatten)]
     pub kind: DeviceKind,
 }
 
 /// The kinds of virtual device.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+#[derive(Debug, Clone)]
 pub enum DeviceKind {
     /// HID boot keyboard.
     Keyboard,
@@ -90,7 +88,6 @@ pub enum DeviceKind {
         /// Size to create the image at when it is missing ("64MiB", "1G", or bytes).
         size: Option<ByteSize>,
         /// Refuse writes.
-        #[serde(default)]
         read_only: bool,
     },
     /// CDC-ACM serial port bridged to a host TCP listener.
@@ -98,6 +95,76 @@ pub enum DeviceKind {
         /// Loopback address the host side of the line listens on.
         tcp: SocketAddr,
     },
+}
+
+/// A `[[device]]` table as written; every key of every kind, checked against `kind` when
+/// converted, so a misplaced key is an error that names it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDevice {
+    kind: String,
+    busid: String,
+    name: Option<String>,
+    image: Option<PathBuf>,
+    size: Option<ByteSize>,
+    read_only: Option<bool>,
+    tcp: Option<SocketAddr>,
+}
+
+impl TryFrom<RawDevice> for DeviceConfig {
+    type Error = String;
+
+    fn try_from(raw: RawDevice) -> Result<Self, String> {
+        let busid = raw.busid;
+        let only = |allowed: &[&str]| -> Result<(), String> {
+            let present = [
+                ("image", raw.image.is_some()),
+                ("size", raw.size.is_some()),
+                ("read_only", raw.read_only.is_some()),
+                ("tcp", raw.tcp.is_some()),
+            ];
+            match present.iter().find(|(k, p)| *p && !allowed.contains(k)) {
+                Some((k, _)) => Err(format!(
+                    "device {busid}: `{k}` does not apply to a {} device",
+                    raw.kind
+                )),
+                None => Ok(()),
+            }
+        };
+        let kind = match raw.kind.as_str() {
+            "keyboard" => only(&[]).map(|()| DeviceKind::Keyboard)?,
+            "mouse" => only(&[]).map(|()| DeviceKind::Mouse)?,
+            "storage" => {
+                only(&["image", "size", "read_only"])?;
+                DeviceKind::Storage {
+                    image: raw
+                        .image
+                        .clone()
+                        .ok_or_else(|| format!("device {busid}: storage needs `image`"))?,
+                    size: raw.size,
+                    read_only: raw.read_only.unwrap_or(false),
+                }
+            }
+            "serial" => {
+                only(&["tcp"])?;
+                DeviceKind::Serial {
+                    tcp: raw.tcp.ok_or_else(|| {
+                        format!("device {busid}: serial needs `tcp` (e.g. \"127.0.0.1:3241\")")
+                    })?,
+                }
+            }
+            other => {
+                return Err(format!(
+                    "device {busid}: unknown kind {other:?} (keyboard, mouse, storage, serial)"
+                ))
+            }
+        };
+        Ok(DeviceConfig {
+            busid,
+            name: raw.name,
+            kind,
+        })
+    }
 }
 
 /// A size in bytes, written as a number or with a unit (K, M, G, KiB, MiB, GiB; all binary).
@@ -169,14 +236,21 @@ impl Config {
                 ))
             })?;
             if !seen.insert(d.busid.clone()) {
-                return Err(ConfigError::Invalid(format!("bus id {} is used twice", d.busid)));
+                return Err(ConfigError::Invalid(format!(
+                    "bus id {} is used twice",
+                    d.busid
+                )));
             }
             if let Some(name) = &d.name {
                 if name != &d.busid && !seen.insert(name.clone()) {
                     return Err(ConfigError::Invalid(format!("name {name} is used twice")));
                 }
             }
-            if let DeviceKind::Storage { size: Some(ByteSize(n)), .. } = d.kind {
+            if let DeviceKind::Storage {
+                size: Some(ByteSize(n)),
+                ..
+            } = d.kind
+            {
                 if n == 0 || n % 512 != 0 {
                     return Err(ConfigError::Invalid(format!(
                         "device {}: size {n} must be a positive multiple of 512 bytes",
@@ -218,7 +292,11 @@ mod tests {
         assert_eq!(c.devices.len(), 3);
         assert!(matches!(
             c.devices[1].kind,
-            DeviceKind::Storage { size: Some(ByteSize(0x400_0000)), read_only: true, .. }
+            DeviceKind::Storage {
+                size: Some(ByteSize(0x400_0000)),
+                read_only: true,
+                ..
+            }
         ));
     }
 
@@ -234,7 +312,15 @@ mod tests {
         "#;
         let c: Config = toml::from_str(dup).unwrap();
         assert!(c.check().unwrap_err().to_string().contains("used twice"));
-        assert!(toml::from_str::<Config>("[[device]]\nkind = \"toaster\"\nbusid = \"1-1\"").is_err());
+        let toaster = toml::from_str::<Config>("[[device]]\nkind = \"toaster\"\nbusid = \"1-1\"");
+        assert!(toaster.unwrap_err().to_string().contains("unknown kind"));
+        let misplaced = toml::from_str::<Config>(
+            "[[device]]\nkind = \"mouse\"\nbusid = \"1-1\"\nimage = \"x\"",
+        );
+        assert!(misplaced
+            .unwrap_err()
+            .to_string()
+            .contains("`image` does not apply"));
         assert!("12XB".parse::<ByteSize>().is_err());
         assert_eq!("2k".parse::<ByteSize>(), Ok(ByteSize(2048)));
         let odd: Config = toml::from_str(

@@ -18,6 +18,10 @@ struct Cli {
     /// More logging (-v info, -vv debug, -vvv trace). RUST_LOG overrides it.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
+    /// Data directory: disk images and the control socket of the server
+    /// [default: $XDG_DATA_HOME/periwire or ~/.local/share/periwire].
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -37,9 +41,6 @@ enum Command {
     },
     /// Send input to a running server's virtual keyboard or mouse.
     Input {
-        /// Data directory of the server (where its control socket is).
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
         /// Device name or bus id; defaults to the first device of the right kind.
         #[arg(long, short)]
         device: Option<String>,
@@ -48,20 +49,35 @@ enum Command {
     },
     /// Show the devices of a running server and which are imported.
     Status {
-        /// Data directory of the server (where its control socket is).
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Instead, wait until no client holds this device (e.g. a VM let go of a disk).
+        #[arg(long, value_name = "BUSID")]
+        wait_released: Option<String>,
+        /// Longest wait for --wait-released, in seconds.
+        #[arg(long, default_value_t = 30, requires = "wait_released")]
+        timeout: u64,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unescape;
+
+    #[test]
+    fn unescapes_what_shells_pass_through() {
+        assert_eq!(unescape(r"hi\n"), "hi\n");
+        assert_eq!(unescape(r"a\tb\\c\q"), "a\tb\\c\\q");
+        assert_eq!(unescape("trailing\\"), "trailing\\");
+    }
 }
 
 #[derive(Debug, Subcommand)]
 enum InputAction {
     /// Type text on the keyboard (US layout).
     Type {
-        /// The text; `\n` in it presses Enter.
+        /// The text; a newline or the two characters `\n` press Enter, `\t` presses Tab.
         text: String,
     },
     /// Move the mouse by a relative amount.
@@ -99,14 +115,17 @@ fn init_logging(verbose: u8) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("periwire: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command)) {
+    match runtime.block_on(run(cli.command, cli.data_dir)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("periwire: {e}");
@@ -118,23 +137,32 @@ fn main() -> ExitCode {
 /// Any failure of a command, printed as one line.
 type AnyError = Box<dyn std::error::Error + Send + Sync>;
 
-async fn run(command: Command) -> Result<(), AnyError> {
+async fn run(command: Command, data_dir: Option<PathBuf>) -> Result<(), AnyError> {
     match command {
-        Command::Serve(args) => serve::run(args).await,
+        Command::Serve(args) => serve::run(args, data_dir).await,
         Command::List { remote, json } => list(&remote, json).await,
-        Command::Input {
-            data_dir,
-            device,
-            action,
-        } => {
+        Command::Input { device, action } => {
             let request = match action {
-                InputAction::Type { text } => ControlRequest::Type { device, text },
+                InputAction::Type { text } => ControlRequest::Type {
+                    device,
+                    text: unescape(&text),
+                },
                 InputAction::Move { dx, dy } => ControlRequest::MouseMove { device, dx, dy },
                 InputAction::Click { button } => ControlRequest::MouseClick { device, button },
             };
             control(data_dir, request).await.map(|_| ())
         }
-        Command::Status { data_dir, json } => {
+        Command::Status {
+            wait_released: Some(busid),
+            timeout,
+            ..
+        } => {
+            let timeout_ms = timeout.saturating_mul(1000);
+            control(data_dir, ControlRequest::WaitReleased { busid, timeout_ms })
+                .await
+                .map(|_| ())
+        }
+        Command::Status { json, .. } => {
             let response = control(data_dir, ControlRequest::Status).await?;
             if let ControlResponse::Status { devices } = response {
                 if json {
@@ -149,6 +177,29 @@ async fn run(command: Command) -> Result<(), AnyError> {
             Ok(())
         }
     }
+}
+
+/// Turns the escapes people type on a command line (`\n`, `\t`, `\\`) into characters.
+fn unescape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('n') => out.push('\n'),
+            Some('t') => out.push('\t'),
+            Some('\\') => out.push('\\'),
+            Some(other) => {
+                out.push('\\');
+                out.push(other);
+            }
+            None => out.push('\\'),
+        }
+    }
+    out
 }
 
 async fn control(
@@ -194,7 +245,10 @@ async fn list(remote: &str, json: bool) -> Result<(), AnyError> {
         let r = &d.device;
         println!(
             "{:>8}: {:04x}:{:04x} ({})",
-            r.busid, r.id_vendor, r.id_product, r.speed.name()
+            r.busid,
+            r.id_vendor,
+            r.id_product,
+            r.speed.name()
         );
         for (n, i) in d.interfaces.iter().enumerate() {
             println!(

@@ -12,7 +12,6 @@ use periwire_usb::storage::{create_demo_image, MassStorage, StorageConfig};
 use periwire_usb::UsbDevice;
 use periwire_wire::usbip::{BusId, USBIP_PORT};
 use tokio::net::TcpListener;
-use tracing::info;
 
 use crate::config::{ByteSize, Config, DeviceConfig, DeviceKind};
 use crate::AnyError;
@@ -37,9 +36,6 @@ pub struct ServeArgs {
     /// Configuration file (TOML) declaring the devices.
     #[arg(long, short)]
     config: Option<PathBuf>,
-    /// Directory for disk images and the control socket.
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
     /// Export a demo set: keyboard, mouse, a 64 MiB FAT disk with a file on it, a serial port
     /// (host side on 127.0.0.1:3241). Added to the configured devices.
     #[arg(long)]
@@ -103,7 +99,7 @@ fn busnum_of(busid: &str) -> u32 {
         .unwrap_or(1)
 }
 
-pub async fn run(args: ServeArgs) -> Result<(), AnyError> {
+pub async fn run(args: ServeArgs, data_dir_arg: Option<PathBuf>) -> Result<(), AnyError> {
     let mut config = match &args.config {
         Some(path) => Config::load(path)?,
         None => Config::default(),
@@ -113,9 +109,11 @@ pub async fn run(args: ServeArgs) -> Result<(), AnyError> {
         config.check()?;
     }
     if config.devices.is_empty() {
-        return Err("no devices to export: pass --demo or a --config with [[device]] entries".into());
+        return Err(
+            "no devices to export: pass --demo or a --config with [[device]] entries".into(),
+        );
     }
-    let data_dir = data_dir(args.data_dir.clone().or(config.data_dir.clone()))?;
+    let data_dir = data_dir(data_dir_arg.or(config.data_dir.clone()))?;
     std::fs::create_dir_all(&data_dir)
         .map_err(|e| format!("creating data directory {}: {e}", data_dir.display()))?;
     if args.demo {
@@ -172,8 +170,14 @@ pub async fn run(args: ServeArgs) -> Result<(), AnyError> {
                 let listener = TcpListener::bind(tcp)
                     .await
                     .map_err(|e| format!("device {}: serial listener {tcp}: {e}", d.busid))?;
-                info!(busid = %d.busid, %tcp, "serial port host side listening");
-                bridges.push(tokio::spawn(periwire_server::serial::bridge_tcp(listener, link)));
+                println!(
+                    "periwire: serial {} host side on {}",
+                    d.busid,
+                    listener.local_addr()?
+                );
+                bridges.push(tokio::spawn(periwire_server::serial::bridge_tcp(
+                    listener, link,
+                )));
                 (Arc::new(dev), "serial")
             }
         };
@@ -215,7 +219,13 @@ pub async fn run(args: ServeArgs) -> Result<(), AnyError> {
         listener.local_addr()?,
         data_dir.display()
     );
-    periwire_server::serve(listener, registry, ServerConfig::default(), shutdown_signal()).await?;
+    periwire_server::serve(
+        listener,
+        registry,
+        ServerConfig::default(),
+        shutdown_signal(),
+    )
+    .await?;
     control_task.abort();
     for b in bridges {
         b.abort();

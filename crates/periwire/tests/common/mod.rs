@@ -1,0 +1,221 @@
+//! What the guest scenarios share: a `periwire serve` process started from the built binary,
+//! and the decoding of what the guest prints.
+
+#![allow(dead_code)] // Each test binary uses its own subset.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// How long a guest step may take before the test fails (TCG is slow; this is a failure
+/// limit, never a synchronisation means).
+pub const STEP: Duration = Duration::from_secs(120);
+
+/// A running `periwire serve`, stopped with SIGTERM when dropped.
+pub struct Server {
+    child: Child,
+    /// Loopback port of the USB/IP server.
+    pub port: u16,
+    /// Host-side ports of serial devices, by bus id.
+    pub serial_ports: Vec<(String, u16)>,
+    /// The data directory.
+    pub data_dir: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    /// Starts `periwire serve` with `config` (TOML) in a fresh data directory, after `prepare`
+    /// has put files (images) into that directory. Waits for the ready line.
+    pub fn start(config: &str, prepare: impl FnOnce(&Path)) -> Server {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data_dir = dir.path().join("data");
+        std::fs::create_dir_all(&data_dir).expect("data dir");
+        prepare(&data_dir);
+        let config_path = dir.path().join("periwire.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_periwire"))
+            .args(["serve", "--listen", "127.0.0.1:0", "-v", "--config"])
+            .arg(&config_path)
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start periwire serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut serial_ports = Vec::new();
+        let port = loop {
+            let line = rx
+                .recv_timeout(Duration::from_secs(60))
+                .expect("periwire serve printed its ready line");
+            if let Some(rest) = line.strip_prefix("periwire: serial ") {
+                let (busid, addr) = rest.split_once(" host side on ").expect("serial line");
+                serial_ports.push((busid.to_owned(), port_of(addr)));
+            } else if let Some(rest) = line.strip_prefix("periwire: serving ") {
+                let addr = rest
+                    .split(" on ")
+                    .nth(1)
+                    .expect("address")
+                    .split(' ')
+                    .next()
+                    .unwrap();
+                break port_of(addr);
+            }
+        };
+        Server {
+            child,
+            port,
+            serial_ports,
+            data_dir,
+            _dir: dir,
+        }
+    }
+
+    /// Runs the `periwire` CLI against this server's data directory.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        let out = Command::new(env!("CARGO_BIN_EXE_periwire"))
+            .args(args)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .output()
+            .expect("run periwire");
+        assert!(
+            out.status.success(),
+            "periwire {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// Whether a client holds `busid`, from `periwire status --json`.
+    pub fn imported(&self, busid: &str) -> bool {
+        let out = self.cli(&["status", "--json"]);
+        let devices: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status json");
+        devices
+            .as_array()
+            .expect("array")
+            .iter()
+            .find(|d| d["busid"] == busid)
+            .map(|d| d["imported"] == true)
+            .expect("device in status")
+    }
+
+    /// Whether the server process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Stops the server with SIGTERM and waits for it; returns whether it exited cleanly.
+    pub fn stop(&mut self) -> bool {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        matches!(self.child.wait(), Ok(s) if s.success())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.is_running() {
+            self.stop();
+        }
+    }
+}
+
+fn port_of(addr: &str) -> u16 {
+    addr.rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port")
+}
+
+/// One Linux `struct input_event` (x86-64: 16 bytes of time, then type, code, value).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InputEvent {
+    /// EV_KEY = 1, EV_REL = 2, ...
+    pub kind: u16,
+    /// KEY_* / REL_* / BTN_* code.
+    pub code: u16,
+    /// Value: 1 press, 0 release, 2 repeat; or a relative amount.
+    pub value: i32,
+}
+
+/// Event type of key and button events.
+pub const EV_KEY: u16 = 1;
+/// Event type of relative movement.
+pub const EV_REL: u16 = 2;
+
+/// Decodes an `EV <48 hex digits>` line as the guest prints it.
+pub fn parse_event(line: &str) -> InputEvent {
+    let hex = line.trim_start_matches("EV ").trim();
+    let bytes: Vec<u8> = (0..hex.len() / 2)
+        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("hex"))
+        .collect();
+    assert_eq!(bytes.len(), 24, "input_event is 24 bytes: {line}");
+    InputEvent {
+        kind: u16::from_le_bytes([bytes[16], bytes[17]]),
+        code: u16::from_le_bytes([bytes[18], bytes[19]]),
+        value: i32::from_le_bytes([bytes[20], bytes[21], bytes[22], bytes[23]]),
+    }
+}
+
+/// Wraps a scenario with what every periwire scenario needs: `usbip attach` records its
+/// ports under /var/run/vhci_hcd, which the initramfs lacks.
+pub fn scenario(body: &str) -> String {
+    format!("mkdir -p /var/run/vhci_hcd\n{body}")
+}
+
+/// Shell functions the input scenarios use: find the event device of a named input device,
+/// and stream its events to the console as `EV <hex>` lines, one event per line.
+pub const GUEST_INPUT_HELPERS: &str = r#"
+find_event() {
+    _left=600
+    while :; do
+        for d in /sys/class/input/event*; do
+            if [ -e "$d/device/name" ] && grep -q "$1" "$d/device/name"; then
+                echo "/dev/input/${d##*/}"
+                return 0
+            fi
+        done
+        _left=$((_left - 1))
+        [ "$_left" -gt 0 ] || { echo "no input device named $1" >&2; return 1; }
+        usleep 100000
+    done
+}
+# stream_events FD: print each event read from file descriptor FD (already open, so no event
+# is lost between opening and reading) as one line; one read takes up to 100 events, so a
+# burst does not overflow the evdev client buffer (64 events) while the loop forks.
+stream_events() {
+    while dd bs=2400 count=1 <&"$1" 2>/dev/null | hexdump -v -e '"EV " 24/1 "%02x" "\n"'; do :; done
+}
+"#;
+
+/// sha256 of a file, as `sha256sum` prints it.
+pub fn sha256_file(path: &Path) -> String {
+    let out = Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("sha256sum");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .expect("digest")
+        .to_owned()
+}
+
+/// sha256 of bytes.
+pub fn sha256(bytes: &[u8]) -> String {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let p = dir.path().join("f");
+    std::fs::write(&p, bytes).expect("write");
+    sha256_file(&p)
+}
