@@ -1,0 +1,869 @@
+//! A test harness that boots a real Linux guest (the installed Debian kernel, under QEMU TCG)
+//! with a small initramfs, runs a shell scenario in it, and lets a Rust test synchronise with
+//! it through lines on the serial console.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use periwire_guest::{Guest, GuestConfig};
+//!
+//! let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+//! let port = listener.local_addr()?.port();
+//! let mut guest = Guest::boot(
+//!     GuestConfig::new(r#"
+//!         usbip list -r "$PERIWIRE_SERVER"
+//!         mark LISTED
+//!     "#)
+//!     .modules(["vhci-hcd"])
+//!     .server_port(port),
+//! )?;
+//! guest.expect_line("LISTED", Duration::from_secs(60))?;
+//! guest.wait_success(Duration::from_secs(30))?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # The guest
+//!
+//! `/init` mounts `/proc`, `/sys`, `/dev` (devtmpfs), `/dev/pts`, `/tmp` and `/run`; loads
+//! the requested modules with their dependencies (resolved on the host from `modules.dep`);
+//! brings up `eth0` as 10.0.2.15/24 with the default route via 10.0.2.2; runs the scenario
+//! with `sh -e` in `/root`; prints `PERIWIRE-GUEST-EXIT <status>` and powers off. The
+//! scenario sees `$PERIWIRE_SERVER` (10.0.2.100) and `$PERIWIRE_PORT` (3240) and two helpers:
+//! `wait_for PATH [SECONDS]` and `mark WORDS...`. Its standard input is the console, so
+//! [`Guest::send_line`] can feed it (`read -r line`).
+//!
+//! Busybox provides the shell and tools (`nc`, `ip`, `xxd`, `hexdump`, `dd`, `mount`,
+//! `mkdosfs`, `timeout`, ...); `/usr/sbin/usbip` and `/usr/sbin/usbipd` are Debian's.
+//!
+//! # Networking
+//!
+//! QEMU user-mode networking with `restrict=on`: the guest reaches nothing but the forwards.
+//! Every TCP connection the guest opens to 10.0.2.100:`guest_port` becomes a new TCP
+//! connection from the host to 127.0.0.1:`host_port` (made by `busybox nc`, which QEMU starts
+//! for each guest connection), so the server sees one connection per guest connection and
+//! each side sees the other close.
+//!
+//! # Serialisation and timeouts
+//!
+//! Guests run one at a time: a process-wide lock plus a file lock in the cache directory
+//! (so test binaries of several cargo runs on one machine do not compete for the two cores).
+//! A guest holds the lock from [`Guest::boot`] until it is dropped; the thread holding it may
+//! boot more guests (a test that needs two at once). Time spent waiting for the lock does not
+//! count against any timeout. Timeouts are failure limits only: tests wait for lines the
+//! guest prints. [`GuestConfig::timeout`] is enforced twice: the host kills QEMU when a wait
+//! passes it, and the guest powers itself off a little later, so a QEMU whose test process
+//! died does not live on.
+
+#![warn(missing_docs)]
+
+mod cpio;
+mod image;
+mod modules;
+
+use std::fmt;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::thread::{JoinHandle, ThreadId};
+use std::time::{Duration, Instant};
+
+pub use image::{GuestFile, Kernel};
+pub use modules::normalize as normalize_module_name;
+
+/// The address the guest reaches the host's forwarded ports at.
+pub const SERVER_ADDR: &str = "10.0.2.100";
+/// The USB/IP port the guest connects to (`usbip`'s default).
+pub const USBIP_PORT: u16 = 3240;
+
+const INIT_MARKER: &str = "PERIWIRE-GUEST-INIT";
+const READY_MARKER: &str = "PERIWIRE-GUEST-READY";
+const EXIT_MARKER: &str = "PERIWIRE-GUEST-EXIT ";
+const SETUP_FAILED_MARKER: &str = "PERIWIRE-GUEST-SETUP-FAILED ";
+/// Lines of console output an error message shows.
+const TAIL_LINES: usize = 60;
+
+/// Errors of the guest harness. Their `Debug` form is their `Display` form (with the tail of
+/// the console transcript), so a failing test that unwraps one prints something readable.
+#[derive(thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A host file operation or command failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A tool, package or kernel the harness needs is not installed.
+    #[error("missing {what} ({detail}); run scripts/install-test-deps")]
+    MissingTool {
+        /// What is missing.
+        what: String,
+        /// Which package provides it, or what went wrong.
+        detail: String,
+    },
+    /// A requested kernel module is in neither `modules.dep` nor `modules.builtin`.
+    #[error("kernel module {name} not found in {}", dir.display())]
+    ModuleNotFound {
+        /// The normalised module name.
+        name: String,
+        /// The modules directory searched.
+        dir: PathBuf,
+    },
+    /// A wait ran out of time.
+    #[error("timed out after {after:?} waiting for {waiting_for}\n--- console tail ---\n{tail}")]
+    Timeout {
+        /// What was awaited.
+        waiting_for: String,
+        /// How long the wait lasted.
+        after: Duration,
+        /// The last console lines.
+        tail: String,
+    },
+    /// The guest (QEMU) ended before the awaited line appeared.
+    #[error("guest ended while waiting for {waiting_for}\n--- console tail ---\n{tail}")]
+    Ended {
+        /// What was awaited.
+        waiting_for: String,
+        /// The last console lines.
+        tail: String,
+    },
+    /// `/init` could not set the guest up (a module did not load, no network).
+    #[error("guest setup failed: {reason}\n--- console tail ---\n{tail}")]
+    SetupFailed {
+        /// What `/init` reported.
+        reason: String,
+        /// The last console lines.
+        tail: String,
+    },
+    /// QEMU ended without the exit marker: the kernel panicked, QEMU failed or was killed.
+    #[error(
+        "guest ended without reporting an exit status (QEMU {qemu})\n--- console tail ---\n{tail}"
+    )]
+    NoExitStatus {
+        /// QEMU's own exit status.
+        qemu: String,
+        /// The last console lines.
+        tail: String,
+    },
+    /// The scenario exited with a non-zero status ([`Guest::wait_success`] only).
+    #[error("scenario failed with exit status {status}\n--- console tail ---\n{tail}")]
+    ScenarioFailed {
+        /// The scenario's exit status.
+        status: i32,
+        /// The last console lines.
+        tail: String,
+    },
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl Error {
+    fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// The result type of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// One forwarded port: guest connections to 10.0.2.100:`guest_port` reach 127.0.0.1:`host_port`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Forward {
+    /// The port the guest connects to at [`SERVER_ADDR`].
+    pub guest_port: u16,
+    /// The port on the host's loopback.
+    pub host_port: u16,
+}
+
+/// How to boot a guest. Build it with [`GuestConfig::new`] and the chained setters.
+#[derive(Debug, Clone)]
+pub struct GuestConfig {
+    /// Kernel modules to load, by name (`vhci-hcd`, `usbhid`; `-` and `_` are the same).
+    /// Their dependencies are added and ordered from `modules.dep`, and some run-time
+    /// companions too (`usbhid` brings `hid-generic`, `usb-storage` brings `sd_mod`, `vfat`
+    /// brings the `nls_*` tables it mounts with). `virtio_net` is always loaded.
+    pub modules: Vec<String>,
+    /// The shell script the guest runs with `sh -e`.
+    pub scenario: String,
+    /// Ports forwarded from 10.0.2.100 in the guest to the host's loopback.
+    pub forwards: Vec<Forward>,
+    /// Extra files to put in the guest.
+    pub files: Vec<GuestFile>,
+    /// Extra QEMU arguments (e.g. `-device qemu-xhci -device usb-kbd`).
+    pub qemu_args: Vec<String>,
+    /// Extra kernel command line words (e.g. `vhci_hcd.nr_hcs=2`).
+    pub kernel_args: Vec<String>,
+    /// Guest memory in MiB.
+    pub memory_mib: u32,
+    /// The longest the guest may live; after it QEMU is killed and waits fail. A failure
+    /// limit, not a synchronisation means.
+    pub timeout: Duration,
+}
+
+impl GuestConfig {
+    /// A guest that runs `scenario`, with 512 MiB, no modules but the network's, no forwards
+    /// and a 300 s limit.
+    pub fn new(scenario: impl Into<String>) -> Self {
+        GuestConfig {
+            modules: Vec::new(),
+            scenario: scenario.into(),
+            forwards: Vec::new(),
+            files: Vec::new(),
+            qemu_args: Vec::new(),
+            kernel_args: Vec::new(),
+            memory_mib: 512,
+            timeout: Duration::from_secs(300),
+        }
+    }
+
+    /// Adds kernel modules to load.
+    pub fn modules<I, S>(mut self, modules: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.modules.extend(modules.into_iter().map(Into::into));
+        self
+    }
+
+    /// Forwards the guest's 10.0.2.100:3240 (the USB/IP port) to 127.0.0.1:`host_port`.
+    pub fn server_port(self, host_port: u16) -> Self {
+        self.forward(USBIP_PORT, host_port)
+    }
+
+    /// Forwards the guest's 10.0.2.100:`guest_port` to 127.0.0.1:`host_port`.
+    pub fn forward(mut self, guest_port: u16, host_port: u16) -> Self {
+        self.forwards.push(Forward {
+            guest_port,
+            host_port,
+        });
+        self
+    }
+
+    /// Puts a file into the guest at the absolute path `path`.
+    pub fn file(
+        mut self,
+        path: impl Into<String>,
+        mode: u32,
+        contents: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.files.push(GuestFile {
+            path: path.into(),
+            mode,
+            contents: contents.into(),
+        });
+        self
+    }
+
+    /// Adds QEMU arguments.
+    pub fn qemu_args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.qemu_args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Adds kernel command line words.
+    pub fn kernel_args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.kernel_args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Sets the guest's memory in MiB.
+    pub fn memory_mib(mut self, mib: u32) -> Self {
+        self.memory_mib = mib;
+        self
+    }
+
+    /// Sets the longest the guest may live.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+}
+
+/// One line of the console, with when it arrived.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleLine {
+    /// Time since QEMU was started.
+    pub at: Duration,
+    /// The text, without the line end. QEMU's own messages (its stderr) start with `qemu: `.
+    pub text: String,
+}
+
+/// How a scenario ended.
+#[derive(Debug, Clone)]
+pub struct GuestOutcome {
+    /// The scenario's exit status (0 is success).
+    pub status: i32,
+    /// Every console line, QEMU's stderr included.
+    pub transcript: Vec<ConsoleLine>,
+    /// When `/init` started, since QEMU was started.
+    pub init_at: Option<Duration>,
+    /// When the scenario started (modules loaded, network up), since QEMU was started.
+    pub scenario_at: Option<Duration>,
+    /// When QEMU ended, since it was started.
+    pub ended_at: Duration,
+}
+
+impl GuestOutcome {
+    /// Whether the scenario exited with status 0.
+    pub fn success(&self) -> bool {
+        self.status == 0
+    }
+
+    /// The transcript as text, one line per console line.
+    pub fn transcript_text(&self) -> String {
+        join_lines(&self.transcript)
+    }
+}
+
+fn join_lines(lines: &[ConsoleLine]) -> String {
+    let mut out = String::new();
+    for l in lines {
+        out.push_str(&l.text);
+        out.push('\n');
+    }
+    out
+}
+
+enum Event {
+    Line(ConsoleLine),
+    /// QEMU's stdout (the console) closed: QEMU has ended or is ending.
+    ConsoleClosed,
+}
+
+/// Serialises guests: within this process, and across processes with a file lock in the
+/// cache directory. The thread holding it may boot more guests (a test that needs two guests
+/// at once); it is released when the last of them is dropped.
+struct GuestLock;
+
+struct LockState {
+    owner: Option<ThreadId>,
+    guests: usize,
+    file: Option<File>,
+}
+
+static LOCK_STATE: Mutex<LockState> = Mutex::new(LockState {
+    owner: None,
+    guests: 0,
+    file: None,
+});
+static LOCK_FREED: Condvar = Condvar::new();
+
+fn lock_state() -> MutexGuard<'static, LockState> {
+    // A test that panicked while holding the mutex poisons it; the state is still consistent
+    // (every update is a single assignment sequence without panics).
+    LOCK_STATE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl GuestLock {
+    fn acquire() -> Result<Self> {
+        let me = std::thread::current().id();
+        let mut state = lock_state();
+        while state.owner.is_some_and(|owner| owner != me) {
+            state = LOCK_FREED.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+        if state.guests == 0 {
+            let dir = image::cache_dir();
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+            let path = dir.join("guest.lock");
+            let file = File::options()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+            // Blocks while a guest of another process runs.
+            file.lock()
+                .map_err(|e| Error::io(format!("locking {}", path.display()), e))?;
+            state.file = Some(file);
+            state.owner = Some(me);
+        }
+        state.guests += 1;
+        Ok(GuestLock)
+    }
+}
+
+impl Drop for GuestLock {
+    fn drop(&mut self) {
+        let mut state = lock_state();
+        state.guests = state.guests.saturating_sub(1);
+        if state.guests == 0 {
+            // Closing the file releases the file lock.
+            state.file = None;
+            state.owner = None;
+            LOCK_FREED.notify_all();
+        }
+    }
+}
+
+/// A running guest. Dropping it kills QEMU.
+pub struct Guest {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    events: Receiver<Event>,
+    lines: Vec<ConsoleLine>,
+    /// Index of the first line [`Guest::expect_line`] has not consumed yet.
+    cursor: usize,
+    console_closed: bool,
+    exit_status: Option<i32>,
+    setup_failure: Option<String>,
+    qemu_status: Option<ExitStatus>,
+    started: Instant,
+    deadline: Instant,
+    limit: Duration,
+    readers: Vec<JoinHandle<()>>,
+    _initrd: tempfile::NamedTempFile,
+    _lock: GuestLock,
+}
+
+impl fmt::Debug for Guest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Guest")
+            .field("pid", &self.child.id())
+            .field("lines", &self.lines.len())
+            .field("exit_status", &self.exit_status)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The `-netdev user` option: user-mode networking restricted to the forwards.
+fn netdev_arg(forwards: &[Forward]) -> String {
+    let mut arg = String::from("user,id=n0,restrict=on");
+    for f in forwards {
+        // QEMU runs the command (no shell) for every guest connection, with the connection
+        // on its stdin and stdout; commas in option values are doubled.
+        arg.push_str(&format!(
+            ",guestfwd=tcp:{SERVER_ADDR}:{}-cmd:/bin/busybox nc 127.0.0.1 {}",
+            f.guest_port, f.host_port
+        ));
+    }
+    arg
+}
+
+fn spawn_reader<R: Read + Send + 'static>(
+    mut source: R,
+    prefix: &'static str,
+    started: Instant,
+    tx: Sender<Event>,
+    report_close: bool,
+) -> Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("periwire-guest-console".into())
+        .spawn(move || {
+            let mut pending: Vec<u8> = Vec::new();
+            let mut buf = [0u8; 4096];
+            let send_line = |bytes: &[u8]| {
+                let text = String::from_utf8_lossy(bytes);
+                let text = text.trim_end_matches(['\r', '\n']);
+                tx.send(Event::Line(ConsoleLine {
+                    at: started.elapsed(),
+                    text: format!("{prefix}{text}"),
+                }))
+                .is_ok()
+            };
+            loop {
+                match source.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        pending.extend_from_slice(&buf[..n]);
+                        while let Some(pos) = pending.iter().position(|&b| b == b'\n') {
+                            let line: Vec<u8> = pending.drain(..=pos).collect();
+                            if !send_line(&line) {
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+            if !pending.is_empty() {
+                send_line(&pending);
+            }
+            if report_close {
+                let _ = tx.send(Event::ConsoleClosed);
+            }
+        })
+        .map_err(|e| Error::io("starting a console reader thread", e))
+}
+
+impl Guest {
+    /// Boots a guest: waits for the guest lock, builds (or reuses) the initramfs, starts QEMU.
+    /// Returns as soon as QEMU runs; the scenario then runs on its own.
+    ///
+    /// Start the servers the forwards lead to before booting.
+    pub fn boot(config: GuestConfig) -> Result<Guest> {
+        let kernel = Kernel::find()?;
+        let kernel_image = image::boot_image(&kernel)?;
+        let base = image::base_archive()?;
+        let (modules, _order) = image::modules_archive(&kernel, &config.modules)?;
+        // The guest's own watchdog fires a little after the host's limit.
+        let guest_limit = config.timeout.as_secs() + 10;
+        let scenario = image::scenario_archive(&config.scenario, guest_limit, &config.files);
+
+        let lock = GuestLock::acquire()?;
+
+        let run_dir = image::cache_dir().join("run");
+        std::fs::create_dir_all(&run_dir)
+            .map_err(|e| Error::io(format!("creating {}", run_dir.display()), e))?;
+        let mut initrd = tempfile::Builder::new()
+            .prefix("initrd-")
+            .suffix(".cpio")
+            .tempfile_in(&run_dir)
+            .map_err(|e| Error::io(format!("creating an initrd in {}", run_dir.display()), e))?;
+        for part in [&base, &modules] {
+            let mut f = File::open(part)
+                .map_err(|e| Error::io(format!("opening {}", part.display()), e))?;
+            std::io::copy(&mut f, initrd.as_file_mut())
+                .map_err(|e| Error::io(format!("copying {}", part.display()), e))?;
+        }
+        initrd
+            .write_all(&scenario)
+            .and_then(|()| initrd.flush())
+            .map_err(|e| Error::io("writing the initrd", e))?;
+
+        let mut append = String::from(
+            "console=ttyS0 quiet panic=-1 oops=panic rdinit=/init \
+             mitigations=off nokaslr i8042.noaux i8042.nokbd i8042.nopnp \
+             8250.nr_uarts=1 cryptomgr.notests tsc=reliable no_timer_check",
+        );
+        for word in &config.kernel_args {
+            append.push(' ');
+            append.push_str(word);
+        }
+
+        let qemu = std::env::var("PERIWIRE_QEMU").unwrap_or_else(|_| "qemu-system-x86_64".into());
+        let mut cmd = Command::new(&qemu);
+        cmd.args([
+            "-accel",
+            "tcg",
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+        ])
+        .args(["-no-reboot", "-smp", "1"])
+        .arg("-m")
+        .arg(config.memory_mib.to_string())
+        .args([
+            "-chardev",
+            "stdio,id=console,signal=off",
+            "-serial",
+            "chardev:console",
+        ])
+        .arg("-kernel")
+        .arg(&kernel_image)
+        .arg("-initrd")
+        .arg(initrd.path())
+        .arg("-append")
+        .arg(&append)
+        .arg("-netdev")
+        .arg(netdev_arg(&config.forwards))
+        .args(["-device", "virtio-net-pci,netdev=n0,romfile="])
+        .args(&config.qemu_args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+
+        let started = Instant::now();
+        let mut child = cmd.spawn().map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Error::MissingTool {
+                    what: qemu.clone(),
+                    detail: "Debian package qemu-system-x86".into(),
+                }
+            } else {
+                Error::io(format!("starting {qemu}"), e)
+            }
+        })?;
+        let (tx, events) = mpsc::channel();
+        let mut readers = Vec::new();
+        let stdout = child.stdout.take();
+        let stderr = child.stderr.take();
+        let spawned = (|| {
+            if let Some(out) = stdout {
+                readers.push(spawn_reader(out, "", started, tx.clone(), true)?);
+            }
+            if let Some(err) = stderr {
+                readers.push(spawn_reader(err, "qemu: ", started, tx, false)?);
+            }
+            Ok(())
+        })();
+        if let Err(e) = spawned {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
+        }
+        let stdin = child.stdin.take();
+        Ok(Guest {
+            child,
+            stdin,
+            events,
+            lines: Vec::new(),
+            cursor: 0,
+            console_closed: false,
+            exit_status: None,
+            setup_failure: None,
+            qemu_status: None,
+            started,
+            deadline: started + config.timeout,
+            limit: config.timeout,
+            readers,
+            _initrd: initrd,
+            _lock: lock,
+        })
+    }
+
+    /// Boots a guest and waits for its scenario to end (within `config.timeout`).
+    pub fn run(config: GuestConfig) -> Result<GuestOutcome> {
+        let timeout = config.timeout;
+        Guest::boot(config)?.wait_exit(timeout)
+    }
+
+    /// Waits for a console line containing `marker`, after the line the previous call
+    /// returned, and returns the line from `marker` on (so `EVENTS 01ab` comes back as
+    /// `"EVENTS 01ab"` even if a kernel message landed before it on the same line).
+    pub fn expect_line(&mut self, marker: &str, timeout: Duration) -> Result<String> {
+        let waiting_for = || format!("a console line containing {marker:?}");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some((i, pos)) = self.lines[self.cursor..]
+                .iter()
+                .enumerate()
+                .find_map(|(i, l)| l.text.find(marker).map(|pos| (i, pos)))
+            {
+                let index = self.cursor + i;
+                self.cursor = index + 1;
+                return Ok(self.lines[index].text[pos..].to_owned());
+            }
+            if self.console_closed {
+                return Err(Error::Ended {
+                    waiting_for: waiting_for(),
+                    tail: self.tail(TAIL_LINES),
+                });
+            }
+            self.pump(deadline, timeout, &waiting_for)?;
+        }
+    }
+
+    /// Writes `line` and a newline to the guest console; the scenario reads it from its
+    /// standard input (`read -r reply`). The console does not echo it.
+    pub fn send_line(&mut self, line: &str) -> Result<()> {
+        let stdin = self.stdin.as_mut().ok_or_else(|| {
+            Error::io(
+                "writing to the console",
+                std::io::ErrorKind::BrokenPipe.into(),
+            )
+        })?;
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .and_then(|()| stdin.flush())
+            .map_err(|e| Error::io("writing to the console", e))
+    }
+
+    /// Waits for the guest to end, and returns how the scenario ended, whatever its status.
+    /// Fails if QEMU ended without the exit marker (kernel panic, QEMU error, [`Guest::kill`])
+    /// or `/init` reported a setup failure.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<GuestOutcome> {
+        let deadline = Instant::now() + timeout;
+        let waiting_for = || "the guest to end".to_owned();
+        while !self.console_closed {
+            self.pump(deadline, timeout, &waiting_for)?;
+        }
+        // The console closes when QEMU exits; reap it (kill it if it lingers).
+        let status = self.reap(Duration::from_secs(5))?;
+        while let Ok(event) = self.events.try_recv() {
+            self.record(event);
+        }
+        if let Some(reason) = &self.setup_failure {
+            return Err(Error::SetupFailed {
+                reason: reason.clone(),
+                tail: self.tail(TAIL_LINES),
+            });
+        }
+        let Some(exit) = self.exit_status else {
+            return Err(Error::NoExitStatus {
+                qemu: status.to_string(),
+                tail: self.tail(TAIL_LINES),
+            });
+        };
+        let find = |marker: &str| {
+            self.lines
+                .iter()
+                .find(|l| l.text.contains(marker))
+                .map(|l| l.at)
+        };
+        Ok(GuestOutcome {
+            status: exit,
+            init_at: find(INIT_MARKER),
+            scenario_at: find(READY_MARKER),
+            ended_at: self.started.elapsed(),
+            transcript: self.lines.clone(),
+        })
+    }
+
+    /// Like [`Guest::wait_exit`], but a non-zero scenario status is an error too.
+    pub fn wait_success(&mut self, timeout: Duration) -> Result<GuestOutcome> {
+        let outcome = self.wait_exit(timeout)?;
+        if outcome.success() {
+            Ok(outcome)
+        } else {
+            Err(Error::ScenarioFailed {
+                status: outcome.status,
+                tail: self.tail(TAIL_LINES),
+            })
+        }
+    }
+
+    /// Kills QEMU at once (SIGKILL), as a crash would, and reaps it. Console lines received
+    /// so far stay available.
+    pub fn kill(&mut self) -> Result<()> {
+        if self.qemu_status.is_none() {
+            match self.child.kill() {
+                Ok(()) => {}
+                // Already exited (and not yet reaped): nothing to kill.
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {}
+                Err(e) => return Err(Error::io("killing QEMU", e)),
+            }
+            let status = self
+                .child
+                .wait()
+                .map_err(|e| Error::io("waiting for QEMU", e))?;
+            self.qemu_status = Some(status);
+        }
+        Ok(())
+    }
+
+    /// Every console line received so far.
+    pub fn transcript(&self) -> &[ConsoleLine] {
+        &self.lines
+    }
+
+    /// The last `n` console lines received so far, as text.
+    pub fn tail(&self, n: usize) -> String {
+        join_lines(&self.lines[self.lines.len().saturating_sub(n)..])
+    }
+
+    /// Time since QEMU was started.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// The QEMU process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn record(&mut self, event: Event) {
+        match event {
+            Event::Line(line) => {
+                if let Some(pos) = line.text.find(EXIT_MARKER) {
+                    let rest = &line.text[pos + EXIT_MARKER.len()..];
+                    self.exit_status = rest.split_whitespace().next().and_then(|s| s.parse().ok());
+                } else if let Some(pos) = line.text.find(SETUP_FAILED_MARKER) {
+                    self.setup_failure =
+                        Some(line.text[pos + SETUP_FAILED_MARKER.len()..].to_owned());
+                }
+                self.lines.push(line);
+            }
+            Event::ConsoleClosed => self.console_closed = true,
+        }
+    }
+
+    /// Receives one console event, or fails once `deadline` (of a wait lasting `timeout`) or
+    /// the guest's own limit passes; the latter kills QEMU.
+    fn pump(
+        &mut self,
+        deadline: Instant,
+        timeout: Duration,
+        waiting_for: &dyn Fn() -> String,
+    ) -> Result<()> {
+        let (until, guest_limit) = if self.deadline < deadline {
+            (self.deadline, true)
+        } else {
+            (deadline, false)
+        };
+        let wait = until.saturating_duration_since(Instant::now());
+        match self.events.recv_timeout(wait) {
+            Ok(event) => {
+                self.record(event);
+                Ok(())
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                self.console_closed = true;
+                Ok(())
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                let (what, after) = if guest_limit {
+                    let _ = self.kill();
+                    (
+                        format!(
+                            "{} (the guest's limit, GuestConfig::timeout; QEMU killed)",
+                            waiting_for()
+                        ),
+                        self.limit,
+                    )
+                } else {
+                    (waiting_for(), timeout)
+                };
+                Err(Error::Timeout {
+                    waiting_for: what,
+                    after,
+                    tail: self.tail(TAIL_LINES),
+                })
+            }
+        }
+    }
+
+    fn reap(&mut self, grace: Duration) -> Result<ExitStatus> {
+        if let Some(status) = self.qemu_status {
+            return Ok(status);
+        }
+        let deadline = Instant::now() + grace;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => {
+                    self.qemu_status = Some(status);
+                    return Ok(status);
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Ok(None) => {
+                    self.kill()?;
+                    return self.qemu_status.ok_or_else(|| {
+                        Error::io("reaping QEMU", std::io::ErrorKind::Other.into())
+                    });
+                }
+                Err(e) => return Err(Error::io("waiting for QEMU", e)),
+            }
+        }
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        let _ = self.kill();
+        // The reader threads end by themselves when QEMU's pipes close; not joining them
+        // keeps a drop from waiting on a process that inherited a pipe.
+        self.readers.clear();
+    }
+}
