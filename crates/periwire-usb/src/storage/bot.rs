@@ -482,10 +482,11 @@ impl<S: BlockStore> BulkOnlyTransport<S> {
         let device = intent.len();
         tracing::trace!(
             tag = cbw.tag,
-            opcode = cbw.cb[0],
+            cdb = ?cbw.cb.get(..usize::from(cbw.cb_length)).unwrap_or(&cbw.cb),
             expected,
             data_in = cbw.is_data_in(),
             device,
+            ?status,
             "storage: CBW"
         );
         let tag = cbw.tag;

@@ -168,102 +168,142 @@ fn status(csw: CommandStatusWrapper) -> (CswStatus, u32) {
     (csw.status, csw.data_residue)
 }
 
-/// The commands Linux 6.x `usb-storage` + `sd` send when a stick is plugged in, byte for
-/// byte (tags as the driver counts them), with what a good device answers.
+/// The CBWs Linux 6.1 (Debian) `usb-storage` + `sd` send when the disk is attached through
+/// vhci-hcd and then opened, byte for byte as captured from a guest, with the data-in
+/// length and the status each must get.
+const LINUX_ATTACH: &[(&str, usize, u32)] = &[
+    // INQUIRY, 36 bytes (scsi_probe_lun).
+    (
+        "55534243 01000000 24000000 80 00 06 120000002400 00000000000000000000",
+        36,
+        0,
+    ),
+    // TEST UNIT READY (sd_spinup_disk).
+    (
+        "55534243 02000000 00000000 00 00 06 000000000000 00000000000000000000",
+        0,
+        0,
+    ),
+    // READ CAPACITY(10).
+    (
+        "55534243 03000000 08000000 80 00 0a 25000000000000000000 000000000000",
+        8,
+        0,
+    ),
+    // READ(10) of block 0, one block.
+    (
+        "55534243 04000000 00020000 80 00 0a 28000000000000000100 000000000000",
+        512,
+        0,
+    ),
+    // MODE SENSE(6), all pages, 192 bytes (write protect; usb-storage sets
+    // use_192_bytes_for_3f), twice (cache type: skip_ms_page_8 makes sd look for page 8 here).
+    (
+        "55534243 05000000 c0000000 80 00 06 1a003f00c000 00000000000000000000",
+        192,
+        144,
+    ),
+    (
+        "55534243 06000000 c0000000 80 00 06 1a003f00c000 00000000000000000000",
+        192,
+        144,
+    ),
+    // Revalidation on open: TUR, TUR, READ CAPACITY(10), READ(10), MODE SENSE(6) twice.
+    (
+        "55534243 07000000 00000000 00 00 06 000000000000 00000000000000000000",
+        0,
+        0,
+    ),
+    (
+        "55534243 08000000 00000000 00 00 06 000000000000 00000000000000000000",
+        0,
+        0,
+    ),
+    (
+        "55534243 09000000 08000000 80 00 0a 25000000000000000000 000000000000",
+        8,
+        0,
+    ),
+    (
+        "55534243 0a000000 00020000 80 00 0a 28000000000000000100 000000000000",
+        512,
+        0,
+    ),
+    (
+        "55534243 0b000000 c0000000 80 00 06 1a003f00c000 00000000000000000000",
+        192,
+        144,
+    ),
+    (
+        "55534243 0c000000 c0000000 80 00 06 1a003f00c000 00000000000000000000",
+        192,
+        144,
+    ),
+    // PREVENT ALLOW MEDIUM REMOVAL (prevent), READ(10) of 4 KiB (partition scan), allow.
+    (
+        "55534243 0d000000 00000000 00 00 06 1e0000000100 00000000000000000000",
+        0,
+        0,
+    ),
+    (
+        "55534243 0e000000 00100000 80 00 0a 28000000000000000800 000000000000",
+        4096,
+        0,
+    ),
+    (
+        "55534243 0f000000 00000000 00 00 06 1e0000000000 00000000000000000000",
+        0,
+        0,
+    ),
+];
+
 #[test]
 fn linux_attach_sequence() {
-    let mut h = Host::new(patterned(2048));
-    // INQUIRY, 36 bytes (scsi_probe_lun).
-    let (d, csw) = h.exchange(
-        "55534243 01000000 24000000 80 00 06 12000000 24000000 00000000 00000000",
-        36,
-    );
-    assert_eq!(
-        (csw.tag, csw.status, csw.data_residue),
-        (1, CswStatus::Passed, 0)
-    );
-    assert_eq!(
-        d.len(),
-        36,
-        "36 bytes and residue 0, or Linux sets IGNORE_RESIDUE"
-    );
-    assert_eq!((d[0], d[1], d[2], d[3], d[4]), (0x00, 0x80, 0x06, 0x02, 31));
-    assert_eq!(&d[8..36], b"periwireVirtual Disk    0100");
-
-    // TEST UNIT READY (sd_spinup_disk).
-    let (_, csw) = h.exchange(
-        "55534243 02000000 00000000 00 00 06 00000000 00000000 00000000 00000000",
-        0,
-    );
-    assert_eq!(
-        (csw.tag, csw.status, csw.data_residue),
-        (2, CswStatus::Passed, 0)
-    );
-
-    // READ CAPACITY(10): 2048 blocks of 512.
-    let (d, csw) = h.exchange(
-        "55534243 03000000 08000000 80 00 0a 25000000 00000000 00000000 00000000",
-        8,
-    );
-    assert_eq!(
-        (csw.tag, csw.status, csw.data_residue),
-        (3, CswStatus::Passed, 0)
-    );
-    assert_eq!(d, hex("000007ff 00000200"));
-
-    // MODE SENSE(6), all pages, 192 bytes (sd_read_write_protect_flag with
-    // use_192_bytes_for_3f): short data, residue.
-    let (d, csw) = h.exchange(
-        "55534243 04000000 c0000000 80 00 06 1a003f00 c0000000 00000000 00000000",
-        192,
-    );
-    assert_eq!((csw.tag, csw.status), (4, CswStatus::Passed));
-    assert_eq!(d.len(), 48);
-    assert_eq!(csw.data_residue, 192 - 48);
-    assert_eq!(d[2] & 0x80, 0, "not write protected");
-
-    // MODE SENSE(6) again for the cache type (skip_ms_page_8 makes sd look for page 8 in
-    // the all-pages answer): find the caching page and WCE the way sd_read_cache_type does.
-    let (d, _) = h.exchange(
-        "55534243 05000000 c0000000 80 00 06 1a003f00 c0000000 00000000 00000000",
-        192,
-    );
-    let mut offset = 4 + usize::from(d[3]);
+    let mut h = Host::new(patterned(131_072));
+    let mut answers = Vec::new();
+    for (i, &(cbw, data_in, residue)) in LINUX_ATTACH.iter().enumerate() {
+        let (data, csw) = h.exchange(cbw, data_in);
+        assert_eq!(
+            (csw.tag as usize, csw.status, csw.data_residue),
+            (i + 1, CswStatus::Passed, residue),
+            "CBW {cbw}"
+        );
+        assert_eq!(data.len() as u32, data_in as u32 - residue, "CBW {cbw}");
+        answers.push(data);
+    }
+    // INQUIRY: 36 bytes exactly and residue 0 (a residue here makes Linux ignore residues
+    // for good); direct access, removable, SPC-4.
+    let inquiry = &answers[0];
+    assert_eq!(&inquiry[..5], &[0x00, 0x80, 0x06, 0x02, 31]);
+    assert_eq!(&inquiry[8..36], b"periwireVirtual Disk    0100");
+    assert_eq!(answers[2], hex("0001ffff 00000200"), "131072 blocks of 512");
+    assert_eq!(answers[3], h.bot.store().bytes()[..512].to_vec());
+    assert_eq!(answers[13], h.bot.store().bytes()[..4096].to_vec());
+    // Mode parameter header as sd prints it ("Mode Sense: 2f 00 00 00"), then the caching
+    // page with WCE found the way sd_read_cache_type walks the pages.
+    let mode = &answers[4];
+    assert_eq!(&mode[..4], &[0x2f, 0x00, 0x00, 0x00]);
+    let mut offset = 4 + usize::from(mode[3]);
     let mut wce = None;
-    while offset + 2 < d.len() {
-        if d[offset] & 0x3f == 0x08 {
-            wce = Some(d[offset + 2] & 0x04 != 0);
+    while offset + 2 < mode.len() {
+        if mode[offset] & 0x3f == 0x08 {
+            wce = Some(mode[offset + 2] & 0x04 != 0);
             break;
         }
-        offset += 2 + usize::from(d[offset + 1]);
+        offset += 2 + usize::from(mode[offset + 1]);
     }
-    assert_eq!(wce, Some(true), "caching page found, write cache enabled");
-
-    // READ(10) of the first 4 KiB (partition scan).
-    let (d, csw) = h.exchange(
-        "55534243 06000000 00100000 80 00 0a 28000000 00000000 08000000 00000000",
-        4096,
+    assert_eq!(wce, Some(true), "Write cache: enabled");
+    assert!(
+        !h.bot.unit().removal_prevented(),
+        "allowed again at the end"
     );
-    assert_eq!(
-        (csw.tag, csw.status, csw.data_residue),
-        (6, CswStatus::Passed, 0)
-    );
-    assert_eq!(d, h.bot.store().bytes()[..4096].to_vec());
 
-    // PREVENT ALLOW MEDIUM REMOVAL (prevent), as sd_open sends for a removable disk.
+    // SYNCHRONIZE CACHE(10), as sd sends it on fsync.
     let (_, csw) = h.exchange(
-        "55534243 07000000 00000000 00 00 06 1e000000 01000000 00000000 00000000",
+        "55534243 10000000 00000000 00 00 0a 35000000000000000000 000000000000",
         0,
     );
-    assert_eq!(csw.status, CswStatus::Passed);
-    assert!(h.bot.unit().removal_prevented());
-
-    // SYNCHRONIZE CACHE(10) (sd_sync_cache on flush).
-    let (_, csw) = h.exchange(
-        "55534243 08000000 00000000 00 00 0a 35000000 00000000 00000000 00000000",
-        0,
-    );
-    assert_eq!(csw.status, CswStatus::Passed);
+    assert_eq!(status(csw), passed(0));
     assert_eq!(h.bot.store().flushes(), 1);
 }
 
