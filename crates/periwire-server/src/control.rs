@@ -142,21 +142,41 @@ fn pick<'a, H>(
     list: &'a [NamedInput<H>],
     wanted: &Option<String>,
     kind: &str,
-) -> Result<&'a H, String> {
+) -> Result<&'a NamedInput<H>, String> {
     match wanted {
         None => list
             .first()
-            .map(|n| &n.handle)
             .ok_or_else(|| format!("the server has no {kind}")),
         Some(w) => list
             .iter()
             .find(|n| &n.name == w || &n.busid == w)
-            .map(|n| &n.handle)
             .ok_or_else(|| format!("no {kind} named {w}")),
     }
 }
 
 impl ControlState {
+    /// The input device `wanted` (or the first of its kind), if a client has it attached:
+    /// input sent to a device nobody uses would surface, stale, whenever one attaches.
+    fn attached<'a, H>(
+        &self,
+        list: &'a [NamedInput<H>],
+        wanted: &Option<String>,
+        kind: &str,
+    ) -> Result<&'a H, String> {
+        let input = pick(list, wanted, kind)?;
+        let attached = periwire_wire::usbip::BusId::new(&input.busid)
+            .map(|b| self.registry.is_claimed(&b))
+            .unwrap_or(false);
+        if attached {
+            Ok(&input.handle)
+        } else {
+            Err(format!(
+                "{kind} {} ({}) is not attached to any client",
+                input.name, input.busid
+            ))
+        }
+    }
+
     /// Carries out one request.
     pub async fn handle(&self, request: ControlRequest) -> ControlResponse {
         let result = match request {
@@ -196,19 +216,19 @@ impl ControlState {
                 }
             }
             ControlRequest::Type { device, text } => {
-                match pick(&self.keyboards, &device, "keyboard") {
+                match self.attached(&self.keyboards, &device, "keyboard") {
                     Ok(k) => k.type_text(&text).await.map_err(|e| e.to_string()),
                     Err(e) => Err(e),
                 }
             }
             ControlRequest::MouseMove { device, dx, dy } => {
-                match pick(&self.mice, &device, "mouse") {
+                match self.attached(&self.mice, &device, "mouse") {
                     Ok(m) => m.move_by(dx, dy).await.map_err(|e| e.to_string()),
                     Err(e) => Err(e),
                 }
             }
             ControlRequest::MouseClick { device, button } => {
-                match pick(&self.mice, &device, "mouse") {
+                match self.attached(&self.mice, &device, "mouse") {
                     Ok(m) => {
                         let b = match button {
                             MouseButton::Left => periwire_usb::hid::MouseButton::Left,
@@ -340,6 +360,63 @@ pub async fn request(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Export;
+
+    #[tokio::test]
+    async fn input_goes_only_to_an_attached_keyboard() {
+        let registry = Registry::new();
+        let (kbd, handle) = periwire_usb::hid::Keyboard::new();
+        let busid = periwire_wire::usbip::BusId::new("1-1").unwrap();
+        registry
+            .add(Export {
+                busid: busid.clone(),
+                busnum: 1,
+                devnum: 2,
+                name: "kbd".into(),
+                device: Arc::new(kbd),
+            })
+            .unwrap();
+        let state = ControlState {
+            registry: registry.clone(),
+            kinds: vec![("1-1".into(), "keyboard".into())],
+            keyboards: vec![NamedInput {
+                name: "kbd".into(),
+                busid: "1-1".into(),
+                handle: handle.clone(),
+            }],
+            mice: Vec::new(),
+        };
+        let typed = |device: Option<&str>| ControlRequest::Type {
+            device: device.map(str::to_owned),
+            text: "a".into(),
+        };
+        let ControlResponse::Error { message } = state.handle(typed(None)).await else {
+            panic!("typing on a detached keyboard must fail");
+        };
+        assert!(message.contains("not attached"), "{message}");
+        assert_eq!(handle.queued(), 0);
+
+        let _claim = registry.claim(&busid).unwrap();
+        assert_eq!(state.handle(typed(Some("kbd"))).await, ControlResponse::Ok);
+        assert_eq!(handle.queued(), 2, "key down and key up");
+        let ControlResponse::Error { message } = state.handle(typed(Some("nope"))).await else {
+            panic!("unknown keyboard");
+        };
+        assert!(message.contains("no keyboard named nope"));
+        let ControlResponse::Error { .. } = state
+            .handle(ControlRequest::MouseClick {
+                device: None,
+                button: MouseButton::Left,
+            })
+            .await
+        else {
+            panic!("no mouse");
+        };
+        let ControlResponse::Status { devices } = state.handle(ControlRequest::Status).await else {
+            panic!("status");
+        };
+        assert!(devices[0].imported);
+    }
 
     #[test]
     fn requests_have_a_stable_json_form() {

@@ -37,7 +37,7 @@ const README_TEXT: &[u8] = b"periwire guest test file\n";
 
 fn prepare_fat_disk(dir: &Path) {
     periwire_usb::storage::create_demo_image(
-        &dir.join("disk.img"),
+        dir.join("disk.img"),
         64 * 1024 * 1024,
         &[("README.TXT", README_TEXT)],
     )
