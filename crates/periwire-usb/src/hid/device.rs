@@ -221,6 +221,17 @@ impl<F: BootFunction> Shared<F> {
         .await
     }
 
+    /// The client let go of the device: input queued for it is dropped (it would surface,
+    /// stale, at the next attach) and the HID state returns to power-on. Waiting handles are
+    /// woken, since the queue has room again.
+    pub(crate) fn detach(&self) {
+        let mut inner = self.lock();
+        inner.queue.clear();
+        inner.reset();
+        drop(inner);
+        self.changed.notify_waiters();
+    }
+
     fn close(&self) {
         self.lock().closed = true;
         self.changed.notify_waiters();
@@ -297,6 +308,11 @@ impl<F: BootFunction> HidDevice<F> {
     #[cfg(test)]
     pub(crate) fn descriptors(&self) -> &DeviceDescriptors {
         self.standard.descriptors()
+    }
+
+    /// See [`Shared::detach`].
+    pub(crate) fn detached(&self) {
+        self.shared.detach();
     }
 
     pub(crate) fn submit(&self, urb: Urb) -> BoxFuture<'_, UrbResult> {

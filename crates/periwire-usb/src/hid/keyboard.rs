@@ -406,6 +406,10 @@ impl UsbDevice for Keyboard {
     fn submit(&self, urb: Urb) -> BoxFuture<'_, UrbResult> {
         self.device.submit(urb)
     }
+
+    fn detached(&self) {
+        self.device.detached();
+    }
 }
 
 /// Types on a [`Keyboard`]. Cloneable; clones share the keyboard's queue.
@@ -670,6 +674,19 @@ mod tests {
         h.drained().await.unwrap();
         // GET_REPORT(Input) tells what the host saw last.
         assert_eq!(kb.device_current(), KeyboardReport::RELEASED);
+    }
+
+    #[tokio::test]
+    async fn detach_drops_input_queued_for_the_old_client() {
+        let (kb, h) = Keyboard::new();
+        h.type_text("abc").await.unwrap();
+        assert_eq!(h.queued(), 6);
+        kb.detached();
+        assert_eq!(h.queued(), 0);
+        h.drained().await.unwrap();
+        h.type_text("d").await.unwrap();
+        let c = kb.submit(urb_in(1, 8)).await.unwrap();
+        assert_eq!(c.data, [0, 0, 0x07, 0, 0, 0, 0, 0]); // d, not a
     }
 
     #[tokio::test]

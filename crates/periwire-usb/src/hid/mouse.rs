@@ -199,6 +199,10 @@ impl UsbDevice for Mouse {
     fn submit(&self, urb: Urb) -> BoxFuture<'_, UrbResult> {
         self.device.submit(urb)
     }
+
+    fn detached(&self) {
+        self.device.detached();
+    }
 }
 
 /// Moves and clicks a [`Mouse`]. Cloneable; clones share the mouse's queue and button state.
