@@ -450,14 +450,34 @@ impl fmt::Debug for Guest {
 fn netdev_arg(forwards: &[Forward]) -> String {
     let mut arg = String::from("user,id=n0,restrict=on");
     for f in forwards {
-        // QEMU runs the command (no shell) for every guest connection, with the connection
-        // on its stdin and stdout; commas in option values are doubled.
+        // QEMU runs the command (split into words, no shell) for every guest connection, with
+        // the connection on its stdin and stdout. The chardev form (`-tcp:127.0.0.1:PORT`)
+        // would carry a single connection for QEMU's whole life and never pass a close on.
         arg.push_str(&format!(
             ",guestfwd=tcp:{SERVER_ADDR}:{}-cmd:/bin/busybox nc 127.0.0.1 {}",
             f.guest_port, f.host_port
         ));
     }
     arg
+}
+
+/// Removes per-boot initrds left behind by test processes that were killed (a dropped
+/// [`Guest`] removes its own). Best effort: anything older than an hour goes.
+fn remove_stale_initrds(run_dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(run_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let stale = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > Duration::from_secs(3600));
+        if stale && entry.file_name().to_string_lossy().starts_with("initrd-") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 fn spawn_reader<R: Read + Send + 'static>(
@@ -483,6 +503,7 @@ fn spawn_reader<R: Read + Send + 'static>(
             };
             loop {
                 match source.read(&mut buf) {
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                     Ok(0) | Err(_) => break,
                     Ok(n) => {
                         pending.extend_from_slice(&buf[..n]);
@@ -524,6 +545,7 @@ impl Guest {
         let run_dir = image::cache_dir().join("run");
         std::fs::create_dir_all(&run_dir)
             .map_err(|e| Error::io(format!("creating {}", run_dir.display()), e))?;
+        remove_stale_initrds(&run_dir);
         let mut initrd = tempfile::Builder::new()
             .prefix("initrd-")
             .suffix(".cpio")
