@@ -452,6 +452,8 @@ impl LogicalUnit {
             }
             _ => return Err(SenseData::INVALID_FIELD_IN_CDB),
         };
+        let mut body = body;
+        body.truncate(usize::from(u16::MAX)); // only a huge configured serial gets here
         let mut r = vec![0x00, page];
         r.extend_from_slice(&(body.len() as u16).to_be_bytes());
         r.extend(body);
