@@ -23,4 +23,6 @@ pub mod controller;
 pub mod radio;
 pub mod wire;
 
+pub use controller::{Controller, ControllerConfig, ToHost};
+pub use radio::{AdapterId, Radio};
 pub use wire::{BdAddr, HciCommand, HciEvent};

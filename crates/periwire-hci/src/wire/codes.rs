@@ -84,10 +84,14 @@ code_enum! {
         UnsupportedRemoteFeature = 0x1a,
         /// Unspecified Error.
         UnspecifiedError = 0x1f,
+        /// Insufficient Security.
+        InsufficientSecurity = 0x2f,
         /// Simple Pairing Not Supported by Host.
         SimplePairingNotSupportedByHost = 0x37,
         /// Advertising Timeout.
         AdvertisingTimeout = 0x3c,
+        /// Connection Terminated due to MIC Failure.
+        ConnectionTerminatedMicFailure = 0x3d,
         /// Connection Failed to be Established / Synchronization Timeout.
         ConnectionFailedToBeEstablished = 0x3e,
         /// Unknown Advertising Identifier.
