@@ -1,0 +1,24 @@
+//! The tokio runtime around `periwire-hci`: one shared simulated radio per process, and H4
+//! transports (TCP and Unix sockets) that each drive one emulated controller on it.
+//!
+//! The protocol logic lives in the sans-IO crate; this crate only reads bytes, feeds the state
+//! machines, drains what they emit and arms their timers (quinn's split between quinn-proto
+//! and quinn).
+//!
+//! - [`SharedRadio`]: the process-wide [`periwire_hci::Radio`] behind a mutex, with a timer task
+//!   and a wake-up per adapter.
+//! - [`AdapterHandle`]: one attached controller; packet-typed (`send_command`, `send_acl`,
+//!   `recv`), so H4, a USB dongle or `/dev/vhci` can all drive it. Dropping it removes the
+//!   adapter from the radio, which disconnects its links.
+//! - [`serve_h4`]: H4 framing over any byte stream; [`H4Server`] accepts TCP or Unix
+//!   clients and gives each its own adapter (what Bumble's `tcp-client:` transport connects to).
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod h4;
+mod shared;
+
+pub use h4::{serve_h4, AdapterPlan, H4Server, ServeError};
+pub use periwire_hci::{controller::ToHost, BdAddr, ControllerConfig};
+pub use shared::{AdapterHandle, SharedRadio};
