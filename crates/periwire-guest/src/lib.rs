@@ -38,7 +38,7 @@
 //!
 //! QEMU user-mode networking with `restrict=on`: the guest reaches nothing but the forwards.
 //! Every TCP connection the guest opens to 10.0.2.100:`guest_port` becomes a new TCP
-//! connection from the host to 127.0.0.1:`host_port` (made by `busybox nc`, which QEMU starts
+//! connection from the host to 127.0.0.1:`host_port` (made by `socat`, which QEMU starts
 //! for each guest connection), so the server sees one connection per guest connection and
 //! each side sees the other close.
 //!
@@ -453,8 +453,10 @@ fn netdev_arg(forwards: &[Forward]) -> String {
         // QEMU runs the command (split into words, no shell) for every guest connection, with
         // the connection on its stdin and stdout. The chardev form (`-tcp:127.0.0.1:PORT`)
         // would carry a single connection for QEMU's whole life and never pass a close on.
+        // socat with TCP_NODELAY: a relay with Nagle on (busybox nc) meets the peer's delayed
+        // ACKs and adds ~40 ms to every request/response pair. `,,` is QEMU's escaped comma.
         arg.push_str(&format!(
-            ",guestfwd=tcp:{SERVER_ADDR}:{}-cmd:/bin/busybox nc 127.0.0.1 {}",
+            ",guestfwd=tcp:{SERVER_ADDR}:{}-cmd:socat -b 262144 STDIO TCP:127.0.0.1:{},,nodelay",
             f.guest_port, f.host_port
         ));
     }

@@ -48,13 +48,13 @@ fn prepare_fat_disk(dir: &Path) {
 fn usbip_list_shows_every_device_with_ids_and_classes() {
     let server = Server::start(ALL_DEVICES, prepare_fat_disk);
     let mut guest = Guest::boot(
-        GuestConfig::new(common::scenario(
+        GuestConfig::new(
             r#"
             usbip list -r "$PERIWIRE_SERVER" > /tmp/list
             sed 's/^/LIST /' /tmp/list
             mark LIST-DONE
             "#,
-        ))
+        )
         .modules(["vhci-hcd"])
         .server_port(server.port),
     )
@@ -128,7 +128,7 @@ fn keyboard_and_mouse_input_reach_the_guest_input_layer() {
         "#
     );
     let mut guest = Guest::boot(
-        GuestConfig::new(common::scenario(&scenario))
+        GuestConfig::new(scenario)
             .modules(["vhci-hcd", "usbhid", "evdev"])
             .server_port(server.port),
     )
@@ -184,7 +184,7 @@ fn keyboard_and_mouse_input_reach_the_guest_input_layer() {
 fn storage_mounts_reads_writes_and_keeps_data_after_detach() {
     let mut server = Server::start(ALL_DEVICES, prepare_fat_disk);
     let mut guest = Guest::boot(
-        GuestConfig::new(common::scenario(
+        GuestConfig::new(
             r#"
             usbip attach -r "$PERIWIRE_SERVER" -b 1-3
             wait_for /dev/sda 60
@@ -204,7 +204,7 @@ fn storage_mounts_reads_writes_and_keeps_data_after_detach() {
             usbip detach -p 0
             mark DETACHED
             "#,
-        ))
+        )
         .modules(["vhci-hcd", "usb-storage", "sd_mod", "vfat"])
         .server_port(server.port),
     )
@@ -269,7 +269,7 @@ fn serial_port_carries_bytes_both_ways() {
         .map(|(_, p)| *p)
         .expect("serial port");
     let mut guest = Guest::boot(
-        GuestConfig::new(common::scenario(
+        GuestConfig::new(
             r#"
             usbip attach -r "$PERIWIRE_SERVER" -b 1-4
             wait_for /dev/ttyACM0 60
@@ -282,7 +282,7 @@ fn serial_port_carries_bytes_both_ways() {
             mark SENT
             read -r _
             "#,
-        ))
+        )
         .modules(["vhci-hcd", "cdc-acm"])
         .server_port(server.port),
     )
@@ -337,7 +337,7 @@ fn killed_guest_mid_write_leaves_a_consistent_image_and_the_server_running() {
     // First guest: a synced file, then a large write that is cut short by killing QEMU.
     // While it holds the disk, a second attach of the same device is refused as busy.
     let mut guest = Guest::boot(
-        GuestConfig::new(common::scenario(
+        GuestConfig::new(
             r#"
             usbip attach -r "$PERIWIRE_SERVER" -b 1-1
             wait_for /dev/sda 60
@@ -357,7 +357,7 @@ fn killed_guest_mid_write_leaves_a_consistent_image_and_the_server_running() {
             wait
             mark WRITE-FINISHED
             "#,
-        ))
+        )
         .modules(modules)
         .server_port(server.port),
     )
@@ -389,7 +389,7 @@ fn killed_guest_mid_write_leaves_a_consistent_image_and_the_server_running() {
     // Second guest: attaches again, mounts (the kernel replays the journal), checks the
     // synced file and unmounts cleanly.
     let mut guest = Guest::boot(
-        GuestConfig::new(common::scenario(
+        GuestConfig::new(
             r#"
             usbip attach -r "$PERIWIRE_SERVER" -b 1-1
             wait_for /dev/sda 60
@@ -400,7 +400,7 @@ fn killed_guest_mid_write_leaves_a_consistent_image_and_the_server_running() {
             usbip detach -p 0
             mark DETACHED
             "#,
-        ))
+        )
         .modules(modules)
         .server_port(server.port),
     )

@@ -10,6 +10,9 @@ mkdir -p /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /tmp
 mount -t tmpfs tmpfs /run
+# usbip attach records its ports under /var/run/vhci_hcd.
+mkdir -p /var
+ln -sfn /run /var/run
 stty -echo 2>/dev/null
 read -r up _ </proc/uptime
 echo "PERIWIRE-GUEST-INIT $up"

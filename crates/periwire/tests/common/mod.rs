@@ -168,12 +168,6 @@ pub fn parse_event(line: &str) -> InputEvent {
     }
 }
 
-/// Wraps a scenario with what every periwire scenario needs: `usbip attach` records its
-/// ports under /var/run/vhci_hcd, which the initramfs lacks.
-pub fn scenario(body: &str) -> String {
-    format!("mkdir -p /var/run/vhci_hcd\n{body}")
-}
-
 /// Shell functions the input scenarios use: find the event device of a named input device,
 /// and stream its events to the console as `EV <hex>` lines, one event per line.
 pub const GUEST_INPUT_HELPERS: &str = r#"
