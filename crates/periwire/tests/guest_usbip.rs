@@ -425,3 +425,98 @@ fn killed_guest_mid_write_leaves_a_consistent_image_and_the_server_running() {
         String::from_utf8_lossy(&fsck.stderr)
     );
 }
+
+/// Wireshark's USB/IP dissector reads a whole session (device list, import, enumeration,
+/// storage I/O, detach) as captured on loopback and finds nothing malformed.
+#[test]
+fn tshark_dissects_a_whole_session_without_malformed_packets() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+
+    let server = Server::start(ALL_DEVICES, prepare_fat_disk);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let capture = dir.path().join("usbip.pcapng");
+    let mut tshark = Command::new("tshark")
+        .args(["-i", "lo", "-f", &format!("tcp port {}", server.port), "-w"])
+        .arg(&capture)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start tshark");
+    let stderr = tshark.stderr.take().expect("stderr");
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    // tshark says when the capture is running; nothing is sent before that.
+    loop {
+        let line = lines
+            .next()
+            .expect("tshark started")
+            .expect("tshark stderr");
+        if line.contains("Capturing on") {
+            break;
+        }
+    }
+    let mut guest = Guest::boot(
+        GuestConfig::new(
+            r#"
+            usbip list -r "$PERIWIRE_SERVER" >/dev/null
+            usbip attach -r "$PERIWIRE_SERVER" -b 1-3
+            usbip attach -r "$PERIWIRE_SERVER" -b 1-1
+            wait_for /dev/sda 60
+            mkdir -p /mnt
+            mount -t vfat /dev/sda /mnt
+            cat /mnt/README.TXT >/dev/null
+            echo captured >/mnt/CAPTURE.TXT
+            umount /mnt
+            usbip detach -p 0
+            usbip detach -p 1
+            mark SESSION-DONE
+            "#,
+        )
+        .modules(["vhci-hcd", "usb-storage", "sd_mod", "vfat", "usbhid"])
+        .server_port(server.port),
+    )
+    .expect("boot");
+    guest.expect_line("SESSION-DONE", STEP).expect("session");
+    guest.wait_success(STEP).expect("scenario succeeds");
+    let _ = Command::new("kill")
+        .args(["-INT", &tshark.id().to_string()])
+        .status();
+    assert!(
+        tshark.wait().expect("tshark exits").success(),
+        "tshark capture"
+    );
+
+    let count = |filter: &str| -> usize {
+        let out = Command::new("tshark")
+            .arg("-r")
+            .arg(&capture)
+            .args([
+                "-d",
+                &format!("tcp.port=={},usbip", server.port),
+                "-Y",
+                filter,
+            ])
+            .output()
+            .expect("tshark -r");
+        assert!(
+            out.status.success(),
+            "tshark -r failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    };
+    assert!(
+        count("usbip.operation == 0x0005") >= 1,
+        "OP_REP_DEVLIST dissected"
+    );
+    assert!(
+        count("usbip.operation == 0x0003") >= 2,
+        "OP_REP_IMPORT dissected"
+    );
+    assert!(count("usbip.urb == 1") > 20, "CMD_SUBMIT dissected");
+    assert!(count("usbip.urb == 3") > 20, "RET_SUBMIT dissected");
+    assert_eq!(
+        count("_ws.malformed || _ws.expert.severity >= 0x00800000"),
+        0,
+        "no malformed or error-level packets"
+    );
+}
