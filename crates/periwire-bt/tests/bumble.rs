@@ -160,3 +160,30 @@ async fn two_bumble_hosts_exchange_data_over_le_coc() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_bumble_hosts_discover_pair_and_exchange_data_over_bredr() {
+    ensure_bumble();
+    let (_radio, port) = tcp_server().await;
+    let transport = format!("tcp-client:127.0.0.1:{port}");
+    let size = 100_000;
+    let out = python(
+        &[
+            &script("classic.py"),
+            &transport,
+            &transport,
+            &size.to_string(),
+        ],
+        Duration::from_secs(180),
+    )
+    .await;
+    eprintln!("{out}");
+    assert!(marker(&out, "FOUND").starts_with("00:50:57:AA:00:01"));
+    assert_eq!(marker(&out, "NAME"), "pw-classic-b");
+    marker(&out, "AUTHENTICATED");
+    assert_eq!(marker(&out, "ENCRYPTED"), "True");
+    assert_eq!(marker(&out, "LINK_KEY").len(), 32);
+    assert_eq!(marker(&out, "RECEIVED"), size.to_string());
+    marker(&out, "ECHOED");
+    marker(&out, "PASS");
+}
