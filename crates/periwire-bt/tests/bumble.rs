@@ -16,21 +16,36 @@ use tokio::process::Command;
 const BASE: &str = "00:50:57:AA:00:00";
 
 /// Installs Bumble with pip if `import bumble` fails, so the tests run on a fresh machine.
+/// nextest runs each test in its own process: `flock` keeps two of them from running pip at
+/// the same time.
 fn ensure_bumble() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        let present = std::process::Command::new("python3")
-            .args(["-c", "import bumble"])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !present {
-            let st = std::process::Command::new("python3")
-                .args(["-m", "pip", "install", "--quiet", "bumble"])
+        let present = || {
+            std::process::Command::new("python3")
+                .args(["-c", "import bumble"])
+                .stderr(Stdio::null())
                 .status()
-                .expect("run pip");
-            assert!(st.success(), "pip install bumble failed");
+                .is_ok_and(|s| s.success())
+        };
+        if present() {
+            return;
         }
+        let install =
+            "python3 -c 'import bumble' 2>/dev/null || python3 -m pip install --quiet bumble";
+        let lock = std::env::temp_dir().join("periwire-bumble-install.lock");
+        let locked = std::process::Command::new("flock")
+            .arg(&lock)
+            .args(["sh", "-c", install])
+            .status();
+        let st = match locked {
+            Ok(st) => st,
+            Err(_) => std::process::Command::new("sh")
+                .args(["-c", install])
+                .status()
+                .expect("run pip"),
+        };
+        assert!(st.success() && present(), "pip install bumble failed");
     });
 }
 
