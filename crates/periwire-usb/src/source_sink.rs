@@ -77,6 +77,12 @@ impl SourceSinkHandle {
     }
 }
 
+/// What the source endpoint returns for `len` bytes: a counting pattern (byte `i` is
+/// `i mod 256`).
+pub fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| i as u8).collect()
+}
+
 fn descriptors() -> DeviceDescriptors {
     let ep = |address, transfer, max_packet_size, interval| Endpoint {
         address,
@@ -177,7 +183,7 @@ impl UsbDevice for SourceSink {
             }
             match (urb.endpoint_address(), urb.direction) {
                 (EP_SOURCE, Direction::In) => {
-                    let data: Vec<u8> = (0..urb.length).map(|i| i as u8).collect();
+                    let data = pattern(urb.length as usize);
                     self.counters
                         .sourced
                         .fetch_add(u64::from(urb.length), Ordering::Relaxed);

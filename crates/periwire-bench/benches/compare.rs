@@ -1,0 +1,101 @@
+//! `cargo bench -p periwire-bench --bench compare`: periwire's USB/IP server against the
+//! `usbip` crate's, side by side, then the guest disk. Prints one table (see the README's
+//! "Benchmarks" section for how to read it).
+//!
+//! Environment: `PERIWIRE_BENCH_QUICK=1` measures less (one round of 0.1 s, a small guest
+//! run); `PERIWIRE_BENCH_NO_GUEST=1` skips the guest rows; `PERIWIRE_BENCH_ONLY=periwire`
+//! runs periwire alone (for profiling).
+
+mod usbip_peer;
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use periwire_bench::bench::{self, ExtraRow, Plan};
+use periwire_bench::client::Stop;
+use periwire_bench::guest::{self, GuestPlan};
+use periwire_bench::target::{server_runtime, Target};
+
+fn env_flag(name: &str) -> bool {
+    std::env::var_os(name).is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // `cargo bench` passes `--bench`; nothing else is understood.
+    let quick = env_flag("PERIWIRE_BENCH_QUICK");
+    let started = Instant::now();
+    let (plan, guest_plan) = if quick {
+        let mut p = Plan::full();
+        p.reps = 1;
+        p.stop = Stop::After(Duration::from_millis(100));
+        (p, GuestPlan::smoke())
+    } else {
+        (Plan::full(), GuestPlan::full())
+    };
+    let only = std::env::var("PERIWIRE_BENCH_ONLY").unwrap_or_default();
+    let mut targets = vec![Target::periwire()?];
+    if only.is_empty() || only == "usbip" {
+        targets.push(usbip_peer::start()?);
+    }
+    if only == "usbip" {
+        targets.remove(0);
+    }
+    eprint!(
+        "periwire-bench: {} rounds over {} targets ",
+        plan.reps,
+        targets.len()
+    );
+    let mut progress = |s: &str| {
+        eprint!("{s}");
+        let _ = std::io::stderr().flush();
+    };
+    let results = bench::run(plan, &targets, &mut progress)?;
+    eprintln!(" {:.0} s", started.elapsed().as_secs_f64());
+    drop(targets);
+
+    let mut extra = Vec::new();
+    if !env_flag("PERIWIRE_BENCH_NO_GUEST") {
+        eprintln!("periwire-bench: guest (QEMU TCG, vhci-hcd + usb-storage)...");
+        let rt = server_runtime("periwire-guest-server")?;
+        let dir = tempfile::tempdir()?;
+        let peer_na = "n/a".to_owned();
+        match guest::run(&rt, guest_plan, dir.path()) {
+            Ok(g) => {
+                let mb = |b: f64| format!("{:.1} MB/s", b / 1e6);
+                let check = if g.written_ok {
+                    ""
+                } else {
+                    " (IMAGE CHECK FAILED)"
+                };
+                extra.push(ExtraRow {
+                    label: format!("guest: sequential write, {} MiB", guest_plan.seq_mib),
+                    cells: vec![mb(g.write), peer_na.clone()],
+                    note: format!("dd bs=1M oflag=direct; peer has no mass storage{check}"),
+                });
+                extra.push(ExtraRow {
+                    label: format!("guest: sequential read, {} MiB", guest_plan.seq_mib),
+                    cells: vec![mb(g.read), peer_na.clone()],
+                    note: "dd bs=1M iflag=direct".into(),
+                });
+                extra.push(ExtraRow {
+                    label: "guest: 4 KiB random read".into(),
+                    cells: vec![format!("{:.0} IOPS", g.iops), peer_na],
+                    note: format!("ioping -D, {} requests", g.random_requests),
+                });
+            }
+            Err(why) => extra.push(ExtraRow {
+                label: "guest rows".into(),
+                cells: vec!["skipped".into(), peer_na],
+                note: why,
+            }),
+        }
+    }
+    println!();
+    println!(
+        "periwire-bench — {} rounds, medians; MB/s = 10^6 bytes/s; total {:.0} s",
+        plan.reps,
+        started.elapsed().as_secs_f64()
+    );
+    print!("{}", bench::render(&results, &extra));
+    Ok(())
+}

@@ -1,0 +1,246 @@
+//! The virtual disk as a real Linux uses it: a Debian kernel under QEMU TCG attaches
+//! periwire's mass-storage device with the stock `usbip` tool, and `vhci-hcd` +
+//! `usb-storage` carry `dd` (sequential, O_DIRECT, 1 MiB blocks) and `ioping` (4 KiB random
+//! reads, O_DIRECT, one at a time — usb-storage's Bulk-Only Transport runs one command at a
+//! time whatever the queue depth) to periwire's server in this process.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use periwire_guest::{Guest, GuestConfig, Kernel};
+use periwire_server::{serve, Export, Registry, ServerConfig};
+use periwire_usb::storage::{serial_number, MassStorage, StorageConfig};
+use periwire_wire::usbip::BusId;
+use tokio::runtime::Runtime;
+
+/// How much the guest moves.
+#[derive(Debug, Clone, Copy)]
+pub struct GuestPlan {
+    /// MiB written sequentially (then read back).
+    pub seq_mib: u32,
+    /// Seconds of random 4 KiB reads.
+    pub random_secs: u32,
+}
+
+impl GuestPlan {
+    /// The full benchmark.
+    pub fn full() -> Self {
+        Self {
+            seq_mib: 64,
+            random_secs: 5,
+        }
+    }
+
+    /// Just enough to prove the path works.
+    pub fn smoke() -> Self {
+        Self {
+            seq_mib: 4,
+            random_secs: 1,
+        }
+    }
+}
+
+/// What the guest measured.
+#[derive(Debug, Clone, Copy)]
+pub struct GuestResult {
+    /// Sequential write, bytes per second.
+    pub write: f64,
+    /// Sequential read, bytes per second.
+    pub read: f64,
+    /// 4 KiB random reads per second.
+    pub iops: f64,
+    /// Requests ioping completed.
+    pub random_requests: u64,
+    /// Bytes the image holds after the run that the guest wrote (a check: the pattern of
+    /// the sequential write reached the image).
+    pub written_ok: bool,
+}
+
+/// Why the guest part cannot run, if it cannot. Installs `ioping` (Debian package) when it
+/// is missing and this process may (root); QEMU, the kernel and the guest's tools come from
+/// `scripts/install-test-deps`.
+pub fn missing_tools() -> Option<String> {
+    if Kernel::find().is_err() || which("qemu-system-x86_64").is_none() {
+        return Some("QEMU or the Debian kernel is missing (scripts/install-test-deps)".into());
+    }
+    if which("ioping").is_none() {
+        install_ioping();
+    }
+    if which("ioping").is_none() {
+        return Some("ioping is missing (apt-get install ioping)".into());
+    }
+    None
+}
+
+/// `apt-get install ioping`, updating the package lists first if the install fails.
+fn install_ioping() {
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    if !is_root {
+        return;
+    }
+    let apt = |args: &[&str]| {
+        Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdout(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let install = ["install", "-y", "-q", "--no-install-recommends", "ioping"];
+    if !apt(&install) {
+        apt(&["update", "-q"]);
+        apt(&install);
+    }
+}
+
+fn which(tool: &str) -> Option<String> {
+    let out = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .ok()?;
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    (out.status.success() && !path.is_empty()).then_some(path)
+}
+
+/// A host binary and the shared libraries it loads (as `ldd` lists them), as guest files.
+fn binary_with_libs(path: &str) -> std::io::Result<Vec<(String, Vec<u8>)>> {
+    let mut files = vec![(path.to_owned(), std::fs::read(path)?)];
+    let out = Command::new("ldd").arg(path).output()?;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        // "libm.so.6 => /lib/x86_64-linux-gnu/libm.so.6 (0x...)" or "/lib64/ld-linux... (0x...)"
+        let lib = match line.split_once("=>") {
+            Some((_, rest)) => rest.split_whitespace().next(),
+            None => line.split_whitespace().next(),
+        };
+        if let Some(lib) = lib.filter(|l| l.starts_with('/')) {
+            let real = std::fs::canonicalize(lib)?;
+            files.push((lib.to_owned(), std::fs::read(real)?));
+        }
+    }
+    Ok(files)
+}
+
+const SCENARIO: &str = r#"
+mkdir -p /var/run/vhci_hcd
+usbip attach -r "$PERIWIRE_SERVER" -b 1-1
+wait_for /dev/sda 60
+mark ATTACHED
+read -r t0 _ </proc/uptime
+dd if=/dev/zero of=/dev/sda bs=1M count=$SEQ_MIB oflag=direct conv=fsync 2>/dev/null
+read -r t1 _ </proc/uptime
+mark WRITE $t0 $t1
+echo 3 > /proc/sys/vm/drop_caches
+read -r t0 _ </proc/uptime
+dd if=/dev/sda of=/dev/null bs=1M count=$SEQ_MIB iflag=direct 2>/dev/null
+read -r t1 _ </proc/uptime
+mark READ $t0 $t1
+mark RANDOM $(ioping -B -q -D -i 0 -s 4k -S ${SEQ_MIB}m -w $RANDOM_SECS /dev/sda)
+usbip detach -p 0
+mark DETACHED
+"#;
+
+/// Boots the guest against a periwire server with one mass-storage device (a fresh image
+/// in `dir`) spawned on `runtime`, and measures.
+pub fn run(runtime: &Runtime, plan: GuestPlan, dir: &Path) -> Result<GuestResult, String> {
+    if let Some(why) = missing_tools() {
+        return Err(why);
+    }
+    let err = |what: &str| {
+        let what = what.to_owned();
+        move |e: std::io::Error| format!("{what}: {e}")
+    };
+    let image = dir.join("bench-disk.img");
+    let size = u64::from(plan.seq_mib.max(8)) * 1024 * 1024;
+    // Non-zero bytes, so the guest's zeros are seen to arrive.
+    std::fs::write(&image, vec![0xeeu8; size as usize]).map_err(err("image"))?;
+    let device = MassStorage::open(StorageConfig {
+        path: image.clone(),
+        size: Some(size),
+        serial: serial_number("bench 1-1"),
+        ..StorageConfig::default()
+    })
+    .map_err(err("open image"))?;
+    let registry = Registry::new();
+    registry
+        .add(Export {
+            busid: BusId::new("1-1").map_err(|e| e.to_string())?,
+            busnum: 1,
+            devnum: 2,
+            name: "disk".into(),
+            device: Arc::new(device),
+        })
+        .map_err(|b| format!("duplicate {b}"))?;
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .map_err(err("bind"))?;
+    let port = listener.local_addr().map_err(err("bind"))?.port();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = runtime.spawn(serve(listener, registry, ServerConfig::default(), async {
+        let _ = stopped.await;
+    }));
+
+    let ioping = which("ioping").ok_or("ioping is missing")?;
+    let scenario = format!(
+        "SEQ_MIB={}\nRANDOM_SECS={}\n{SCENARIO}",
+        plan.seq_mib, plan.random_secs
+    );
+    let mut config = GuestConfig::new(scenario)
+        .modules(["vhci-hcd", "usb-storage", "sd_mod"])
+        .server_port(port)
+        .timeout(Duration::from_secs(240));
+    for (path, bytes) in binary_with_libs(&ioping).map_err(err("ioping"))? {
+        config = config.file(path, 0o755, bytes);
+    }
+    let step = Duration::from_secs(180);
+    let outcome = (|| -> Result<GuestResult, String> {
+        let mut guest = Guest::boot(config).map_err(|e| e.to_string())?;
+        let line = |g: &mut Guest, m: &str| g.expect_line(m, step).map_err(|e| e.to_string());
+        line(&mut guest, "ATTACHED")?;
+        let bytes = f64::from(plan.seq_mib) * 1024.0 * 1024.0;
+        let write = bytes / seconds(&line(&mut guest, "WRITE ")?)?;
+        let read = bytes / seconds(&line(&mut guest, "READ ")?)?;
+        let random = line(&mut guest, "RANDOM ")?;
+        // ioping -B: requests, time (µs), iops, bytes/s, min, avg, max, mdev, ...
+        let fields: Vec<&str> = random.split_whitespace().skip(1).collect();
+        let (Some(req), Some(iops)) = (fields.first(), fields.get(2)) else {
+            return Err(format!("ioping printed {random:?}"));
+        };
+        let random_requests = req.parse().map_err(|_| format!("ioping: {random:?}"))?;
+        let iops = iops.parse().map_err(|_| format!("ioping: {random:?}"))?;
+        line(&mut guest, "DETACHED")?;
+        guest.wait_success(step).map_err(|e| e.to_string())?;
+        Ok(GuestResult {
+            write,
+            read,
+            iops,
+            random_requests,
+            written_ok: false,
+        })
+    })();
+    let _ = stop.send(());
+    let _ = runtime.block_on(server);
+    let mut result = outcome?;
+    let data = std::fs::read(&image).map_err(err("read image"))?;
+    let written = (plan.seq_mib as usize) * 1024 * 1024;
+    result.written_ok = data[..written].iter().all(|&b| b == 0);
+    Ok(result)
+}
+
+/// Seconds between the two `/proc/uptime` stamps of a `MARK t0 t1` line.
+fn seconds(line: &str) -> Result<f64, String> {
+    let t: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    match t[..] {
+        [t0, t1] if t1 > t0 => Ok(t1 - t0),
+        [_, _] => Ok(0.01), // under the clock's 10 ms resolution
+        _ => Err(format!("bad timing line {line:?}")),
+    }
+}

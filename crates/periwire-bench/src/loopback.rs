@@ -1,0 +1,118 @@
+//! The ceiling: raw TCP over loopback on this machine, in the same shape as the bulk rows
+//! (the same blocking client thread writing or reading 64 KiB at a time, a tokio server on a
+//! runtime like the USB/IP servers' that only reads or only writes), with no protocol at all.
+
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::runtime::Runtime;
+
+use crate::target::server_runtime;
+
+/// Bytes per write, as in the bulk rows' URBs.
+pub const CHUNK: usize = 64 * 1024;
+
+/// Which way the bytes flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Client to server, like bulk OUT.
+    Upload,
+    /// Server to client, like bulk IN.
+    Download,
+}
+
+/// A loopback TCP server that sinks or sources bytes.
+pub struct Loopback {
+    addr: String,
+    runtime: Option<Runtime>,
+}
+
+impl Loopback {
+    /// Starts the server on a runtime of its own.
+    pub fn start() -> io::Result<Self> {
+        let runtime = server_runtime("loopback-server")?;
+        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+        let addr = listener.local_addr()?.to_string();
+        runtime.spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(serve(stream));
+            }
+        });
+        Ok(Self {
+            addr,
+            runtime: Some(runtime),
+        })
+    }
+
+    /// Bytes per second moved during about `duration`.
+    pub fn measure(&self, flow: Flow, duration: Duration) -> io::Result<f64> {
+        let mut s = TcpStream::connect(&self.addr)?;
+        s.set_nodelay(true)?;
+        let mut buf = vec![0x5au8; CHUNK];
+        let start = Instant::now();
+        match flow {
+            Flow::Upload => {
+                s.write_all(b"U")?;
+                let mut sent = 0u64;
+                while start.elapsed() < duration {
+                    s.write_all(&buf)?;
+                    sent += CHUNK as u64;
+                }
+                s.shutdown(std::net::Shutdown::Write)?;
+                // The server answers with what it received once it has read it all, so the
+                // time includes draining the socket buffers.
+                let mut got = [0u8; 8];
+                s.read_exact(&mut got)?;
+                if u64::from_be_bytes(got) != sent {
+                    return Err(io::Error::other("loopback server lost bytes"));
+                }
+                Ok(sent as f64 / start.elapsed().as_secs_f64())
+            }
+            Flow::Download => {
+                s.write_all(b"D")?;
+                let mut got = 0u64;
+                while start.elapsed() < duration {
+                    let n = s.read(&mut buf)?;
+                    if n == 0 {
+                        return Err(io::Error::other("loopback server closed"));
+                    }
+                    got += n as u64;
+                }
+                Ok(got as f64 / start.elapsed().as_secs_f64())
+            }
+        }
+    }
+}
+
+async fn serve(mut stream: tokio::net::TcpStream) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    let mut mode = [0u8; 1];
+    stream.read_exact(&mut mode).await?;
+    if mode[0] == b'U' {
+        let mut buf = vec![0u8; 4 * CHUNK];
+        let mut total = 0u64;
+        loop {
+            let n = stream.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            total += n as u64;
+        }
+        stream.write_all(&total.to_be_bytes()).await
+    } else {
+        let buf = vec![0xa5u8; CHUNK];
+        loop {
+            stream.write_all(&buf).await?;
+        }
+    }
+}
+
+impl Drop for Loopback {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_timeout(Duration::from_secs(2));
+        }
+    }
+}

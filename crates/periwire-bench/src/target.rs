@@ -1,0 +1,109 @@
+//! The servers under test, each on a tokio runtime of its own, shaped like the one the
+//! `periwire` binary runs on (`#[tokio::main]`: multi-threaded, one worker per core).
+
+use std::future::Future;
+use std::net::TcpListener as StdListener;
+use std::sync::Arc;
+
+use periwire_server::{serve, Export, Registry, ServerConfig};
+use periwire_usb::source_sink::{SourceSink, SourceSinkHandle};
+use periwire_wire::usbip::BusId;
+use tokio::runtime::Runtime;
+use tokio::sync::oneshot;
+
+/// Bus ids every server exports its two source/sink devices under.
+pub const BUSIDS: [&str; 2] = ["1-1", "1-2"];
+
+/// A server's runtime: multi-threaded with as many workers as cores, as `#[tokio::main]`.
+pub fn server_runtime(name: &str) -> std::io::Result<Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .thread_name(name)
+        .enable_all()
+        .build()
+}
+
+/// A USB/IP server exporting two source/sink devices (bus ids [`BUSIDS`]) on loopback.
+pub struct Target {
+    /// Name in the table.
+    pub name: String,
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+    /// Why the server cannot keep a URB pending (so the mixed row with an idle interrupt IN
+    /// cannot run), if it cannot.
+    pub cannot_pend: Option<String>,
+    /// Byte counters of periwire's devices (empty for peers).
+    pub handles: Vec<SourceSinkHandle>,
+    stop: Option<oneshot::Sender<()>>,
+    runtime: Option<Runtime>,
+}
+
+impl Target {
+    /// A target whose server `start` spawns on `runtime`, listening on `listener`.
+    pub fn new<F, Fut>(name: impl Into<String>, runtime: Runtime, start: F) -> std::io::Result<Self>
+    where
+        F: FnOnce(tokio::net::TcpListener, oneshot::Receiver<()>) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let std_listener = StdListener::bind("127.0.0.1:0")?;
+        std_listener.set_nonblocking(true)?;
+        let addr = std_listener.local_addr()?.to_string();
+        let (stop, stopped) = oneshot::channel();
+        let fut = {
+            let _guard = runtime.enter();
+            let listener = tokio::net::TcpListener::from_std(std_listener)?;
+            start(listener, stopped)
+        };
+        runtime.spawn(fut);
+        Ok(Self {
+            name: name.into(),
+            addr,
+            cannot_pend: None,
+            handles: Vec::new(),
+            stop: Some(stop),
+            runtime: Some(runtime),
+        })
+    }
+
+    /// periwire's server with two [`SourceSink`] devices, on a runtime of its own.
+    pub fn periwire() -> std::io::Result<Self> {
+        let registry = Registry::new();
+        let mut handles = Vec::new();
+        for (i, busid) in BUSIDS.iter().enumerate() {
+            let (device, handle) = SourceSink::new();
+            let busid = BusId::new(busid).map_err(std::io::Error::other)?;
+            registry
+                .add(Export {
+                    busid,
+                    busnum: 1,
+                    devnum: i as u32 + 1,
+                    name: format!("source-sink-{}", i + 1),
+                    device: Arc::new(device),
+                })
+                .map_err(|b| std::io::Error::other(format!("duplicate bus id {b}")))?;
+            handles.push(handle);
+        }
+        let mut target = Self::new(
+            "periwire",
+            server_runtime("periwire-server")?,
+            move |listener, stopped| async move {
+                let shutdown = async {
+                    let _ = stopped.await;
+                };
+                let _ = serve(listener, registry, ServerConfig::default(), shutdown).await;
+            },
+        )?;
+        target.handles = handles;
+        Ok(target)
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_timeout(std::time::Duration::from_secs(2));
+        }
+    }
+}
