@@ -4,14 +4,15 @@
 //!
 //! Environment: `PERIWIRE_BENCH_QUICK=1` measures less (one round of 0.1 s, a small guest
 //! run); `PERIWIRE_BENCH_NO_GUEST=1` skips the guest rows; `PERIWIRE_BENCH_ONLY=periwire`
-//! runs periwire alone (for profiling).
+//! (or `usbip`) runs one server alone and `PERIWIRE_BENCH_ROWS=TEXT` only the rows whose
+//! label contains TEXT, and `PERIWIRE_BENCH_NO_LOOPBACK=1` skips the ceiling (for profiling).
 
 mod usbip_peer;
 
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use periwire_bench::bench::{self, ExtraRow, Plan};
+use periwire_bench::bench::{self, ExtraRow, Plan, Scenario};
 use periwire_bench::client::Stop;
 use periwire_bench::guest::{self, GuestPlan};
 use periwire_bench::target::{server_runtime, Target};
@@ -32,6 +33,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     } else {
         (Plan::full(), GuestPlan::full())
     };
+    let mut plan = plan;
+    plan.loopback = !env_flag("PERIWIRE_BENCH_NO_LOOPBACK");
     let only = std::env::var("PERIWIRE_BENCH_ONLY").unwrap_or_default();
     let mut targets = vec![Target::periwire()?];
     if only.is_empty() || only == "usbip" {
@@ -49,7 +52,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         eprint!("{s}");
         let _ = std::io::stderr().flush();
     };
-    let results = bench::run(plan, &targets, &mut progress)?;
+    let filter = std::env::var("PERIWIRE_BENCH_ROWS").unwrap_or_default();
+    let rows: Vec<Scenario> = Scenario::all()
+        .into_iter()
+        .filter(|s| s.label(plan.bulk_len).contains(filter.as_str()))
+        .collect();
+    let results = bench::run(plan, &rows, &targets, &mut progress)?;
     eprintln!(" {:.0} s", started.elapsed().as_secs_f64());
     drop(targets);
 

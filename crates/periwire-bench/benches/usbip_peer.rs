@@ -13,15 +13,14 @@
 use std::any::Any;
 use std::sync::{Arc, Mutex};
 
-use periwire_bench::target::{server_runtime, Target, BUSIDS};
+use periwire_bench::target::{Target, BUSIDS};
 use usbip::{
     EndpointAttributes, SetupPacket, UsbDevice, UsbEndpoint, UsbInterface, UsbInterfaceHandler,
     UsbIpServer,
 };
 
 /// Why the peer cannot do the "idle interrupt IN" row.
-pub const CANNOT_PEND: &str = "its URB handlers are synchronous, one URB at a time per \
-    connection: an interrupt IN cannot stay pending";
+pub const CANNOT_PEND: &str = "one synchronous handler call per URB: no URB can pend";
 
 #[derive(Debug, Default)]
 struct SourceSinkHandler;
@@ -93,7 +92,7 @@ pub fn start() -> std::io::Result<Target> {
     let server = Arc::new(UsbIpServer::new_simulated(devices));
     let mut target = Target::new(
         "usbip 0.9",
-        server_runtime("usbip-crate-server")?,
+        "usbip-crate-server",
         move |listener, mut stopped| async move {
             loop {
                 tokio::select! {

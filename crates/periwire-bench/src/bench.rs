@@ -24,6 +24,8 @@ pub struct Plan {
     pub stop: Stop,
     /// Bytes per bulk URB.
     pub bulk_len: u32,
+    /// Whether to measure the loopback ceiling (off only when profiling the servers).
+    pub loopback: bool,
 }
 
 impl Plan {
@@ -33,6 +35,7 @@ impl Plan {
             reps: 5,
             stop: Stop::After(Duration::from_millis(400)),
             bulk_len: 64 * 1024,
+            loopback: true,
         }
     }
 
@@ -42,6 +45,7 @@ impl Plan {
             reps: 2,
             stop: Stop::Count(40),
             bulk_len: 64 * 1024,
+            loopback: true,
         }
     }
 
@@ -105,7 +109,8 @@ impl Scenario {
         rows
     }
 
-    fn label(&self, bulk_len: u32) -> String {
+    /// The row's label in the table.
+    pub fn label(&self, bulk_len: u32) -> String {
         let kib = bulk_len / 1024;
         let d = |dir: &Direction| match dir {
             Direction::Out => "OUT",
@@ -179,6 +184,8 @@ pub struct Sample {
     pub rate: f64,
     /// Every URB's submit-to-reply time (control rows only).
     pub latencies: Vec<Duration>,
+    /// CPU time the server's threads spent per URB.
+    pub server_cpu_per_urb: Duration,
 }
 
 /// What one target did on one row.
@@ -234,6 +241,7 @@ impl Session {
 }
 
 fn measure(
+    target: &Target,
     session: &mut Session,
     scenario: Scenario,
     plan: &Plan,
@@ -242,6 +250,7 @@ fn measure(
     let spec = scenario.spec(plan.bulk_len);
     let depth = scenario.depth();
     let latencies = scenario.is_control();
+    let cpu_before = target.cpu_time();
     let stats = match scenario {
         Scenario::Control { .. } | Scenario::Bulk { .. } => {
             session.conns[0].run(&spec, depth, plan.stop, latencies)?
@@ -282,8 +291,10 @@ fn measure(
             }
         }
     };
+    let server_cpu = target.cpu_time().saturating_sub(cpu_before);
     progress(".");
     Ok(Sample {
+        server_cpu_per_urb: server_cpu / u32::try_from(stats.urbs.max(1)).unwrap_or(u32::MAX),
         rate: if scenario.is_control() {
             stats.urb_rate()
         } else {
@@ -295,8 +306,12 @@ fn measure(
 
 /// Runs every row against every target, `plan.reps` rounds, with the loopback ceiling in
 /// each round. `progress` gets a few characters as measurements finish.
-pub fn run(plan: Plan, targets: &[Target], progress: &mut dyn FnMut(&str)) -> io::Result<Results> {
-    let scenarios = Scenario::all();
+pub fn run(
+    plan: Plan,
+    scenarios: &[Scenario],
+    targets: &[Target],
+    progress: &mut dyn FnMut(&str),
+) -> io::Result<Results> {
     let loopback = Loopback::start()?;
     let mut sessions: Vec<Result<Session, String>> = targets
         .iter()
@@ -332,8 +347,10 @@ pub fn run(plan: Plan, targets: &[Target], progress: &mut dyn FnMut(&str)) -> io
     let mut upload = Vec::new();
     let mut download = Vec::new();
     for _ in 0..plan.reps {
-        upload.push(loopback.measure(Flow::Upload, plan.loopback_time())?);
-        download.push(loopback.measure(Flow::Download, plan.loopback_time())?);
+        if plan.loopback {
+            upload.push(loopback.measure(Flow::Upload, plan.loopback_time())?);
+            download.push(loopback.measure(Flow::Download, plan.loopback_time())?);
+        }
         for (scenario, outcomes) in rows.iter_mut() {
             for (t, outcome) in outcomes.iter_mut().enumerate() {
                 let Outcome::Measured(samples) = outcome else {
@@ -342,7 +359,7 @@ pub fn run(plan: Plan, targets: &[Target], progress: &mut dyn FnMut(&str)) -> io
                 let Ok(session) = &mut sessions[t] else {
                     continue;
                 };
-                match measure(session, *scenario, &plan, progress) {
+                match measure(&targets[t], session, *scenario, &plan, progress) {
                     Ok(sample) => samples.push(sample),
                     Err(e) => {
                         *outcome = Outcome::Failed(e.to_string());
@@ -388,6 +405,7 @@ pub fn percentile(v: &mut [Duration], p: f64) -> Duration {
 #[derive(Debug, Clone, Copy)]
 struct Summary {
     rate: f64,
+    cpu: Duration,
     p50: Duration,
     p99: Duration,
 }
@@ -395,8 +413,13 @@ struct Summary {
 fn summarise(samples: &[Sample]) -> Summary {
     let rates: Vec<f64> = samples.iter().map(|s| s.rate).collect();
     let mut lat: Vec<Duration> = samples.iter().flat_map(|s| s.latencies.clone()).collect();
+    let cpus: Vec<f64> = samples
+        .iter()
+        .map(|s| s.server_cpu_per_urb.as_secs_f64())
+        .collect();
     Summary {
         rate: median(&rates),
+        cpu: Duration::from_secs_f64(median(&cpus)),
         p50: percentile(&mut lat, 50.0),
         p99: percentile(&mut lat, 99.0),
     }
@@ -426,21 +449,24 @@ pub struct ExtraRow {
 }
 
 /// Renders the table. The ratio column is periwire against the second target, written so
-/// that above 1 always means periwire is better (for latencies: theirs ÷ ours).
+/// that above 1 always means periwire is better (for latencies: theirs ÷ ours). The CPU
+/// column is the time the server's threads spent on CPU per URB, per target.
 pub fn render(results: &Results, extra: &[ExtraRow]) -> String {
-    let mut lines: Vec<[String; 5]> = Vec::new();
+    type Cell = Result<Summary, (&'static str, String)>;
+    const COLUMNS: usize = 6;
     let names = &results.targets;
+    let first = names.first().cloned().unwrap_or_default();
     let peer = names.get(1).cloned().unwrap_or_default();
-    lines.push([
+    let mut lines: Vec<[String; COLUMNS]> = vec![[
         "row".into(),
-        names.first().cloned().unwrap_or_default(),
+        first.clone(),
         peer.clone(),
-        format!("periwire ÷ {peer}"),
+        format!("{first} ÷ {peer}"),
+        "server CPU µs/URB".into(),
         "note".into(),
-    ]);
+    ]];
     let up = median(&results.upload);
     let down = median(&results.download);
-    type Cell = Result<Summary, (&'static str, String)>;
     let summaries: Vec<(Scenario, Vec<Cell>)> = results
         .rows
         .iter()
@@ -461,44 +487,42 @@ pub fn render(results: &Results, extra: &[ExtraRow]) -> String {
         summaries.iter().find(|(x, _)| *x == s).map(|(_, v)| v)
     };
     for (scenario, sums) in &summaries {
-        let label = scenario.label(results.plan.bulk_len);
-        let cell = |r: &Cell, f: &dyn Fn(&Summary) -> String| match r {
-            Ok(s) => f(s),
-            Err((short, _)) => (*short).to_owned(),
+        let at = |i: usize| sums.get(i).and_then(|r| r.as_ref().ok());
+        let cell = |i: usize, f: &dyn Fn(&Summary) -> String| match sums.get(i) {
+            Some(Ok(s)) => f(s),
+            Some(Err((short, _))) => (*short).to_owned(),
+            None => String::new(),
         };
-        // Why a cell is empty goes to the note, named by target.
-        let reasons: Vec<String> = sums
-            .iter()
-            .zip(names)
-            .filter_map(|(r, name)| r.as_ref().err().map(|(_, why)| format!("{name}: {why}")))
-            .collect();
-        let ratio = |f: &dyn Fn(&Summary, &Summary) -> f64| match (sums.first(), sums.get(1)) {
-            (Some(Ok(a)), Some(Ok(b))) => format!("{:.2}", f(a, b)),
+        let both = |f: &dyn Fn(&Summary, &Summary) -> String| match (at(0), at(1)) {
+            (Some(a), Some(b)) => f(a, b),
             _ => "—".to_owned(),
         };
+        let cpu = (0..sums.len())
+            .map(|i| cell(i, &|s| format!("{:.1}", s.cpu.as_secs_f64() * 1e6)))
+            .collect::<Vec<_>>()
+            .join(" / ");
+        // Why a cell is empty goes to the note, named by target.
+        let mut notes: Vec<String> = Vec::new();
+        let label = scenario.label(results.plan.bulk_len);
         if scenario.is_control() {
             lines.push([
                 label,
-                cell(&sums[0], &|s| kurbs(s.rate)),
-                sums.get(1)
-                    .map(|r| cell(r, &|s| kurbs(s.rate)))
-                    .unwrap_or_default(),
-                ratio(&|a, b| a.rate / b.rate),
-                reasons.join("; "),
+                cell(0, &|s| kurbs(s.rate)),
+                cell(1, &|s| kurbs(s.rate)),
+                both(&|a, b| format!("{:.2}", a.rate / b.rate)),
+                cpu,
+                String::new(),
             ]);
             let lat = |s: &Summary| format!("{} / {} µs", micros(s.p50), micros(s.p99));
+            let gain = |theirs: Duration, ours: Duration| {
+                theirs.as_secs_f64() / ours.as_secs_f64().max(1e-9)
+            };
             lines.push([
                 "    latency p50 / p99".into(),
-                cell(&sums[0], &lat),
-                sums.get(1).map(|r| cell(r, &lat)).unwrap_or_default(),
-                match (sums.first(), sums.get(1)) {
-                    (Some(Ok(a)), Some(Ok(b))) => format!(
-                        "{:.2} / {:.2}",
-                        b.p50.as_secs_f64() / a.p50.as_secs_f64().max(1e-9),
-                        b.p99.as_secs_f64() / a.p99.as_secs_f64().max(1e-9)
-                    ),
-                    _ => "—".to_owned(),
-                },
+                cell(0, &lat),
+                cell(1, &lat),
+                both(&|a, b| format!("{:.2} / {:.2}", gain(b.p50, a.p50), gain(b.p99, a.p99))),
+                String::new(),
                 String::new(),
             ]);
         } else {
@@ -506,54 +530,63 @@ pub fn render(results: &Results, extra: &[ExtraRow]) -> String {
                 Some(Flow::Upload) => up,
                 _ => down,
             };
-            let mut note = match &sums[0] {
-                Ok(s) => format!("{:.0}% of loopback", 100.0 * s.rate / ceiling),
-                Err(_) => String::new(),
-            };
-            if let (Some(base), Ok(s)) = (scenario.baseline(), &sums[0]) {
-                if let Some(Ok(b)) = find(base).and_then(|v| v.first()) {
-                    note.push_str(&format!(", {:.2}× pure bulk", s.rate / b.rate));
+            if let Some(s) = at(0) {
+                if ceiling > 0.0 {
+                    notes.push(format!("{:.0}% of loopback", 100.0 * s.rate / ceiling));
                 }
-            }
-            for r in &reasons {
-                note.push_str("; ");
-                note.push_str(r);
+                let base = scenario.baseline().and_then(find).and_then(|v| v.first());
+                if let Some(Ok(b)) = base {
+                    notes.push(format!("{:.2}× pure bulk", s.rate / b.rate));
+                }
             }
             lines.push([
                 label,
-                cell(&sums[0], &|s| mbps(s.rate)),
-                sums.get(1)
-                    .map(|r| cell(r, &|s| mbps(s.rate)))
-                    .unwrap_or_default(),
-                ratio(&|a, b| a.rate / b.rate),
-                note,
+                cell(0, &|s| mbps(s.rate)),
+                cell(1, &|s| mbps(s.rate)),
+                both(&|a, b| format!("{:.2}", a.rate / b.rate)),
+                cpu,
+                String::new(),
             ]);
         }
+        for (r, name) in sums.iter().zip(names) {
+            if let Err((_, why)) = r {
+                notes.push(format!("{name}: {why}"));
+            }
+        }
+        let row = lines.len() - if scenario.is_control() { 2 } else { 1 };
+        lines[row][COLUMNS - 1] = notes.join("; ");
     }
-    lines.push([
-        "loopback TCP ceiling, client → server".into(),
-        mbps(up),
-        String::new(),
-        String::new(),
-        "raw 64 KiB writes, no protocol".into(),
-    ]);
-    lines.push([
-        "loopback TCP ceiling, server → client".into(),
-        mbps(down),
-        String::new(),
-        String::new(),
-        String::new(),
-    ]);
+    let ceiling_row = |label: &str, rate: f64, note: &str| {
+        [
+            label.to_owned(),
+            mbps(rate),
+            String::new(),
+            String::new(),
+            String::new(),
+            note.to_owned(),
+        ]
+    };
+    lines.push(ceiling_row(
+        "loopback TCP ceiling, client → server",
+        up,
+        "raw TCP, 1 MiB writes and reads",
+    ));
+    lines.push(ceiling_row(
+        "loopback TCP ceiling, server → client",
+        down,
+        "",
+    ));
     for e in extra {
         lines.push([
             e.label.clone(),
             e.cells.first().cloned().unwrap_or_default(),
             e.cells.get(1).cloned().unwrap_or_default(),
             String::new(),
+            String::new(),
             e.note.clone(),
         ]);
     }
-    let mut widths = [0usize; 5];
+    let mut widths = [0usize; COLUMNS];
     for l in &lines {
         for (w, c) in widths.iter_mut().zip(l) {
             *w = (*w).max(c.chars().count());
@@ -563,12 +596,12 @@ pub fn render(results: &Results, extra: &[ExtraRow]) -> String {
     for (i, l) in lines.iter().enumerate() {
         let mut line = String::new();
         for (c, (cell, w)) in l.iter().zip(widths).enumerate() {
-            let pad = w - cell.chars().count();
-            if c == 0 || c == 4 {
+            let pad = " ".repeat(w - cell.chars().count());
+            if c == 0 || c == COLUMNS - 1 {
                 line.push_str(cell);
-                line.push_str(&" ".repeat(pad));
+                line.push_str(&pad);
             } else {
-                line.push_str(&" ".repeat(pad));
+                line.push_str(&pad);
                 line.push_str(cell);
             }
             line.push_str("  ");
@@ -576,7 +609,8 @@ pub fn render(results: &Results, extra: &[ExtraRow]) -> String {
         out.push_str(line.trim_end());
         out.push('\n');
         if i == 0 {
-            out.push_str(&"-".repeat(widths.iter().sum::<usize>() + 8));
+            let width = widths.iter().sum::<usize>() + 2 * (COLUMNS - 1);
+            out.push_str(&"-".repeat(width.min(160)));
             out.push('\n');
         }
     }

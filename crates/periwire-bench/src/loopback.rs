@@ -1,6 +1,7 @@
-//! The ceiling: raw TCP over loopback on this machine, in the same shape as the bulk rows
-//! (the same blocking client thread writing or reading 64 KiB at a time, a tokio server on a
-//! runtime like the USB/IP servers' that only reads or only writes), with no protocol at all.
+//! The ceiling: raw TCP over loopback on this machine, in the same shape as the bulk rows (a
+//! blocking client thread, a tokio server on a runtime like the USB/IP servers'), with no
+//! protocol at all: one side only writes, the other only reads, 1 MiB per call — as much as
+//! the bulk rows' client writes at once at 16 in flight.
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
@@ -11,8 +12,8 @@ use tokio::runtime::Runtime;
 
 use crate::target::server_runtime;
 
-/// Bytes per write, as in the bulk rows' URBs.
-pub const CHUNK: usize = 64 * 1024;
+/// Bytes per `write` and `read` call.
+pub const CHUNK: usize = 1024 * 1024;
 
 /// Which way the bytes flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,7 +92,7 @@ async fn serve(mut stream: tokio::net::TcpStream) -> io::Result<()> {
     let mut mode = [0u8; 1];
     stream.read_exact(&mut mode).await?;
     if mode[0] == b'U' {
-        let mut buf = vec![0u8; 4 * CHUNK];
+        let mut buf = vec![0u8; CHUNK];
         let mut total = 0u64;
         loop {
             let n = stream.read(&mut buf).await?;

@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::net::TcpListener as StdListener;
 use std::sync::Arc;
+use std::time::Duration;
 
 use periwire_server::{serve, Export, Registry, ServerConfig};
 use periwire_usb::source_sink::{SourceSink, SourceSinkHandle};
@@ -22,6 +23,32 @@ pub fn server_runtime(name: &str) -> std::io::Result<Runtime> {
         .build()
 }
 
+/// CPU time used so far by this process's threads whose name starts with `name` (as the
+/// kernel keeps it: 15 bytes at most), from `/proc/self/task/*/schedstat` (nanoseconds on
+/// CPU). Zero where that is not available.
+pub fn threads_cpu_time(name: &str) -> Duration {
+    let prefix = &name.as_bytes()[..name.len().min(15)];
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Duration::ZERO;
+    };
+    let mut total = 0u64;
+    for task in tasks.flatten() {
+        let path = task.path();
+        let named = std::fs::read(path.join("comm")).is_ok_and(|c| c.starts_with(prefix));
+        if !named {
+            continue;
+        }
+        if let Ok(stat) = std::fs::read_to_string(path.join("schedstat")) {
+            total += stat
+                .split_whitespace()
+                .next()
+                .and_then(|ns| ns.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    Duration::from_nanos(total)
+}
+
 /// A USB/IP server exporting two source/sink devices (bus ids [`BUSIDS`]) on loopback.
 pub struct Target {
     /// Name in the table.
@@ -33,17 +60,25 @@ pub struct Target {
     pub cannot_pend: Option<String>,
     /// Byte counters of periwire's devices (empty for peers).
     pub handles: Vec<SourceSinkHandle>,
+    /// Name of the server runtime's threads.
+    pub thread_name: String,
     stop: Option<oneshot::Sender<()>>,
     runtime: Option<Runtime>,
 }
 
 impl Target {
-    /// A target whose server `start` spawns on `runtime`, listening on `listener`.
-    pub fn new<F, Fut>(name: impl Into<String>, runtime: Runtime, start: F) -> std::io::Result<Self>
+    /// A target whose server `start` spawns on a new runtime whose threads are named
+    /// `thread_name`, listening on a loopback port.
+    pub fn new<F, Fut>(
+        name: impl Into<String>,
+        thread_name: &str,
+        start: F,
+    ) -> std::io::Result<Self>
     where
         F: FnOnce(tokio::net::TcpListener, oneshot::Receiver<()>) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
     {
+        let runtime = server_runtime(thread_name)?;
         let std_listener = StdListener::bind("127.0.0.1:0")?;
         std_listener.set_nonblocking(true)?;
         let addr = std_listener.local_addr()?.to_string();
@@ -59,6 +94,7 @@ impl Target {
             addr,
             cannot_pend: None,
             handles: Vec::new(),
+            thread_name: thread_name.to_owned(),
             stop: Some(stop),
             runtime: Some(runtime),
         })
@@ -84,7 +120,7 @@ impl Target {
         }
         let mut target = Self::new(
             "periwire",
-            server_runtime("periwire-server")?,
+            "periwire-server",
             move |listener, stopped| async move {
                 let shutdown = async {
                     let _ = stopped.await;
@@ -95,6 +131,11 @@ impl Target {
         target.handles = handles;
         Ok(target)
     }
+
+    /// CPU time the server's threads have used so far.
+    pub fn cpu_time(&self) -> Duration {
+        threads_cpu_time(&self.thread_name)
+    }
 }
 
 impl Drop for Target {
@@ -103,7 +144,7 @@ impl Drop for Target {
             let _ = stop.send(());
         }
         if let Some(rt) = self.runtime.take() {
-            rt.shutdown_timeout(std::time::Duration::from_secs(2));
+            rt.shutdown_timeout(Duration::from_secs(2));
         }
     }
 }

@@ -14,7 +14,7 @@ use periwire_usb::source_sink::{EP_INTERRUPT, EP_SINK, EP_SOURCE};
 fn every_row_runs_against_both_servers() {
     let targets = vec![Target::periwire().unwrap(), usbip_peer::start().unwrap()];
     let plan = Plan::smoke();
-    let results = bench::run(plan, &targets, &mut |_| {}).unwrap();
+    let results = bench::run(plan, &Scenario::all(), &targets, &mut |_| {}).unwrap();
     let Stop::Count(per_run) = plan.stop else {
         panic!("smoke plan counts URBs")
     };
