@@ -1,6 +1,7 @@
 //! The periwire runtime: tokio glue around the sans-IO codecs and device models.
 //!
 //! - [`server`]: the USB/IP server (operation phase, URB phase, caps, shutdown).
+//! - [`urb_stream`]: the URB phase's reads and writes, with a payload copied once.
 //! - [`registry`]: the exported devices and who holds each.
 //! - [`client`]: a USB/IP client for listing and importing devices.
 //! - [`control`]: the local control socket that `periwire input` and friends talk to.
@@ -15,6 +16,7 @@ pub mod framing;
 pub mod registry;
 pub mod serial;
 pub mod server;
+pub mod urb_stream;
 pub mod urb_tracker;
 
 pub use registry::{Export, Registry};

@@ -5,6 +5,11 @@
 //! [`UrbTracker`], one reader task that decodes the client's commands, and one task per active
 //! endpoint that feeds the device its URBs in order. Completions of all endpoints meet in the
 //! session task, which coalesces whatever is ready into one write.
+//!
+//! Payloads are copied once between the socket and the device: the reader reads an OUT
+//! payload straight into the buffer the device is handed, and an IN payload is written from
+//! the buffer the device returned, next to the other replies of the same (vectored) write
+//! (see [`crate::urb_stream`]).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -14,9 +19,10 @@ use std::sync::Arc;
 use bytes::BytesMut;
 
 use crate::framing::{read_message, FrameError};
-use periwire_usb::{Completion, SetupPacket, Urb, UrbResult, UsbDevice};
+use periwire_usb::{SetupPacket, Urb, UrbResult, UsbDevice};
 use periwire_wire::usbip::{
-    CmdSubmit, Direction, Limits, OpReply, OpRequest, OpStatus, RetSubmit, RetUnlink, UrbCommand,
+    encode_iso_packets, Direction, IsoPacket, Limits, OpReply, OpRequest, OpStatus, RetSubmit,
+    RetUnlink, SubmitHeader,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedReadHalf;
@@ -26,6 +32,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use crate::registry::{Claim, ImportError, Registry};
+use crate::urb_stream::{CommandReader, NextCommand, Outbox};
 use crate::urb_tracker::{InFlight, Unlinked, UrbTracker};
 
 /// Caps that bound what one client can make the server hold.
@@ -218,7 +225,7 @@ async fn run_urb_phase(
         endpoints: HashMap::new(),
         tasks: JoinSet::new(),
         done_tx,
-        out: Vec::with_capacity(64 * 1024),
+        outbox: Outbox::new(),
     };
     let result = loop {
         tokio::select! {
@@ -236,18 +243,17 @@ async fn run_urb_phase(
             },
         }
         // Coalesce whatever else is ready into the same write.
-        while session.out.len() < 256 * 1024 {
+        while !session.outbox.is_full() {
             if let Ok(done) = done_rx.try_recv() {
                 session.finish(done);
             } else {
                 break;
             }
         }
-        if !session.out.is_empty() {
-            if let Err(e) = wr.write_all(&session.out).await {
+        if !session.outbox.is_empty() {
+            if let Err(e) = session.outbox.flush(&mut wr).await {
                 break Err(e.into());
             }
-            session.out.clear();
         }
     };
     session.close().await;
@@ -265,7 +271,7 @@ struct Session {
     endpoints: HashMap<u8, mpsc::UnboundedSender<EndpointWork>>,
     tasks: JoinSet<()>,
     done_tx: mpsc::UnboundedSender<Done>,
-    out: Vec<u8>,
+    outbox: Outbox,
 }
 
 impl Session {
@@ -311,7 +317,7 @@ impl Session {
                     let _ = urb.cancel.send(());
                 }
                 debug!(seqnum, unlink_seqnum, status, "unlink");
-                RetUnlink { seqnum, status }.encode(&mut self.out);
+                RetUnlink { seqnum, status }.encode(self.outbox.bytes());
             }
         }
         Ok(())
@@ -322,36 +328,45 @@ impl Session {
             // Unlinked meanwhile: the client was told ECONNRESET and expects nothing more.
             return;
         };
-        let reply = |c, data| ret_submit(done.seqnum, c, data);
-        match &done.result {
-            Ok(c) => match urb.direction {
-                Direction::In => {
-                    // A device must not return more than asked: cut, as a host controller would.
-                    let limit = (urb.requested as usize).min(c.data.len());
-                    let mut r = reply(c, &c.data[..limit]);
-                    if c.iso_packets.is_empty() {
-                        r.actual_length = limit as u32;
-                    }
-                    r.encode(&mut self.out);
-                }
-                Direction::Out => {
-                    let mut r = reply(c, &[]);
-                    r.actual_length = r.actual_length.min(urb.requested);
-                    r.encode(&mut self.out);
-                }
-            },
-            Err(e) => RetSubmit {
-                seqnum: done.seqnum,
-                status: e.errno(),
-                actual_length: 0,
-                start_frame: 0,
-                number_of_packets: 0,
-                error_count: 0,
-                data: &[],
-                iso_packets: Vec::new(),
+        let mut header = RetSubmit {
+            seqnum: done.seqnum,
+            status: 0,
+            actual_length: 0,
+            start_frame: 0,
+            number_of_packets: 0,
+            error_count: 0,
+            data: &[],
+            iso_packets: Vec::new(),
+        };
+        let c = match done.result {
+            Ok(c) => c,
+            Err(e) => {
+                header.status = e.errno();
+                header.encode_header(self.outbox.bytes());
+                return;
             }
-            .encode(&mut self.out),
+        };
+        header.start_frame = c.start_frame;
+        header.number_of_packets = u32::try_from(c.iso_packets.len()).unwrap_or(u32::MAX);
+        header.error_count = c.error_count;
+        match urb.direction {
+            Direction::In => {
+                // A device must not return more than asked: cut, as a host controller would.
+                let limit = (urb.requested as usize).min(c.data.len());
+                header.actual_length = if c.iso_packets.is_empty() {
+                    limit as u32
+                } else {
+                    c.actual_length
+                };
+                header.encode_header(self.outbox.bytes());
+                self.outbox.payload(c.data, limit);
+            }
+            Direction::Out => {
+                header.actual_length = c.actual_length.min(urb.requested);
+                header.encode_header(self.outbox.bytes());
+            }
         }
+        encode_iso_packets(&c.iso_packets, self.outbox.bytes());
     }
 
     /// Cancels everything in flight and waits until the device has dropped every URB, so
@@ -362,19 +377,6 @@ impl Session {
         }
         self.endpoints.clear();
         self.tasks.shutdown().await;
-    }
-}
-
-fn ret_submit<'a>(seqnum: u32, c: &Completion, data: &'a [u8]) -> RetSubmit<'a> {
-    RetSubmit {
-        seqnum,
-        status: 0,
-        actual_length: c.actual_length,
-        start_frame: c.start_frame,
-        number_of_packets: u32::try_from(c.iso_packets.len()).unwrap_or(u32::MAX),
-        error_count: c.error_count,
-        data,
-        iso_packets: c.iso_packets.clone(),
     }
 }
 
@@ -403,24 +405,24 @@ async fn run_endpoint(
 }
 
 async fn read_commands(
-    mut rd: OwnedReadHalf,
-    mut buf: BytesMut,
+    rd: OwnedReadHalf,
+    buf: BytesMut,
     config: ServerConfig,
     commands: mpsc::Sender<Command>,
 ) -> Result<(), ConnectionError> {
     let count = Arc::new(Semaphore::new(config.max_urbs_in_flight as usize));
     let bytes = Arc::new(Semaphore::new(config.max_bytes_in_flight as usize));
-    let limits = config.limits;
-    loop {
-        let msg = read_message(&mut rd, &mut buf, |b| {
-            UrbCommand::decode(b, &limits).map(|d| d.map(|(c, n)| (to_command(c), n)))
-        })
-        .await?;
-        let Some(msg) = msg else { return Ok(()) };
-        let cmd = match msg {
-            Incoming::Submit(seqnum, urb) => {
-                // Waiting here stops reading from the client: backpressure, not disconnection.
-                let length = urb.length.min(config.max_bytes_in_flight);
+    let mut reader = CommandReader::new(rd, &buf, config.limits);
+    drop(buf);
+    while let Some(next) = reader.next().await? {
+        let cmd = match next {
+            NextCommand::Submit(header) => {
+                // Take the URB's share of the caps before reading (and allocating) its
+                // payload. Waiting here stops reading from the client: backpressure, not
+                // disconnection.
+                let length = header
+                    .transfer_buffer_length
+                    .min(config.max_bytes_in_flight);
                 let permit = Permit {
                     _count: Arc::clone(&count)
                         .acquire_owned()
@@ -431,51 +433,35 @@ async fn read_commands(
                         .await
                         .map_err(|_| ConnectionError::Closing)?,
                 };
+                let (data, iso_packets) = reader.read_payload(&header).await?;
                 Command::Submit {
-                    seqnum,
-                    urb,
+                    seqnum: header.seqnum,
+                    urb: urb_from_submit(&header, data, iso_packets),
                     permit,
                 }
             }
-            Incoming::Unlink {
-                seqnum,
-                unlink_seqnum,
-            } => Command::Unlink {
-                seqnum,
-                unlink_seqnum,
+            NextCommand::Unlink(u) => Command::Unlink {
+                seqnum: u.seqnum,
+                unlink_seqnum: u.unlink_seqnum,
             },
         };
         if commands.send(cmd).await.is_err() {
             return Ok(());
         }
     }
+    Ok(())
 }
 
-enum Incoming {
-    Submit(u32, Urb),
-    Unlink { seqnum: u32, unlink_seqnum: u32 },
-}
-
-fn to_command(cmd: UrbCommand<'_>) -> Incoming {
-    match cmd {
-        UrbCommand::Submit(s) => Incoming::Submit(s.seqnum, urb_from_submit(s)),
-        UrbCommand::Unlink(u) => Incoming::Unlink {
-            seqnum: u.seqnum,
-            unlink_seqnum: u.unlink_seqnum,
-        },
-    }
-}
-
-fn urb_from_submit(s: CmdSubmit<'_>) -> Urb {
+fn urb_from_submit(h: &SubmitHeader, data: Vec<u8>, iso_packets: Vec<IsoPacket>) -> Urb {
     Urb {
-        endpoint: s.ep,
-        direction: s.direction,
-        setup: SetupPacket::from_bytes(s.setup),
-        transfer_flags: s.transfer_flags,
-        length: s.transfer_buffer_length,
-        data: s.data.to_vec(),
-        iso_packets: s.iso_packets,
-        start_frame: s.start_frame,
-        interval: s.interval,
+        endpoint: h.ep,
+        direction: h.direction,
+        setup: SetupPacket::from_bytes(h.setup),
+        transfer_flags: h.transfer_flags,
+        length: h.transfer_buffer_length,
+        data,
+        iso_packets,
+        start_frame: h.start_frame,
+        interval: h.interval,
     }
 }

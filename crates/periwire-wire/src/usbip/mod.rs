@@ -682,6 +682,13 @@ impl IsoPacket {
     }
 }
 
+/// Appends ISO packet descriptors, as they follow the payload of a CMD_SUBMIT or RET_SUBMIT.
+pub fn encode_iso_packets(packets: &[IsoPacket], out: &mut Vec<u8>) {
+    for p in packets {
+        p.emit(out);
+    }
+}
+
 /// `number_of_packets` value the protocol documentation gives for non-ISO transfers. Linux
 /// sends 0 instead; both mean "not isochronous".
 pub const NON_ISO_PACKETS: u32 = 0xffff_ffff;
@@ -779,48 +786,135 @@ fn emit_basic(out: &mut Vec<u8>, command: u32, seqnum: u32, devid: u32, dir: u32
     }
 }
 
-impl<'a> UrbCommand<'a> {
-    /// Decodes a client command from the start of `buf` (streaming). Header fields are
-    /// validated as soon as the 48-byte header is in, so an oversized length is refused before
-    /// its payload is awaited.
-    pub fn decode(buf: &'a [u8], limits: &Limits) -> Result<Decoded<Self>, WireError> {
-        if buf.len() < URB_HEADER_LEN {
-            return Ok(None);
+/// The fixed 48-byte header of a CMD_SUBMIT, validated, without what follows it: the OUT
+/// payload ([`data_len`](Self::data_len) bytes), then the ISO packet descriptors
+/// ([`iso_len`](Self::iso_len) bytes). A server that reads the payload straight into the
+/// URB's own buffer decodes this first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubmitHeader {
+    /// Sequence number; replies echo it.
+    pub seqnum: u32,
+    /// Target device: `busnum << 16 | devnum`.
+    pub devid: u32,
+    /// Transfer direction.
+    pub direction: Direction,
+    /// Endpoint number, 0..=15.
+    pub ep: u8,
+    /// URB transfer flags (`URB_*`, Linux values).
+    pub transfer_flags: u32,
+    /// Bytes to transfer, checked against [`Limits::max_transfer_length`].
+    pub transfer_buffer_length: u32,
+    /// ISO start frame.
+    pub start_frame: i32,
+    /// ISO packet count (0 for non-ISO), checked against [`Limits::max_iso_packets`].
+    pub number_of_packets: u32,
+    /// Whether the sender wrote 0xffffffff rather than 0 for a non-ISO URB.
+    pub non_iso_marker: bool,
+    /// Polling interval.
+    pub interval: i32,
+    /// The setup packet of a control transfer (raw, little-endian fields).
+    pub setup: [u8; 8],
+}
+
+impl SubmitHeader {
+    /// Bytes of OUT payload after the header (0 for IN).
+    pub fn data_len(&self) -> usize {
+        match self.direction {
+            Direction::Out => self.transfer_buffer_length as usize,
+            Direction::In => 0,
+        }
+    }
+
+    /// Bytes of ISO packet descriptors after the payload.
+    pub fn iso_len(&self) -> usize {
+        self.number_of_packets as usize * ISO_DESCRIPTOR_LEN
+    }
+
+    /// Decodes the [`iso_len`](Self::iso_len) bytes of ISO descriptors that follow the
+    /// payload, checking that each packet lies inside the transfer buffer.
+    pub fn decode_iso_packets(&self, buf: &[u8]) -> Result<Vec<IsoPacket>, WireError> {
+        if buf.len() != self.iso_len() {
+            return Err(if buf.len() < self.iso_len() {
+                WireError::Truncated
+            } else {
+                WireError::TrailingBytes(buf.len() - self.iso_len())
+            });
         }
         let mut r = Reader::new(buf);
-        let Some(h) = parse_basic(&mut r) else {
+        let packets = parse_iso(&mut r, self.number_of_packets).ok_or(WireError::Truncated)?;
+        let len = self.transfer_buffer_length;
+        for (index, p) in (0u32..).zip(&packets) {
+            if u64::from(p.offset) + u64::from(p.length) > u64::from(len) {
+                return Err(WireError::IsoPacketOutOfBounds {
+                    index,
+                    offset: p.offset,
+                    length: p.length,
+                    buffer: len,
+                });
+            }
+        }
+        Ok(packets)
+    }
+
+    /// The whole command, given its payload and decoded ISO packets.
+    pub fn with_payload(self, data: &[u8], iso_packets: Vec<IsoPacket>) -> CmdSubmit<'_> {
+        CmdSubmit {
+            seqnum: self.seqnum,
+            devid: self.devid,
+            direction: self.direction,
+            ep: self.ep,
+            transfer_flags: self.transfer_flags,
+            transfer_buffer_length: self.transfer_buffer_length,
+            start_frame: self.start_frame,
+            non_iso_marker: self.non_iso_marker,
+            interval: self.interval,
+            setup: self.setup,
+            data,
+            iso_packets,
+        }
+    }
+}
+
+/// A client command known from its 48-byte header alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UrbCommandHeader {
+    /// CMD_SUBMIT; its payload and ISO descriptors follow.
+    Submit(SubmitHeader),
+    /// CMD_UNLINK, complete in its header.
+    Unlink(CmdUnlink),
+}
+
+impl UrbCommandHeader {
+    /// Decodes and validates the header at the start of `buf`; `None` while fewer than 48
+    /// bytes are in. An oversized length is refused here, before its payload is awaited.
+    pub fn decode(buf: &[u8], limits: &Limits) -> Result<Option<Self>, WireError> {
+        let Some(header) = buf.get(..URB_HEADER_LEN) else {
             return Ok(None);
         };
+        let mut r = Reader::new(header);
+        // The header is complete, so no read below can come up short.
+        let h = parse_basic(&mut r).ok_or(WireError::Truncated)?;
         match h.command {
-            CMD_SUBMIT => Self::decode_submit(h, r, limits),
-            CMD_UNLINK => {
-                let Some(unlink_seqnum) = r.u32() else {
-                    return Ok(None);
-                };
-                Ok(Some((
-                    Self::Unlink(CmdUnlink {
-                        seqnum: h.seqnum,
-                        devid: h.devid,
-                        unlink_seqnum,
-                    }),
-                    URB_HEADER_LEN,
-                )))
-            }
+            CMD_SUBMIT => Self::decode_submit(h, r, limits).map(|s| Some(Self::Submit(s))),
+            CMD_UNLINK => Ok(Some(Self::Unlink(CmdUnlink {
+                seqnum: h.seqnum,
+                devid: h.devid,
+                unlink_seqnum: r.u32().ok_or(WireError::Truncated)?,
+            }))),
             other => Err(WireError::UnexpectedCommand(other)),
         }
     }
 
     fn decode_submit(
         h: BasicHeader,
-        mut r: Reader<'a>,
+        mut r: Reader<'_>,
         limits: &Limits,
-    ) -> Result<Decoded<Self>, WireError> {
+    ) -> Result<SubmitHeader, WireError> {
         let direction = Direction::from_u32(h.direction)?;
         let ep = u8::try_from(h.ep)
             .ok()
             .filter(|&e| e <= 15)
             .ok_or(WireError::InvalidEndpoint(h.ep))?;
-        // The header is complete (checked by the caller), so these reads cannot fail.
         let fields = (|| {
             Some((
                 r.u32()?,
@@ -831,51 +925,51 @@ impl<'a> UrbCommand<'a> {
                 r.array::<8>()?,
             ))
         })();
-        let Some((transfer_flags, len, start_frame, raw_packets, interval, setup)) = fields else {
-            return Ok(None);
-        };
+        let (transfer_flags, len, start_frame, raw_packets, interval, setup) =
+            fields.ok_or(WireError::Truncated)?;
         if len > limits.max_transfer_length {
             return Err(WireError::TransferTooLong {
                 len,
                 max: limits.max_transfer_length,
             });
         }
-        let packets = iso_count(raw_packets, limits)?;
-        let data_len = if direction == Direction::Out { len } else { 0 };
-        let Some(data) = r.take(data_len as usize) else {
+        Ok(SubmitHeader {
+            seqnum: h.seqnum,
+            devid: h.devid,
+            direction,
+            ep,
+            transfer_flags,
+            transfer_buffer_length: len,
+            start_frame,
+            number_of_packets: iso_count(raw_packets, limits)?,
+            non_iso_marker: raw_packets == NON_ISO_PACKETS,
+            interval,
+            setup,
+        })
+    }
+}
+
+impl<'a> UrbCommand<'a> {
+    /// Decodes a client command from the start of `buf` (streaming). Header fields are
+    /// validated as soon as the 48-byte header is in, so an oversized length is refused before
+    /// its payload is awaited.
+    pub fn decode(buf: &'a [u8], limits: &Limits) -> Result<Decoded<Self>, WireError> {
+        let Some(header) = UrbCommandHeader::decode(buf, limits)? else {
             return Ok(None);
         };
-        let Some(iso_packets) = parse_iso(&mut r, packets) else {
-            return Ok(None);
-        };
-        for (index, p) in (0u32..).zip(&iso_packets) {
-            if u64::from(p.offset) + u64::from(p.length) > u64::from(len) {
-                return Err(WireError::IsoPacketOutOfBounds {
-                    index,
-                    offset: p.offset,
-                    length: p.length,
-                    buffer: len,
-                });
+        match header {
+            UrbCommandHeader::Unlink(u) => Ok(Some((Self::Unlink(u), URB_HEADER_LEN))),
+            UrbCommandHeader::Submit(h) => {
+                let data_end = URB_HEADER_LEN + h.data_len();
+                let end = data_end + h.iso_len();
+                let Some(body) = buf.get(URB_HEADER_LEN..end) else {
+                    return Ok(None);
+                };
+                let (data, iso) = body.split_at(h.data_len());
+                let iso_packets = h.decode_iso_packets(iso)?;
+                Ok(Some((Self::Submit(h.with_payload(data, iso_packets)), end)))
             }
         }
-        let consumed = r.position();
-        Ok(Some((
-            Self::Submit(CmdSubmit {
-                seqnum: h.seqnum,
-                devid: h.devid,
-                direction,
-                ep,
-                transfer_flags,
-                transfer_buffer_length: len,
-                start_frame,
-                non_iso_marker: raw_packets == NON_ISO_PACKETS,
-                interval,
-                setup,
-                data,
-                iso_packets,
-            }),
-            consumed,
-        )))
     }
 
     /// Decodes exactly one command filling `buf`.
@@ -975,6 +1069,16 @@ impl RetSubmit<'_> {
     /// Appends the encoded reply to `out`. Replies carry devid, direction and ep as zero,
     /// as Linux `usbip-host` sends them.
     pub fn encode(&self, out: &mut Vec<u8>) {
+        self.encode_header(out);
+        out.extend_from_slice(self.data);
+        encode_iso_packets(&self.iso_packets, out);
+    }
+
+    /// Appends only the 48-byte header (from `number_of_packets`, not `iso_packets`). The
+    /// reply is complete once `data` and then the ISO descriptors ([`encode_iso_packets`])
+    /// follow it on the wire, which lets a server send a large payload from its own buffer
+    /// (a vectored write) instead of copying it behind the header.
+    pub fn encode_header(&self, out: &mut Vec<u8>) {
         emit_basic(out, RET_SUBMIT, self.seqnum, 0, 0, 0);
         Self::encode_tail(
             out,
@@ -984,10 +1088,6 @@ impl RetSubmit<'_> {
             self.number_of_packets,
             self.error_count,
         );
-        out.extend_from_slice(self.data);
-        for p in &self.iso_packets {
-            p.emit(out);
-        }
     }
 
     fn encode_tail(out: &mut Vec<u8>, status: i32, actual: u32, start: i32, n: u32, errs: u32) {

@@ -271,3 +271,100 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn submit_header_tells_what_follows_and_rebuilds_the_command() {
+    let iso = vec![IsoPacket {
+        offset: 0,
+        length: 3,
+        actual_length: 0,
+        status: 0,
+    }];
+    let cmd = CmdSubmit {
+        seqnum: 11,
+        devid: 0x0001_0002,
+        direction: Direction::Out,
+        ep: 4,
+        transfer_flags: 0x200,
+        transfer_buffer_length: 3,
+        start_frame: 5,
+        non_iso_marker: false,
+        interval: 1,
+        setup: [0; 8],
+        data: &[9, 8, 7],
+        iso_packets: iso.clone(),
+    };
+    let mut out = Vec::new();
+    cmd.encode(&mut out);
+    let limits = Limits::default();
+    assert_eq!(UrbCommandHeader::decode(&out[..47], &limits), Ok(None));
+    let Some(UrbCommandHeader::Submit(h)) = UrbCommandHeader::decode(&out, &limits).unwrap() else {
+        panic!("not a submit header")
+    };
+    assert_eq!((h.data_len(), h.iso_len()), (3, 16));
+    assert_eq!(out.len(), URB_HEADER_LEN + h.data_len() + h.iso_len());
+    let packets = h.decode_iso_packets(&out[51..]).unwrap();
+    assert_eq!(packets, iso);
+    assert_eq!(h.with_payload(&out[48..51], packets), cmd);
+    assert_eq!(
+        h.decode_iso_packets(&out[52..]),
+        Err(WireError::Truncated),
+        "a short descriptor list"
+    );
+}
+
+#[test]
+fn iso_packet_outside_the_buffer_is_refused() {
+    let mut h = vec![0u8; 48];
+    h[3] = 1; // CMD_SUBMIT
+    h[0x0f] = 1; // IN
+    h[0x18..0x1c].copy_from_slice(&8u32.to_be_bytes());
+    h[0x20..0x24].copy_from_slice(&1u32.to_be_bytes());
+    let mut iso = Vec::new();
+    encode_iso_packets(
+        &[IsoPacket {
+            offset: 4,
+            length: 8,
+            actual_length: 0,
+            status: 0,
+        }],
+        &mut iso,
+    );
+    h.extend_from_slice(&iso);
+    assert!(matches!(
+        UrbCommand::decode(&h, &Limits::default()),
+        Err(WireError::IsoPacketOutOfBounds { index: 0, .. })
+    ));
+}
+
+#[test]
+fn ret_submit_header_then_payload_is_the_whole_reply() {
+    let iso = vec![IsoPacket {
+        offset: 0,
+        length: 4,
+        actual_length: 2,
+        status: 0,
+    }];
+    let whole = RetSubmit {
+        seqnum: 3,
+        status: 0,
+        actual_length: 2,
+        start_frame: 1,
+        number_of_packets: 1,
+        error_count: 0,
+        data: &[5, 6],
+        iso_packets: iso.clone(),
+    };
+    let mut expected = Vec::new();
+    whole.encode(&mut expected);
+    let mut parts = Vec::new();
+    RetSubmit {
+        iso_packets: Vec::new(),
+        ..whole.clone()
+    }
+    .encode_header(&mut parts);
+    assert_eq!(parts.len(), URB_HEADER_LEN);
+    parts.extend_from_slice(whole.data);
+    encode_iso_packets(&iso, &mut parts);
+    assert_eq!(parts, expected);
+}
