@@ -19,6 +19,10 @@ use crate::framing::FrameError;
 /// 16 bytes) fits, and one read takes hundreds of small commands.
 const INBOX_LEN: usize = 32 * 1024;
 
+/// Bytes a payload's direct reads take beyond the payload (at most the read buffer's size):
+/// room for the next header and the start of its payload.
+const READ_AHEAD: usize = 4 * 1024;
+
 /// Reads client commands off the URB-phase stream.
 pub struct CommandReader<R> {
     rd: R,
@@ -98,20 +102,36 @@ impl<R: AsyncRead + Unpin> CommandReader<R> {
     /// Reads the OUT payload and ISO descriptors that follow `header`: the payload into a
     /// buffer of its own (what the device will own), the bytes not yet received straight from
     /// the socket into it.
+    ///
+    /// Those direct reads ask for up to [`READ_AHEAD`] bytes more than the payload, so that
+    /// the next command's header usually comes with the payload's last read instead of costing
+    /// a read of its own; the extra bytes move to the read buffer.
     pub async fn read_payload(
         &mut self,
         header: &SubmitHeader,
     ) -> Result<(Vec<u8>, Vec<periwire_wire::usbip::IsoPacket>), FrameError> {
         let len = header.data_len();
-        let mut data = Vec::with_capacity(len);
         let buffered = len.min(self.end - self.start);
+        let mut data = if buffered == len {
+            Vec::with_capacity(len)
+        } else {
+            Vec::with_capacity(len + READ_AHEAD)
+        };
         data.extend_from_slice(&self.buf[self.start..self.start + buffered]);
         self.start += buffered;
         while data.len() < len {
-            let want = len - data.len();
+            let want = len + READ_AHEAD - data.len();
             if self.rd.read_buf(&mut (&mut data).limit(want)).await? == 0 {
                 return Err(FrameError::Truncated);
             }
+        }
+        if data.len() > len {
+            // Everything buffered went into the payload, so the read buffer is empty.
+            let extra = &data[len..];
+            self.buf[..extra.len()].copy_from_slice(extra);
+            self.start = 0;
+            self.end = extra.len();
+            data.truncate(len);
         }
         let iso_len = header.iso_len();
         if iso_len == 0 {

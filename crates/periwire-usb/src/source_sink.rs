@@ -78,9 +78,24 @@ impl SourceSinkHandle {
 }
 
 /// What the source endpoint returns for `len` bytes: a counting pattern (byte `i` is
-/// `i mod 256`).
+/// `i mod 256`), built by copying whole periods rather than byte by byte.
 pub fn pattern(len: usize) -> Vec<u8> {
-    (0..len).map(|i| i as u8).collect()
+    const PERIOD: [u8; 4096] = {
+        let mut p = [0u8; 4096];
+        let mut i = 0;
+        while i < p.len() {
+            p[i] = i as u8;
+            i += 1;
+        }
+        p
+    };
+    let mut data = Vec::with_capacity(len);
+    while data.len() < len {
+        // Every chunk starts at a multiple of 4096, so the pattern runs on unbroken.
+        let n = (len - data.len()).min(PERIOD.len());
+        data.extend_from_slice(&PERIOD[..n]);
+    }
+    data
 }
 
 fn descriptors() -> DeviceDescriptors {
@@ -221,5 +236,22 @@ impl UsbDevice for SourceSink {
                 _ => Err(TransferError::Stall),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pattern;
+
+    #[test]
+    fn pattern_counts_modulo_256_at_any_length() {
+        for len in [0, 1, 255, 256, 4095, 4096, 4097, 65536, 100_003] {
+            let p = pattern(len);
+            assert_eq!(p.len(), len);
+            assert!(
+                p.iter().enumerate().all(|(i, &b)| b == i as u8),
+                "len {len}"
+            );
+        }
     }
 }
