@@ -12,12 +12,15 @@
 //!   adapter from the radio, which disconnects its links.
 //! - [`serve_h4`]: H4 framing over any byte stream; [`H4Server`] accepts TCP or Unix
 //!   clients and gives each its own adapter (what Bumble's `tcp-client:` transport connects to).
+//! - [`usb_dongle::UsbDongle`]: an adapter presented as a USB Bluetooth dongle (a periwire
+//!   `UsbDevice`), exported over USB/IP and bound by the guest's `btusb`.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod h4;
 mod shared;
+pub mod usb_dongle;
 
 pub use h4::{serve_h4, AdapterPlan, H4Server, ServeError};
 pub use periwire_hci::{controller::ToHost, BdAddr, ControllerConfig};
