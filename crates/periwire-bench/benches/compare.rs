@@ -76,6 +76,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     " (IMAGE CHECK FAILED)"
                 };
                 extra.push(ExtraRow {
+                    label: "guest ceiling: raw TCP guest → host".into(),
+                    cells: vec![mb(g.raw_upload), String::new()],
+                    note: format!(
+                        "busybox nc, {} MiB, through the same QEMU user-mode forward",
+                        guest_plan.upload_mib
+                    ),
+                });
+                extra.push(ExtraRow {
                     label: format!("guest: sequential write, {} MiB", guest_plan.seq_mib),
                     cells: vec![mb(g.write), peer_na.clone()],
                     note: format!("dd bs=1M oflag=direct; peer has no mass storage{check}"),

@@ -2,7 +2,9 @@
 //! periwire's mass-storage device with the stock `usbip` tool, and `vhci-hcd` +
 //! `usb-storage` carry `dd` (sequential, O_DIRECT, 1 MiB blocks) and `ioping` (4 KiB random
 //! reads, O_DIRECT, one at a time — usb-storage's Bulk-Only Transport runs one command at a
-//! time whatever the queue depth) to periwire's server in this process.
+//! time whatever the queue depth) to periwire's server in this process. First, busybox `nc`
+//! sends raw TCP through the same QEMU user-mode forward: the ceiling of the write row (QEMU
+//! hands the guest's TCP payload to its forward one segment at a time).
 
 use std::path::Path;
 use std::process::Command;
@@ -22,6 +24,8 @@ pub struct GuestPlan {
     pub seq_mib: u32,
     /// Seconds of random 4 KiB reads.
     pub random_secs: u32,
+    /// MiB of raw TCP the guest sends to the host first.
+    pub upload_mib: u32,
 }
 
 impl GuestPlan {
@@ -30,6 +34,7 @@ impl GuestPlan {
         Self {
             seq_mib: 64,
             random_secs: 5,
+            upload_mib: 8,
         }
     }
 
@@ -38,6 +43,7 @@ impl GuestPlan {
         Self {
             seq_mib: 4,
             random_secs: 1,
+            upload_mib: 1,
         }
     }
 }
@@ -53,6 +59,9 @@ pub struct GuestResult {
     pub iops: f64,
     /// Requests ioping completed.
     pub random_requests: u64,
+    /// Raw TCP from the guest to the host through the same QEMU forward (busybox `nc`),
+    /// bytes per second: the ceiling of the write row.
+    pub raw_upload: f64,
     /// Bytes the image holds after the run that the guest wrote (a check: the pattern of
     /// the sequential write reached the image).
     pub written_ok: bool,
@@ -125,7 +134,12 @@ fn binary_with_libs(path: &str) -> std::io::Result<Vec<(String, Vec<u8>)>> {
     Ok(files)
 }
 
+/// Port the raw upload goes to, in the guest's view.
+const UPLOAD_PORT: u16 = 5001;
+
 const SCENARIO: &str = r#"
+dd if=/dev/zero bs=64k count=$UPLOAD_CHUNKS 2>/dev/null | nc 10.0.2.100 5001
+mark UPLOADED
 mkdir -p /var/run/vhci_hcd
 usbip attach -r "$PERIWIRE_SERVER" -b 1-1
 wait_for /dev/sda 60
@@ -185,13 +199,20 @@ pub fn run(runtime: &Runtime, plan: GuestPlan, dir: &Path) -> Result<GuestResult
     }));
 
     let ioping = which("ioping").ok_or("ioping is missing")?;
+    let upload = std::net::TcpListener::bind("127.0.0.1:0").map_err(err("bind"))?;
+    let upload_port = upload.local_addr().map_err(err("bind"))?.port();
+    let upload_rate = std::thread::spawn(move || raw_upload_rate(&upload));
+    let upload_bytes = u64::from(plan.upload_mib) * 1024 * 1024;
     let scenario = format!(
-        "SEQ_MIB={}\nRANDOM_SECS={}\n{SCENARIO}",
-        plan.seq_mib, plan.random_secs
+        "SEQ_MIB={}\nRANDOM_SECS={}\nUPLOAD_CHUNKS={}\n{SCENARIO}",
+        plan.seq_mib,
+        plan.random_secs,
+        upload_bytes / (64 * 1024)
     );
     let mut config = GuestConfig::new(scenario)
         .modules(["vhci-hcd", "usb-storage", "sd_mod"])
         .server_port(port)
+        .forward(UPLOAD_PORT, upload_port)
         .timeout(Duration::from_secs(240));
     for (path, bytes) in binary_with_libs(&ioping).map_err(err("ioping"))? {
         config = config.file(path, 0o755, bytes);
@@ -200,6 +221,7 @@ pub fn run(runtime: &Runtime, plan: GuestPlan, dir: &Path) -> Result<GuestResult
     let outcome = (|| -> Result<GuestResult, String> {
         let mut guest = Guest::boot(config).map_err(|e| e.to_string())?;
         let line = |g: &mut Guest, m: &str| g.expect_line(m, step).map_err(|e| e.to_string());
+        line(&mut guest, "UPLOADED")?;
         line(&mut guest, "ATTACHED")?;
         let bytes = f64::from(plan.seq_mib) * 1024.0 * 1024.0;
         let write = bytes / seconds(&line(&mut guest, "WRITE ")?)?;
@@ -219,16 +241,47 @@ pub fn run(runtime: &Runtime, plan: GuestPlan, dir: &Path) -> Result<GuestResult
             read,
             iops,
             random_requests,
+            raw_upload: 0.0,
             written_ok: false,
         })
     })();
     let _ = stop.send(());
     let _ = runtime.block_on(server);
     let mut result = outcome?;
+    let (received, rate) = upload_rate
+        .join()
+        .map_err(|_| "upload listener panicked".to_owned())?
+        .map_err(|e| format!("raw upload: {e}"))?;
+    if received != upload_bytes {
+        return Err(format!(
+            "raw upload: {received} of {upload_bytes} bytes arrived"
+        ));
+    }
+    result.raw_upload = rate;
     let data = std::fs::read(&image).map_err(err("read image"))?;
     let written = (plan.seq_mib as usize) * 1024 * 1024;
     result.written_ok = data[..written].iter().all(|&b| b == 0);
     Ok(result)
+}
+
+/// Accepts one connection and counts its bytes to the end: (bytes, bytes per second from the
+/// first byte to the end).
+fn raw_upload_rate(listener: &std::net::TcpListener) -> std::io::Result<(u64, f64)> {
+    use std::io::Read;
+    let (mut conn, _) = listener.accept()?;
+    let mut buf = vec![0u8; 1024 * 1024];
+    let mut total = 0u64;
+    let mut first = None;
+    loop {
+        let n = conn.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        first.get_or_insert_with(std::time::Instant::now);
+        total += n as u64;
+    }
+    let secs = first.map_or(0.0, |t| t.elapsed().as_secs_f64());
+    Ok((total, total as f64 / secs.max(1e-3)))
 }
 
 /// Seconds between the two `/proc/uptime` stamps of a `MARK t0 t1` line.

@@ -100,5 +100,5 @@ fn guest_disk_rows_run() {
         "the guest's sequential write reached the image"
     );
     assert!(r.random_requests > 0 && r.iops > 0.0, "{r:?}");
-    assert!(r.read > 0.0 && r.write > 0.0, "{r:?}");
+    assert!(r.read > 0.0 && r.write > 0.0 && r.raw_upload > 0.0, "{r:?}");
 }
