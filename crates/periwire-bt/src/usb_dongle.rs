@@ -157,7 +157,10 @@ pub fn descriptors(address: BdAddr) -> DeviceDescriptors {
         product: "Virtual Bluetooth Adapter".into(),
         serial: address.to_string().replace(':', ""),
         configuration_value: 1,
-        configuration_attributes: 0x20, // remote wakeup, as dongles report
+        // No remote wakeup: btusb needs it to autosuspend an idle open adapter, and a device
+        // behind USB/IP cannot wake a suspended port, so a suspended dongle would never
+        // deliver the next event (an Inquiry Complete 10 s later, a Connection Request).
+        configuration_attributes: 0,
         max_power: 50,
         configuration_extra: Vec::new(),
         interfaces: vec![
@@ -218,6 +221,9 @@ impl UsbDongle {
                 let mut demux = self.demux();
                 if let Some(piece) = demux.take(stream, limit) {
                     drop(demux);
+                    if stream == Stream::Events {
+                        tracing::trace!(adapter = %self.adapter.id(), bytes = ?piece.get(..piece.len().min(4)), "event piece to host");
+                    }
                     self.changed.notify_waiters();
                     return piece;
                 }
@@ -231,6 +237,9 @@ impl UsbDongle {
                 guard = self.puller.lock() => {
                     tokio::select! {
                         packet = self.adapter.recv() => {
+                            if let ToHost::Event(e) = &packet {
+                                tracing::trace!(adapter = %self.adapter.id(), code = ?e.first(), len = e.len(), "event from controller");
+                            }
                             self.demux().file(packet);
                             self.changed.notify_waiters();
                         }
@@ -457,5 +466,89 @@ mod tests {
             .submit(urb(2, Direction::Out, [0; 8], vec![0xff; 70_000], 70_000))
             .await;
         assert!(r.is_ok() || r == Err(TransferError::Stall));
+    }
+}
+
+#[cfg(test)]
+mod timer_tests {
+    use super::*;
+    use periwire_usb::SetupPacket;
+
+    fn cmd(packet: &[u8]) -> Urb {
+        let len = packet.len() as u8;
+        Urb {
+            endpoint: 0,
+            direction: Direction::Out,
+            setup: SetupPacket::from_bytes([0x20, 0, 0, 0, 0, 0, len, 0]),
+            transfer_flags: 0,
+            length: len.into(),
+            data: packet.to_vec(),
+            iso_packets: Vec::new(),
+            start_frame: 0,
+            interval: 0,
+        }
+    }
+
+    fn event_in() -> Urb {
+        Urb {
+            endpoint: 1,
+            direction: Direction::In,
+            setup: SetupPacket::default(),
+            transfer_flags: 0,
+            length: 16,
+            data: Vec::new(),
+            iso_packets: Vec::new(),
+            start_frame: 0,
+            interval: 0,
+        }
+    }
+
+    async fn next_event(d: &UsbDongle) -> Vec<u8> {
+        let mut e = Vec::new();
+        loop {
+            let c = d.submit(event_in()).await.unwrap();
+            e.extend_from_slice(&c.data);
+            if e.len() >= 2 && e.len() == 2 + usize::from(e[1]) {
+                return e;
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn inquiry_completes_on_time() {
+        let radio = SharedRadio::new();
+        let a = std::sync::Arc::new(UsbDongle::new(
+            &radio,
+            ControllerConfig::new(BdAddr([1, 0, 0, 0, 0, 0])),
+        ));
+        let b = UsbDongle::new(&radio, ControllerConfig::new(BdAddr([2, 0, 0, 0, 0, 0])));
+        b.submit(cmd(&[0x1a, 0x0c, 0x01, 0x03])).await.unwrap();
+        let _ = next_event(&b).await;
+        let waiting = a.clone();
+        let acl = tokio::spawn(async move {
+            let urb = Urb {
+                endpoint: 2,
+                length: 1024,
+                ..event_in()
+            };
+            waiting.submit(urb).await
+        });
+        let started = std::time::Instant::now();
+        // Inquiry, GIAC, length 1 (1.28 s), unlimited responses.
+        a.submit(cmd(&[0x01, 0x04, 0x05, 0x33, 0x8b, 0x9e, 0x01, 0x00]))
+            .await
+            .unwrap();
+        let mut codes = Vec::new();
+        loop {
+            let e = tokio::time::timeout(std::time::Duration::from_secs(10), next_event(&a))
+                .await
+                .expect("inquiry complete within 10 s");
+            codes.push(e[0]);
+            if e[0] == 0x01 {
+                break;
+            }
+        }
+        println!("{codes:?} after {:?}", started.elapsed());
+        acl.abort();
     }
 }

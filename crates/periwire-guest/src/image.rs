@@ -19,8 +19,18 @@ const LIB_SH: &str = include_str!("guest/lib.sh");
 
 /// The static busybox from Debian's `busybox-static`.
 const BUSYBOX: &str = "/bin/busybox";
-/// The usbip tools from Debian's `usbip` (`dpkg -L usbip`).
-const USBIP_TOOLS: &[&str] = &["/usr/sbin/usbip", "/usr/sbin/usbipd"];
+/// Host tools copied into the guest with their libraries, and the Debian package of each:
+/// the usbip tools, and BlueZ's (which talk to the kernel's Bluetooth sockets directly, no
+/// daemon needed).
+const GUEST_TOOLS: &[(&str, &str)] = &[
+    ("/usr/sbin/usbip", "usbip"),
+    ("/usr/sbin/usbipd", "usbip"),
+    ("/usr/bin/btmgmt", "bluez"),
+    ("/usr/bin/hciconfig", "bluez"),
+    ("/usr/bin/hcitool", "bluez"),
+    ("/usr/bin/l2ping", "bluez"),
+    ("/usr/bin/l2test", "bluez"),
+];
 /// Where usbip reads USB names from (the Debian build reads `/usr/share/misc`; upstream
 /// defaults to `/usr/share/hwdata`). Both are provided in the guest.
 const USB_IDS: &[&str] = &["/usr/share/misc/usb.ids", "/usr/share/hwdata/usb.ids"];
@@ -296,12 +306,12 @@ fn add_binary(
     Ok(())
 }
 
-/// The base archive: directories, device nodes, busybox and its applet links, the usbip tools
-/// and their libraries, `usb.ids`, `/init` and the scenario helpers. Cached by its inputs.
+/// The base archive: directories, device nodes, busybox and its applet links, the usbip and
+/// BlueZ tools and their libraries, `usb.ids`, `/init` and the scenario helpers. Cached by its inputs.
 pub fn base_archive() -> Result<PathBuf, Error> {
     require(BUSYBOX, "busybox-static")?;
-    for tool in USBIP_TOOLS {
-        require(tool, "usbip")?;
+    for (tool, package) in GUEST_TOOLS {
+        require(tool, package)?;
     }
     let usb_ids = USB_IDS.iter().find(|p| Path::new(p).exists());
 
@@ -310,7 +320,7 @@ pub fn base_archive() -> Result<PathBuf, Error> {
     INIT.hash(&mut h);
     LIB_SH.hash(&mut h);
     hash_file_meta(&mut h, Path::new(BUSYBOX))?;
-    for tool in USBIP_TOOLS {
+    for (tool, _) in GUEST_TOOLS {
         hash_file_meta(&mut h, Path::new(tool))?;
     }
     if let Some(ids) = usb_ids {
@@ -341,9 +351,9 @@ pub fn base_archive() -> Result<PathBuf, Error> {
             .arg("--list-full")
             .output()
             .map_err(|e| Error::io(format!("running {BUSYBOX} --list-full"), e))?;
-        let skip: BTreeSet<&str> = USBIP_TOOLS
+        let skip: BTreeSet<&str> = GUEST_TOOLS
             .iter()
-            .map(|t| t.trim_start_matches('/'))
+            .map(|(t, _)| t.trim_start_matches('/'))
             .collect();
         for applet in String::from_utf8_lossy(&list.stdout).lines() {
             let applet = applet.trim();
@@ -351,7 +361,7 @@ pub fn base_archive() -> Result<PathBuf, Error> {
                 w.symlink(applet, BUSYBOX);
             }
         }
-        for tool in USBIP_TOOLS {
+        for (tool, _) in GUEST_TOOLS {
             add_binary(&mut w, tool, &mut libs)?;
         }
         if let Some(ids) = usb_ids {

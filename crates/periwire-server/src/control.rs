@@ -51,6 +51,8 @@ impl std::str::FromStr for MouseButton {
 pub enum ControlRequest {
     /// List the devices and whether each is imported.
     Status,
+    /// List the virtual Bluetooth adapters and their links.
+    Adapters,
     /// Wait until no client holds a device (answers `Ok`, or an error after the timeout).
     WaitReleased {
         /// The device's bus id.
@@ -96,6 +98,32 @@ pub struct DeviceStatus {
     pub imported: bool,
 }
 
+/// One link of a Bluetooth adapter in an adapters reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkStatus {
+    /// Connection handle.
+    pub handle: u16,
+    /// Peer address.
+    pub peer: String,
+    /// "BR/EDR" or "LE".
+    pub transport: String,
+    /// "central" or "peripheral".
+    pub role: String,
+    /// Whether the link is encrypted.
+    pub encrypted: bool,
+}
+
+/// One virtual Bluetooth adapter in an adapters reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdapterStatus {
+    /// BD_ADDR.
+    pub address: String,
+    /// Local name (as the host last set it).
+    pub name: String,
+    /// Its links.
+    pub links: Vec<LinkStatus>,
+}
+
 /// A response on the control socket.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "kebab-case")]
@@ -106,6 +134,11 @@ pub enum ControlResponse {
     Status {
         /// Every device.
         devices: Vec<DeviceStatus>,
+    },
+    /// The Bluetooth adapters.
+    Adapters {
+        /// Every adapter on the simulated radio.
+        adapters: Vec<AdapterStatus>,
     },
     /// The request failed.
     Error {
@@ -136,6 +169,8 @@ pub struct ControlState {
     pub keyboards: Vec<NamedInput<KeyboardHandle>>,
     /// Mice.
     pub mice: Vec<NamedInput<MouseHandle>>,
+    /// The simulated Bluetooth radio, if any adapter is configured.
+    pub radio: Option<periwire_bt::SharedRadio>,
 }
 
 fn pick<'a, H>(
@@ -197,6 +232,34 @@ impl ControlState {
                     })
                     .collect();
                 return ControlResponse::Status { devices };
+            }
+            ControlRequest::Adapters => {
+                let adapters = self
+                    .radio
+                    .as_ref()
+                    .map(|r| r.adapters())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(_, address, name, links)| AdapterStatus {
+                        address: address.to_string(),
+                        name,
+                        links: links
+                            .into_iter()
+                            .map(|l| LinkStatus {
+                                handle: l.handle,
+                                peer: l.peer_address.to_string(),
+                                transport: match l.transport {
+                                    periwire_hci::radio::Transport::BrEdr => "BR/EDR",
+                                    periwire_hci::radio::Transport::Le => "LE",
+                                }
+                                .to_owned(),
+                                role: format!("{:?}", l.role).to_lowercase(),
+                                encrypted: l.encrypted,
+                            })
+                            .collect(),
+                    })
+                    .collect();
+                return ControlResponse::Adapters { adapters };
             }
             ControlRequest::WaitReleased { busid, timeout_ms } => {
                 let wait = async {
@@ -385,6 +448,7 @@ mod tests {
                 handle: handle.clone(),
             }],
             mice: Vec::new(),
+            radio: None,
         };
         let typed = |device: Option<&str>| ControlRequest::Type {
             device: device.map(str::to_owned),

@@ -18,6 +18,12 @@
 //! kind = "serial"
 //! busid = "1-4"
 //! tcp = "127.0.0.1:3241"              # host side of the serial line
+//!
+//! [[adapter]]                         # a virtual Bluetooth adapter on the simulated radio
+//! name = "vm1-bt"
+//! transport = "usb"                   # usb (a dongle over USB/IP) | tcp | unix (HCI H4)
+//! busid = "1-5"
+//! address = "00:50:57:00:00:01"       # optional; derived from the name otherwise
 //! ```
 
 use std::net::SocketAddr;
@@ -60,6 +66,119 @@ pub struct Config {
     /// Exported devices.
     #[serde(default, rename = "device")]
     pub devices: Vec<DeviceConfig>,
+    /// Virtual Bluetooth adapters on the simulated radio.
+    #[serde(default, rename = "adapter")]
+    pub adapters: Vec<AdapterConfig>,
+}
+
+/// A virtual Bluetooth adapter: an emulated controller on periwire's simulated radio, reached
+/// through one transport.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(try_from = "RawAdapter")]
+pub struct AdapterConfig {
+    /// Name, also the controller's local name until the host sets one.
+    pub name: String,
+    /// BD_ADDR; derived from the name when not given. For H4 listeners, the address of the
+    /// first client (the next ones count up).
+    pub address: Option<BdAddr>,
+    /// How hosts reach it.
+    pub transport: AdapterTransport,
+}
+
+/// How a host reaches a virtual Bluetooth adapter.
+#[derive(Debug, Clone)]
+pub enum AdapterTransport {
+    /// A USB Bluetooth dongle exported over USB/IP at this bus id (for `btusb` in a VM).
+    Usb {
+        /// Bus id of the dongle.
+        busid: String,
+    },
+    /// HCI H4 over TCP (Bumble's `tcp-client:`); one adapter per connected client.
+    Tcp {
+        /// Loopback address to listen on.
+        listen: SocketAddr,
+    },
+    /// HCI H4 over a Unix socket; one adapter per connected client.
+    Unix {
+        /// Socket path; relative paths are under the data directory.
+        path: PathBuf,
+    },
+}
+
+/// A BD_ADDR written `XX:XX:XX:XX:XX:XX`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BdAddr(pub periwire_hci::BdAddr);
+
+impl<'de> Deserialize<'de> for BdAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        periwire_hci::BdAddr::parse_str(&text)
+            .map(BdAddr)
+            .ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "invalid Bluetooth address {text:?}: expected XX:XX:XX:XX:XX:XX"
+                ))
+            })
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdapter {
+    name: String,
+    transport: String,
+    address: Option<BdAddr>,
+    busid: Option<String>,
+    listen: Option<SocketAddr>,
+    path: Option<PathBuf>,
+}
+
+impl TryFrom<RawAdapter> for AdapterConfig {
+    type Error = String;
+
+    fn try_from(raw: RawAdapter) -> Result<Self, String> {
+        let name = raw.name;
+        let need =
+            |what: &str| format!("adapter {name}: transport {} needs `{what}`", raw.transport);
+        let stray = match raw.transport.as_str() {
+            "usb" => [
+                ("listen", raw.listen.is_some()),
+                ("path", raw.path.is_some()),
+            ],
+            "tcp" => [("busid", raw.busid.is_some()), ("path", raw.path.is_some())],
+            "unix" => [
+                ("busid", raw.busid.is_some()),
+                ("listen", raw.listen.is_some()),
+            ],
+            other => {
+                return Err(format!(
+                    "adapter {name}: unknown transport {other:?} (usb, tcp, unix)"
+                ))
+            }
+        };
+        if let Some((key, _)) = stray.iter().find(|(_, present)| *present) {
+            return Err(format!(
+                "adapter {name}: `{key}` does not apply to transport {}",
+                raw.transport
+            ));
+        }
+        let transport = match raw.transport.as_str() {
+            "usb" => AdapterTransport::Usb {
+                busid: raw.busid.clone().ok_or_else(|| need("busid"))?,
+            },
+            "tcp" => AdapterTransport::Tcp {
+                listen: raw.listen.ok_or_else(|| need("listen"))?,
+            },
+            _ => AdapterTransport::Unix {
+                path: raw.path.clone().ok_or_else(|| need("path"))?,
+            },
+        };
+        Ok(AdapterConfig {
+            name,
+            address: raw.address,
+            transport,
+        })
+    }
 }
 
 /// One exported virtual device.
@@ -225,24 +344,41 @@ impl Config {
         Ok(config)
     }
 
+    /// Bus ids of every exported USB device: the `[[device]]` ones and the Bluetooth dongles.
+    fn busids(&self) -> impl Iterator<Item = &str> {
+        let dongles = self.adapters.iter().filter_map(|a| match &a.transport {
+            AdapterTransport::Usb { busid } => Some(busid.as_str()),
+            _ => None,
+        });
+        self.devices.iter().map(|d| d.busid.as_str()).chain(dongles)
+    }
+
     /// Checks what the schema cannot: unique bus ids and names, sane sizes.
     pub fn check(&self) -> Result<(), ConfigError> {
-        let mut seen = std::collections::HashSet::new();
-        for d in &self.devices {
-            periwire_wire::usbip::BusId::new(&d.busid).map_err(|_| {
+        let mut busids = std::collections::HashSet::new();
+        for b in self.busids() {
+            periwire_wire::usbip::BusId::new(b).map_err(|_| {
                 ConfigError::Invalid(format!(
-                    "bus id {:?} must be 1 to 31 printable ASCII characters",
-                    d.busid
+                    "bus id {b:?} must be 1 to 31 printable ASCII characters"
                 ))
             })?;
-            if !seen.insert(d.busid.clone()) {
+            if !busids.insert(b) {
+                return Err(ConfigError::Invalid(format!("bus id {b} is used twice")));
+            }
+        }
+        let mut adapters = std::collections::HashSet::new();
+        for a in &self.adapters {
+            if !adapters.insert(a.name.as_str()) {
                 return Err(ConfigError::Invalid(format!(
-                    "bus id {} is used twice",
-                    d.busid
+                    "adapter name {} is used twice",
+                    a.name
                 )));
             }
+        }
+        let mut names = std::collections::HashSet::new();
+        for d in &self.devices {
             if let Some(name) = &d.name {
-                if name != &d.busid && !seen.insert(name.clone()) {
+                if !names.insert(name.as_str()) {
                     return Err(ConfigError::Invalid(format!("name {name} is used twice")));
                 }
             }
@@ -298,6 +434,55 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn parses_adapters_and_refuses_misplaced_keys() {
+        let c: Config = toml::from_str(
+            r#"
+            [[device]]
+            kind = "mouse"
+            busid = "1-1"
+            [[adapter]]
+            name = "a"
+            transport = "usb"
+            busid = "1-2"
+            address = "00:50:57:00:00:01"
+            [[adapter]]
+            name = "b"
+            transport = "tcp"
+            listen = "127.0.0.1:9000"
+            "#,
+        )
+        .unwrap();
+        c.check().unwrap();
+        assert_eq!(
+            c.adapters[0].address.map(|a| a.0.to_string()),
+            Some("00:50:57:00:00:01".to_owned())
+        );
+        let clash: Config = toml::from_str(
+            "[[device]]\nkind = \"mouse\"\nbusid = \"1-1\"\n[[adapter]]\nname = \"a\"\ntransport = \"usb\"\nbusid = \"1-1\"",
+        )
+        .unwrap();
+        assert!(clash
+            .check()
+            .unwrap_err()
+            .to_string()
+            .contains("used twice"));
+        let stray = toml::from_str::<Config>(
+            "[[adapter]]\nname = \"a\"\ntransport = \"tcp\"\nlisten = \"127.0.0.1:1\"\nbusid = \"1-1\"",
+        );
+        assert!(stray
+            .unwrap_err()
+            .to_string()
+            .contains("`busid` does not apply"));
+        let bad = toml::from_str::<Config>(
+            "[[adapter]]\nname = \"a\"\ntransport = \"usb\"\nbusid = \"1-1\"\naddress = \"zz\"",
+        );
+        assert!(bad
+            .unwrap_err()
+            .to_string()
+            .contains("invalid Bluetooth address"));
     }
 
     #[test]

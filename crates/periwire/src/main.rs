@@ -47,6 +47,12 @@ enum Command {
         #[command(subcommand)]
         action: InputAction,
     },
+    /// Show the virtual Bluetooth adapters of a running server and their links.
+    Adapters {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the devices of a running server and which are imported.
     Status {
         /// Print JSON instead of a table.
@@ -71,6 +77,31 @@ mod tests {
         assert_eq!(unescape(r"a\tb\\c\q"), "a\tb\\c\\q");
         assert_eq!(unescape("trailing\\"), "trailing\\");
     }
+}
+
+/// Prints the adapters reply as a table or JSON.
+fn print_adapters(
+    adapters: &[periwire_server::control::AdapterStatus],
+    json: bool,
+) -> Result<(), AnyError> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(adapters)?);
+        return Ok(());
+    }
+    if adapters.is_empty() {
+        println!("no Bluetooth adapters");
+    }
+    for a in adapters {
+        println!("{}  {}", a.address, a.name);
+        for l in &a.links {
+            let encrypted = if l.encrypted { ", encrypted" } else { "" };
+            println!(
+                "    handle {:#06x}  {} {} as {}{}",
+                l.handle, l.transport, l.peer, l.role, encrypted
+            );
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, Subcommand)]
@@ -152,6 +183,10 @@ async fn run(command: Command, data_dir: Option<PathBuf>) -> Result<(), AnyError
             };
             control(data_dir, request).await.map(|_| ())
         }
+        Command::Adapters { json } => match control(data_dir, ControlRequest::Adapters).await? {
+            ControlResponse::Adapters { adapters } => print_adapters(&adapters, json),
+            _ => Err("unexpected reply on the control socket".into()),
+        },
         Command::Status {
             wait_released: Some(busid),
             timeout,

@@ -4,6 +4,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use periwire_bt::usb_dongle::UsbDongle;
+use periwire_bt::{AdapterPlan, ControllerConfig, H4Server, SharedRadio};
 use periwire_server::control::{ControlState, NamedInput};
 use periwire_server::{Export, Registry, ServerConfig};
 use periwire_usb::cdc_acm::CdcAcm;
@@ -13,7 +15,7 @@ use periwire_usb::UsbDevice;
 use periwire_wire::usbip::{BusId, USBIP_PORT};
 use tokio::net::TcpListener;
 
-use crate::config::{ByteSize, Config, DeviceConfig, DeviceKind};
+use crate::config::{AdapterConfig, AdapterTransport, ByteSize, Config, DeviceConfig, DeviceKind};
 use crate::AnyError;
 
 /// File name of the control socket inside the data directory.
@@ -85,6 +87,26 @@ fn demo_devices() -> Result<Vec<DeviceConfig>, AnyError> {
     ])
 }
 
+fn demo_adapters() -> Vec<AdapterConfig> {
+    vec![AdapterConfig {
+        name: "periwire-demo".into(),
+        address: None,
+        transport: AdapterTransport::Usb {
+            busid: "1-5".into(),
+        },
+    }]
+}
+
+/// A stable address for an adapter that was given none: 00:50:57 ("PW") and three bytes of
+/// a hash of its name (FNV-1a, fixed so the address survives upgrades).
+fn address_for(name: &str) -> periwire_hci::BdAddr {
+    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let [a, b, c, ..] = hash.to_le_bytes();
+    periwire_hci::BdAddr([a, b, c, 0x57, 0x50, 0x00])
+}
+
 const DEMO_README: &[u8] = b"Hello from periwire!\n\
 This disk is a 64 MiB image file on the machine running `periwire serve --demo`.\n\
 Files you write here are kept in that image.\n";
@@ -106,9 +128,10 @@ pub async fn run(args: ServeArgs, data_dir_arg: Option<PathBuf>) -> Result<(), A
     };
     if args.demo {
         config.devices.extend(demo_devices()?);
+        config.adapters.extend(demo_adapters());
         config.check()?;
     }
-    if config.devices.is_empty() {
+    if config.devices.is_empty() && config.adapters.is_empty() {
         return Err(
             "no devices to export: pass --demo or a --config with [[device]] entries".into(),
         );
@@ -194,6 +217,59 @@ pub async fn run(args: ServeArgs, data_dir_arg: Option<PathBuf>) -> Result<(), A
         control.kinds.push((d.busid.clone(), kind.to_owned()));
     }
 
+    let radio = (!config.adapters.is_empty()).then(SharedRadio::new);
+    for a in &config.adapters {
+        let Some(radio) = &radio else { break };
+        let address = a.address.map_or_else(|| address_for(&a.name), |a| a.0);
+        match &a.transport {
+            AdapterTransport::Usb { busid } => {
+                let mut controller = ControllerConfig::new(address);
+                controller.name = a.name.clone();
+                let dongle = UsbDongle::new(radio, controller);
+                registry
+                    .add(Export {
+                        busid: BusId::new(busid)?,
+                        busnum: busnum_of(busid),
+                        devnum: u32::try_from(registry.exports().len() + 2).unwrap_or(u32::MAX),
+                        name: a.name.clone(),
+                        device: Arc::new(dongle),
+                    })
+                    .map_err(|b| format!("bus id {b} is used twice"))?;
+                control.kinds.push((busid.clone(), "bluetooth".to_owned()));
+            }
+            AdapterTransport::Tcp { listen } => {
+                let server =
+                    H4Server::bind_tcp(*listen, radio.clone(), AdapterPlan::new(address, &a.name))
+                        .await
+                        .map_err(|e| format!("adapter {}: listening on {listen}: {e}", a.name))?;
+                if let Some(addr) = server.local_addr() {
+                    println!("periwire: adapter {} HCI H4 on tcp {addr}", a.name);
+                }
+                bridges.push(tokio::spawn(async move {
+                    let _ = server.run().await;
+                }));
+            }
+            AdapterTransport::Unix { path } => {
+                let path = resolve(&data_dir, path);
+                let server = H4Server::bind_unix(
+                    &path,
+                    radio.clone(),
+                    AdapterPlan::new(address, &a.name),
+                )
+                .map_err(|e| format!("adapter {}: socket {}: {e}", a.name, path.display()))?;
+                println!(
+                    "periwire: adapter {} HCI H4 on unix {}",
+                    a.name,
+                    path.display()
+                );
+                bridges.push(tokio::spawn(async move {
+                    let _ = server.run().await;
+                }));
+            }
+        }
+    }
+    control.radio = radio;
+
     let socket = data_dir.join(CONTROL_SOCKET);
     let control_listener = periwire_server::control::bind(&socket)
         .map_err(|e| format!("control socket {}: {e}", socket.display()))?;
@@ -215,7 +291,7 @@ pub async fn run(args: ServeArgs, data_dir_arg: Option<PathBuf>) -> Result<(), A
     // Tests and scripts wait for this line to know the server is ready.
     println!(
         "periwire: serving {} device(s) on {} (data directory {})",
-        config.devices.len(),
+        registry.exports().len(),
         listener.local_addr()?,
         data_dir.display()
     );
