@@ -570,7 +570,7 @@ pub fn render(results: &Results, extra: &[ExtraRow]) -> String {
     lines.push(ceiling_row(
         "loopback TCP ceiling, client → server",
         up,
-        "raw TCP, 1 MiB writes and reads",
+        "raw TCP: 1 MiB vectored writes, 1 MiB reads",
     ));
     lines.push(ceiling_row(
         "loopback TCP ceiling, server → client",

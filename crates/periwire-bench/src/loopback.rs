@@ -1,9 +1,10 @@
 //! The ceiling: raw TCP over loopback on this machine, in the same shape as the bulk rows (a
 //! blocking client thread, a tokio server on a runtime like the USB/IP servers'), with no
-//! protocol at all: one side only writes, the other only reads, 1 MiB per call — as much as
-//! the bulk rows' client writes at once at 16 in flight.
+//! protocol at all: one side only writes, the other only reads. Writes are vectored, 1 MiB of
+//! one 64 KiB buffer per call (as the bulk rows' client writes 16 URBs); reads take up to
+//! 1 MiB per call (as that client reads).
 
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
@@ -12,8 +13,12 @@ use tokio::runtime::Runtime;
 
 use crate::target::server_runtime;
 
-/// Bytes per `write` and `read` call.
-pub const CHUNK: usize = 1024 * 1024;
+/// Bytes per vectored write.
+pub const WRITE: usize = 1024 * 1024;
+/// Bytes per slice of a vectored write: one buffer, written over and over.
+pub const SLICE: usize = 64 * 1024;
+/// Bytes per read.
+pub const READ: usize = 1024 * 1024;
 
 /// Which way the bytes flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,15 +56,20 @@ impl Loopback {
     pub fn measure(&self, flow: Flow, duration: Duration) -> io::Result<f64> {
         let mut s = TcpStream::connect(&self.addr)?;
         s.set_nodelay(true)?;
-        let mut buf = vec![0x5au8; CHUNK];
         let start = Instant::now();
         match flow {
             Flow::Upload => {
                 s.write_all(b"U")?;
+                let chunk = vec![0x5au8; SLICE];
                 let mut sent = 0u64;
                 while start.elapsed() < duration {
-                    s.write_all(&buf)?;
-                    sent += CHUNK as u64;
+                    let mut slices = [IoSlice::new(&chunk); WRITE / SLICE];
+                    let mut bufs = &mut slices[..];
+                    while !bufs.is_empty() {
+                        let n = s.write_vectored(bufs)?;
+                        sent += n as u64;
+                        IoSlice::advance_slices(&mut bufs, n);
+                    }
                 }
                 s.shutdown(std::net::Shutdown::Write)?;
                 // The server answers with what it received once it has read it all, so the
@@ -73,6 +83,7 @@ impl Loopback {
             }
             Flow::Download => {
                 s.write_all(b"D")?;
+                let mut buf = vec![0u8; READ];
                 let mut got = 0u64;
                 while start.elapsed() < duration {
                     let n = s.read(&mut buf)?;
@@ -92,7 +103,7 @@ async fn serve(mut stream: tokio::net::TcpStream) -> io::Result<()> {
     let mut mode = [0u8; 1];
     stream.read_exact(&mut mode).await?;
     if mode[0] == b'U' {
-        let mut buf = vec![0u8; CHUNK];
+        let mut buf = vec![0u8; READ];
         let mut total = 0u64;
         loop {
             let n = stream.read(&mut buf).await?;
@@ -103,9 +114,14 @@ async fn serve(mut stream: tokio::net::TcpStream) -> io::Result<()> {
         }
         stream.write_all(&total.to_be_bytes()).await
     } else {
-        let buf = vec![0xa5u8; CHUNK];
+        let chunk = vec![0xa5u8; SLICE];
         loop {
-            stream.write_all(&buf).await?;
+            let mut slices = [IoSlice::new(&chunk); WRITE / SLICE];
+            let mut bufs = &mut slices[..];
+            while !bufs.is_empty() {
+                let n = stream.write_vectored(bufs).await?;
+                IoSlice::advance_slices(&mut bufs, n);
+            }
         }
     }
 }
