@@ -29,60 +29,82 @@ address = "{ADDRESS_B}"
     )
 }
 
+/// Waits until mgmt offers controller index `$1`: the kernel does so once `hci_sync` has
+/// brought the controller up through the dongle.
+const WAIT_MGMT: &str = r#"
+wait_mgmt() {
+    _left=600
+    until btmgmt --index "$1" info 2>/dev/null | grep -q "addr "; do
+        _left=$((_left - 1))
+        [ "$_left" -gt 0 ] || { echo "hci$1 never came up" >&2; return 1; }
+        usleep 100000
+    done
+}
+"#;
+
+const FRAMES: u64 = 300;
+const FRAME_BYTES: u64 = 600;
+
 #[test]
-fn btusb_binds_the_dongles_and_bluez_discovers_pings_and_moves_l2cap_data() {
+fn two_guests_with_btusb_dongles_discover_ping_and_move_l2cap_data() {
     let server = Server::start(&config(), |_| {});
-    let scenario = format!(
-        r#"
-        usbip attach -r "$PERIWIRE_SERVER" -b 1-1
-        wait_for /sys/class/bluetooth/hci0 60
+    // Guest B: its adapter is connectable and discoverable, and an l2test receiver listens.
+    let receiver = format!(
+        r#"{WAIT_MGMT}
         usbip attach -r "$PERIWIRE_SERVER" -b 1-2
-        wait_for /sys/class/bluetooth/hci1 60
-        # The kernel offers a controller to mgmt once hci_sync has brought it up.
-        wait_mgmt() {{
-            _left=600
-            until btmgmt --index "$1" info 2>/dev/null | grep -q "addr "; do
-                _left=$((_left - 1))
-                [ "$_left" -gt 0 ] || {{ echo "hci$1 never came up" >&2; return 1; }}
-                usleep 100000
-            done
-        }}
         wait_mgmt 0
-        wait_mgmt 1
+        btmgmt --index 0 connectable on >/dev/null
+        btmgmt --index 0 discov on >/dev/null
         btmgmt --index 0 power on >/dev/null
-        btmgmt --index 1 connectable on >/dev/null
-        btmgmt --index 1 discov on >/dev/null || true
-        btmgmt --index 1 power on >/dev/null
-        btmgmt --index 0 info | sed 's/^/INFO0 /'
-        btmgmt --index 0 find -b 2>&1 | sed 's/^/FIND /'
-        mark FIND-DONE
-        l2ping -i hci0 -c 3 {ADDRESS_B} 2>&1 | sed 's/^/PING /'
-        mark PING-DONE
-        l2test -r -i hci1 -P 4113 >/tmp/recv.log 2>&1 &
-        receiver=$!
+        btmgmt --index 0 info | sed 's/^/INFO /'
+        l2test -r -i hci0 -P 4113 >/tmp/recv.log 2>&1 &
         while ! grep -q "Waiting for connection" /tmp/recv.log; do usleep 50000; done
-        read -r t0 _ </proc/uptime
-        l2test -s -i hci0 -P 4113 -b 600 -N 300 {ADDRESS_B} 2>&1 | sed 's/^/SEND /'
+        mark RECEIVER-READY
         # The receiver's child reads until the sender's close reaches it, then says so.
         while ! grep -q "Disconnect" /tmp/recv.log; do usleep 50000; done
-        read -r t1 _ </proc/uptime
-        kill $receiver || true
         sed 's/^/RECV /' /tmp/recv.log
-        mark L2TEST-TIME $t0 $t1
-        mark L2TEST-DONE
+        mark RECEIVER-DONE
         "#
     );
-    let mut guest = Guest::boot(
-        GuestConfig::new(scenario)
+    let mut guest_b = Guest::boot(
+        GuestConfig::new(receiver)
             .modules(["vhci-hcd", "btusb"])
             .server_port(server.port),
     )
-    .expect("boot");
-    guest
-        .expect_line("L2TEST-DONE", STEP * 2)
-        .expect("scenario ran");
-    let outcome = guest.wait_success(STEP).expect("scenario succeeds");
-    let lines = |prefix: &str| -> Vec<String> {
+    .expect("boot guest B");
+    guest_b
+        .expect_line("RECEIVER-READY", STEP)
+        .expect("receiver ready");
+
+    // Guest A: finds B by inquiry, pings it, sends it frames over an L2CAP channel (with
+    // SO_LINGER, so closing waits until the frames are out rather than dropping them).
+    let sender = format!(
+        r#"{WAIT_MGMT}
+        usbip attach -r "$PERIWIRE_SERVER" -b 1-1
+        wait_mgmt 0
+        btmgmt --index 0 power on >/dev/null
+        btmgmt --index 0 info | sed 's/^/INFO /'
+        btmgmt --index 0 find -b 2>&1 | sed 's/^/FIND /'
+        l2ping -i hci0 -c 3 {ADDRESS_B} 2>&1 | sed 's/^/PING /'
+        read -r t0 _ </proc/uptime
+        l2test -s -L 30 -i hci0 -P 4113 -b {FRAME_BYTES} -N {FRAMES} {ADDRESS_B} 2>&1 | sed 's/^/SEND /'
+        read -r t1 _ </proc/uptime
+        mark SEND-TIME $t0 $t1
+        "#
+    );
+    let mut guest_a = Guest::boot(
+        GuestConfig::new(sender)
+            .modules(["vhci-hcd", "btusb"])
+            .server_port(server.port),
+    )
+    .expect("boot guest A");
+    let a = guest_a.wait_success(STEP * 2).expect("sender succeeds");
+    guest_b
+        .expect_line("RECEIVER-DONE", STEP)
+        .expect("receiver saw the channel close");
+    let b = guest_b.wait_success(STEP).expect("receiver succeeds");
+
+    let lines = |outcome: &periwire_guest::GuestOutcome, prefix: &str| -> Vec<String> {
         outcome
             .transcript
             .iter()
@@ -93,23 +115,25 @@ fn btusb_binds_the_dongles_and_bluez_discovers_pings_and_moves_l2cap_data() {
             })
             .collect()
     };
-    let text = |prefix: &str| lines(prefix).join("\n");
+    let text = |outcome, prefix| lines(outcome, prefix).join("\n");
 
-    let info = text("INFO0 ");
-    assert!(
-        info.contains(&format!("addr {ADDRESS_A}")),
-        "btusb bound the dongle:\n{info}"
-    );
-    assert!(
-        info.lines()
-            .any(|l| l.contains("current settings:") && l.contains("powered")),
-        "BlueZ powered the adapter on:\n{info}"
-    );
+    for (outcome, address) in [(&a, ADDRESS_A), (&b, ADDRESS_B)] {
+        let info = text(outcome, "INFO ");
+        assert!(
+            info.contains(&format!("addr {address}")),
+            "btusb bound the dongle:\n{info}"
+        );
+        assert!(
+            info.lines()
+                .any(|l| l.contains("current settings:") && l.contains("powered")),
+            "BlueZ powered the adapter on:\n{info}"
+        );
+    }
 
-    let find = text("FIND ");
+    let find = text(&a, "FIND ");
     assert!(
         find.contains(&format!("dev_found: {ADDRESS_B} type BR/EDR")),
-        "inquiry found the other adapter:\n{find}"
+        "inquiry found the other guest's adapter:\n{find}"
     );
     assert!(
         find.contains("name guest-b"),
@@ -120,18 +144,19 @@ fn btusb_binds_the_dongles_and_bluez_discovers_pings_and_moves_l2cap_data() {
         "discovery ran to its end:\n{find}"
     );
 
-    let ping = text("PING ");
+    let ping = text(&a, "PING ");
     assert!(
         ping.contains("3 sent, 3 received, 0% loss"),
         "l2ping:\n{ping}"
     );
 
-    let recv = text("RECV ");
+    // l2test numbers its frames and fills them with a pattern; the receiver checks both.
+    let recv = text(&b, "RECV ");
     assert!(
         !recv.contains("mismatch"),
         "l2test found corrupted frames:\n{recv}"
     );
-    let received: u64 = lines("RECV ")
+    let received: u64 = lines(&b, "RECV ")
         .iter()
         .filter_map(|l| {
             l.split(": ")
@@ -142,16 +167,19 @@ fn btusb_binds_the_dongles_and_bluez_discovers_pings_and_moves_l2cap_data() {
                 .ok()
         })
         .sum();
-    assert_eq!(received, 300 * 600, "every frame arrived:\n{recv}");
-    let times: Vec<f64> = lines("L2TEST-TIME ")
+    assert_eq!(
+        received,
+        FRAMES * FRAME_BYTES,
+        "every frame arrived:\n{recv}"
+    );
+    let times: Vec<f64> = lines(&a, "SEND-TIME ")
         .first()
         .expect("timing line")
         .split_whitespace()
         .map(|t| t.parse().expect("uptime"))
         .collect();
     println!(
-        "L2CAP over BR/EDR between two dongles in one guest: {} bytes in {:.2} s = {:.1} kB/s",
-        received,
+        "L2CAP over BR/EDR between two guests: {received} bytes sent in {:.2} s = {:.1} kB/s",
         times[1] - times[0],
         received as f64 / 1000.0 / (times[1] - times[0])
     );
