@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use periwire_bench::bench::{self, ExtraRow, Plan, Scenario};
 use periwire_bench::client::Stop;
 use periwire_bench::guest::{self, GuestPlan};
-use periwire_bench::target::{server_runtime, Target};
+use periwire_bench::target::Target;
 
 fn env_flag(name: &str) -> bool {
     std::env::var_os(name).is_some_and(|v| !v.is_empty() && v != "0")
@@ -64,10 +64,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut extra = Vec::new();
     if !env_flag("PERIWIRE_BENCH_NO_GUEST") {
         eprintln!("periwire-bench: guest (QEMU TCG, vhci-hcd + usb-storage)...");
-        let rt = server_runtime("periwire-guest-server")?;
         let dir = tempfile::tempdir()?;
         let peer_na = "n/a".to_owned();
-        match guest::run(&rt, guest_plan, dir.path()) {
+        match guest::run(guest_plan, dir.path()) {
             Ok(g) => {
                 let mb = |b: f64| format!("{:.1} MB/s", b / 1e6);
                 let check = if g.written_ok {
@@ -96,7 +95,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 extra.push(ExtraRow {
                     label: "guest: 4 KiB random read".into(),
                     cells: vec![format!("{:.0} IOPS", g.iops), peer_na],
-                    note: format!("ioping -D, {} requests", g.random_requests),
+                    note: format!(
+                        "ioping -D, {} requests; periwire's server was on CPU {:.1}% of the \
+                         time the disk was attached",
+                        g.random_requests,
+                        100.0 * g.server_cpu.as_secs_f64() / g.attached.as_secs_f64()
+                    ),
                 });
             }
             Err(why) => extra.push(ExtraRow {

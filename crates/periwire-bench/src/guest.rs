@@ -15,7 +15,11 @@ use periwire_guest::{Guest, GuestConfig, Kernel};
 use periwire_server::{serve, Export, Registry, ServerConfig};
 use periwire_usb::storage::{serial_number, MassStorage, StorageConfig};
 use periwire_wire::usbip::BusId;
-use tokio::runtime::Runtime;
+
+use crate::target::{server_runtime, threads_cpu_time};
+
+/// Name of the threads of the server the guest talks to.
+const SERVER_THREADS: &str = "periwire-guest-server";
 
 /// How much the guest moves.
 #[derive(Debug, Clone, Copy)]
@@ -62,6 +66,10 @@ pub struct GuestResult {
     /// Raw TCP from the guest to the host through the same QEMU forward (busybox `nc`),
     /// bytes per second: the ceiling of the write row.
     pub raw_upload: f64,
+    /// CPU time periwire's server used while the disk was attached.
+    pub server_cpu: Duration,
+    /// How long the disk was attached (the three measurements and what lies between).
+    pub attached: Duration,
     /// Bytes the image holds after the run that the guest wrote (a check: the pattern of
     /// the sequential write reached the image).
     pub written_ok: bool,
@@ -159,8 +167,8 @@ mark DETACHED
 "#;
 
 /// Boots the guest against a periwire server with one mass-storage device (a fresh image
-/// in `dir`) spawned on `runtime`, and measures.
-pub fn run(runtime: &Runtime, plan: GuestPlan, dir: &Path) -> Result<GuestResult, String> {
+/// in `dir`) on a runtime of its own, and measures.
+pub fn run(plan: GuestPlan, dir: &Path) -> Result<GuestResult, String> {
     if let Some(why) = missing_tools() {
         return Err(why);
     }
@@ -189,6 +197,7 @@ pub fn run(runtime: &Runtime, plan: GuestPlan, dir: &Path) -> Result<GuestResult
             device: Arc::new(device),
         })
         .map_err(|b| format!("duplicate {b}"))?;
+    let runtime = server_runtime(SERVER_THREADS).map_err(err("runtime"))?;
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .map_err(err("bind"))?;
@@ -223,6 +232,7 @@ pub fn run(runtime: &Runtime, plan: GuestPlan, dir: &Path) -> Result<GuestResult
         let line = |g: &mut Guest, m: &str| g.expect_line(m, step).map_err(|e| e.to_string());
         line(&mut guest, "UPLOADED")?;
         line(&mut guest, "ATTACHED")?;
+        let (cpu0, t0) = (threads_cpu_time(SERVER_THREADS), std::time::Instant::now());
         let bytes = f64::from(plan.seq_mib) * 1024.0 * 1024.0;
         let write = bytes / seconds(&line(&mut guest, "WRITE ")?)?;
         let read = bytes / seconds(&line(&mut guest, "READ ")?)?;
@@ -235,6 +245,10 @@ pub fn run(runtime: &Runtime, plan: GuestPlan, dir: &Path) -> Result<GuestResult
         let random_requests = req.parse().map_err(|_| format!("ioping: {random:?}"))?;
         let iops = iops.parse().map_err(|_| format!("ioping: {random:?}"))?;
         line(&mut guest, "DETACHED")?;
+        let (server_cpu, attached) = (
+            threads_cpu_time(SERVER_THREADS).saturating_sub(cpu0),
+            t0.elapsed(),
+        );
         guest.wait_success(step).map_err(|e| e.to_string())?;
         Ok(GuestResult {
             write,
@@ -242,6 +256,8 @@ pub fn run(runtime: &Runtime, plan: GuestPlan, dir: &Path) -> Result<GuestResult
             iops,
             random_requests,
             raw_upload: 0.0,
+            server_cpu,
+            attached,
             written_ok: false,
         })
     })();

@@ -7,7 +7,7 @@ mod usbip_peer;
 use periwire_bench::bench::{self, Outcome, Plan, Scenario};
 use periwire_bench::client::{Connection, Stop, UrbSpec, ECONNRESET};
 use periwire_bench::guest::{self, GuestPlan};
-use periwire_bench::target::{server_runtime, Target, BUSIDS};
+use periwire_bench::target::{Target, BUSIDS};
 use periwire_usb::source_sink::{EP_INTERRUPT, EP_SINK, EP_SOURCE};
 
 #[test]
@@ -92,13 +92,13 @@ fn guest_disk_rows_run() {
         eprintln!("skipping the guest rows: {why}");
         return;
     }
-    let rt = server_runtime("smoke-guest-server").unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let r = guest::run(&rt, GuestPlan::smoke(), dir.path()).unwrap();
+    let r = guest::run(GuestPlan::smoke(), dir.path()).unwrap();
     assert!(
         r.written_ok,
         "the guest's sequential write reached the image"
     );
     assert!(r.random_requests > 0 && r.iops > 0.0, "{r:?}");
     assert!(r.read > 0.0 && r.write > 0.0 && r.raw_upload > 0.0, "{r:?}");
+    assert!(r.server_cpu > std::time::Duration::ZERO, "{r:?}");
 }
