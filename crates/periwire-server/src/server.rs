@@ -22,7 +22,7 @@ use crate::framing::{read_message, FrameError};
 use periwire_usb::{SetupPacket, Urb, UrbResult, UsbDevice};
 use periwire_wire::usbip::{
     encode_iso_packets, Direction, IsoPacket, Limits, OpReply, OpRequest, OpStatus, RetSubmit,
-    RetUnlink, SubmitHeader,
+    RetUnlink, SubmitHeader, UrbCommandHeader,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedReadHalf;
@@ -32,7 +32,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use crate::registry::{Claim, ImportError, Registry};
-use crate::urb_stream::{CommandReader, NextCommand, Outbox};
+use crate::urb_stream::{CommandReader, Outbox};
 use crate::urb_tracker::{InFlight, Unlinked, UrbTracker};
 
 /// Caps that bound what one client can make the server hold.
@@ -416,7 +416,7 @@ async fn read_commands(
     drop(buf);
     while let Some(next) = reader.next().await? {
         let cmd = match next {
-            NextCommand::Submit(header) => {
+            UrbCommandHeader::Submit(header) => {
                 // Take the URB's share of the caps before reading (and allocating) its
                 // payload. Waiting here stops reading from the client: backpressure, not
                 // disconnection.
@@ -440,7 +440,7 @@ async fn read_commands(
                     permit,
                 }
             }
-            NextCommand::Unlink(u) => Command::Unlink {
+            UrbCommandHeader::Unlink(u) => Command::Unlink {
                 seqnum: u.seqnum,
                 unlink_seqnum: u.unlink_seqnum,
             },

@@ -33,16 +33,6 @@ pub struct CommandReader<R> {
     limits: Limits,
 }
 
-/// A command whose header is in, with its ISO descriptors (if any) buffered behind its
-/// payload — or, for a large payload, not yet read: [`CommandReader::read_payload`] takes it.
-#[derive(Debug)]
-pub enum NextCommand {
-    /// CMD_SUBMIT: call [`CommandReader::read_payload`] next.
-    Submit(SubmitHeader),
-    /// CMD_UNLINK, complete.
-    Unlink(periwire_wire::usbip::CmdUnlink),
-}
-
 impl<R: AsyncRead + Unpin> CommandReader<R> {
     /// A reader over `rd`; `leftover` are bytes already read from it (after the import).
     pub fn new(rd: R, leftover: &[u8], limits: Limits) -> Self {
@@ -81,8 +71,8 @@ impl<R: AsyncRead + Unpin> CommandReader<R> {
     }
 
     /// Waits for the next command's header. `None` on a clean end of stream between
-    /// commands.
-    pub async fn next(&mut self) -> Result<Option<NextCommand>, FrameError> {
+    /// commands. After a CMD_SUBMIT header, call [`read_payload`](Self::read_payload).
+    pub async fn next(&mut self) -> Result<Option<UrbCommandHeader>, FrameError> {
         if !self.fill(URB_HEADER_LEN).await? {
             return if self.start == self.end {
                 Ok(None)
@@ -93,10 +83,7 @@ impl<R: AsyncRead + Unpin> CommandReader<R> {
         let header = UrbCommandHeader::decode(self.buffered(), &self.limits)?
             .ok_or(FrameError::Protocol(WireError::Truncated))?;
         self.start += URB_HEADER_LEN;
-        Ok(Some(match header {
-            UrbCommandHeader::Submit(h) => NextCommand::Submit(h),
-            UrbCommandHeader::Unlink(u) => NextCommand::Unlink(u),
-        }))
+        Ok(Some(header))
     }
 
     /// Reads the OUT payload and ISO descriptors that follow `header`: the payload into a
@@ -297,20 +284,20 @@ mod tests {
                 client.write_all(&bytes[leftover..]).await.unwrap();
             });
             let mut r = CommandReader::new(server, &stream[..leftover], Limits::default());
-            let Some(NextCommand::Submit(h)) = r.next().await.unwrap() else {
+            let Some(UrbCommandHeader::Submit(h)) = r.next().await.unwrap() else {
                 panic!("submit 1")
             };
             assert_eq!(h.seqnum, 1);
             assert_eq!(r.read_payload(&h).await.unwrap(), (big.clone(), Vec::new()));
-            let Some(NextCommand::Submit(h)) = r.next().await.unwrap() else {
+            let Some(UrbCommandHeader::Submit(h)) = r.next().await.unwrap() else {
                 panic!("submit 2")
             };
             assert_eq!(r.read_payload(&h).await.unwrap(), (Vec::new(), iso.clone()));
             assert!(matches!(
                 r.next().await.unwrap(),
-                Some(NextCommand::Unlink(CmdUnlink { seqnum: 3, .. }))
+                Some(UrbCommandHeader::Unlink(CmdUnlink { seqnum: 3, .. }))
             ));
-            let Some(NextCommand::Submit(h)) = r.next().await.unwrap() else {
+            let Some(UrbCommandHeader::Submit(h)) = r.next().await.unwrap() else {
                 panic!("submit 4")
             };
             assert_eq!(r.read_payload(&h).await.unwrap().0, small.to_vec());
@@ -323,7 +310,7 @@ mod tests {
     async fn stream_ending_inside_a_payload_is_truncated() {
         let bytes = submit(1, Direction::Out, &[1; 1000], Vec::new());
         let mut r = CommandReader::new(&bytes[..500], &[], Limits::default());
-        let Some(NextCommand::Submit(h)) = r.next().await.unwrap() else {
+        let Some(UrbCommandHeader::Submit(h)) = r.next().await.unwrap() else {
             panic!("submit")
         };
         assert!(matches!(
