@@ -101,7 +101,7 @@ pub enum Stop {
     Count(u64),
 }
 
-/// Why a run failed.
+/// An error for a reply that breaks the protocol or the expectation.
 fn protocol(msg: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.into())
 }
@@ -317,10 +317,7 @@ impl Connection {
             direction: spec.direction,
             transfer_buffer_length: spec.length,
         };
-        let mut stats = RunStats {
-            latencies: Vec::new(),
-            ..RunStats::default()
-        };
+        let mut stats = RunStats::default();
         let mut in_flight: VecDeque<InFlight> = VecDeque::with_capacity(depth);
         let mut headers: Vec<u8> = Vec::with_capacity(depth * URB_HEADER_LEN);
         let start = Instant::now();
@@ -379,7 +376,7 @@ impl Connection {
                 }
                 stats.urbs += 1;
                 stats.bytes += u64::from(actual);
-                if in_flight.is_empty() || !self.has_whole_reply() {
+                if in_flight.is_empty() || !self.has_header() {
                     break;
                 }
             }
@@ -390,7 +387,7 @@ impl Connection {
 
     /// Whether the receive buffer holds at least a whole header (a cheap hint that another
     /// reply may be decodable without blocking).
-    fn has_whole_reply(&self) -> bool {
+    fn has_header(&self) -> bool {
         self.rlen - self.rpos >= URB_HEADER_LEN
     }
 
