@@ -14,6 +14,8 @@
 //!   clients and gives each its own adapter (what Bumble's `tcp-client:` transport connects to).
 //! - [`usb_dongle::UsbDongle`]: an adapter presented as a USB Bluetooth dongle (a periwire
 //!   `UsbDevice`), exported over USB/IP and bound by the guest's `btusb`.
+//! - [`vhci::serve_vhci`]: an adapter registered with the local Linux kernel through
+//!   `/dev/vhci`.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -21,6 +23,7 @@
 mod h4;
 mod shared;
 pub mod usb_dongle;
+pub mod vhci;
 
 pub use h4::{serve_h4, AdapterPlan, H4Server, ServeError};
 pub use periwire_hci::{controller::ToHost, BdAddr, ControllerConfig};

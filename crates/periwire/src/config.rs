@@ -21,7 +21,7 @@
 //!
 //! [[adapter]]                         # a virtual Bluetooth adapter on the simulated radio
 //! name = "vm1-bt"
-//! transport = "usb"                   # usb (a dongle over USB/IP) | tcp | unix (HCI H4)
+//! transport = "usb"                   # usb (a dongle over USB/IP) | tcp | unix (HCI H4) | vhci
 //! busid = "1-5"
 //! address = "00:50:57:00:00:01"       # optional; derived from the name otherwise
 //! ```
@@ -103,6 +103,11 @@ pub enum AdapterTransport {
         /// Socket path; relative paths are under the data directory.
         path: PathBuf,
     },
+    /// The local Linux kernel through `/dev/vhci`: the adapter appears as a local `hciN`.
+    Vhci {
+        /// The vhci device (`/dev/vhci` unless given).
+        path: PathBuf,
+    },
 }
 
 /// A BD_ADDR written `XX:XX:XX:XX:XX:XX`.
@@ -146,13 +151,13 @@ impl TryFrom<RawAdapter> for AdapterConfig {
                 ("path", raw.path.is_some()),
             ],
             "tcp" => [("busid", raw.busid.is_some()), ("path", raw.path.is_some())],
-            "unix" => [
+            "unix" | "vhci" => [
                 ("busid", raw.busid.is_some()),
                 ("listen", raw.listen.is_some()),
             ],
             other => {
                 return Err(format!(
-                    "adapter {name}: unknown transport {other:?} (usb, tcp, unix)"
+                    "adapter {name}: unknown transport {other:?} (usb, tcp, unix, vhci)"
                 ))
             }
         };
@@ -169,8 +174,14 @@ impl TryFrom<RawAdapter> for AdapterConfig {
             "tcp" => AdapterTransport::Tcp {
                 listen: raw.listen.ok_or_else(|| need("listen"))?,
             },
-            _ => AdapterTransport::Unix {
+            "unix" => AdapterTransport::Unix {
                 path: raw.path.clone().ok_or_else(|| need("path"))?,
+            },
+            _ => AdapterTransport::Vhci {
+                path: raw
+                    .path
+                    .clone()
+                    .unwrap_or_else(|| periwire_bt::vhci::DEFAULT_PATH.into()),
             },
         };
         Ok(AdapterConfig {
@@ -476,6 +487,12 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("`busid` does not apply"));
+        let vhci: Config =
+            toml::from_str("[[adapter]]\nname = \"v\"\ntransport = \"vhci\"").unwrap();
+        assert!(matches!(
+            &vhci.adapters[0].transport,
+            AdapterTransport::Vhci { path } if path.as_os_str() == "/dev/vhci"
+        ));
         let bad = toml::from_str::<Config>(
             "[[adapter]]\nname = \"a\"\ntransport = \"usb\"\nbusid = \"1-1\"\naddress = \"zz\"",
         );

@@ -249,6 +249,21 @@ pub async fn run(args: ServeArgs, data_dir_arg: Option<PathBuf>) -> Result<(), A
                     let _ = server.run().await;
                 }));
             }
+            AdapterTransport::Vhci { path } => {
+                let mut controller = ControllerConfig::new(address);
+                controller.name = a.name.clone();
+                let vhci = periwire_bt::vhci::Vhci::open(path)
+                    .map_err(|e| format!("adapter {}: {}: {e}", a.name, path.display()))?;
+                let adapter = radio.attach(controller);
+                let (name, path) = (a.name.clone(), path.clone());
+                bridges.push(tokio::spawn(async move {
+                    let registered =
+                        |index| println!("periwire: adapter {name} is hci{index} (vhci)");
+                    if let Err(e) = vhci.serve(&adapter, registered).await {
+                        tracing::error!(adapter = %name, path = %path.display(), error = %e, "vhci adapter stopped");
+                    }
+                }));
+            }
             AdapterTransport::Unix { path } => {
                 let path = resolve(&data_dir, path);
                 let server = H4Server::bind_unix(

@@ -184,3 +184,115 @@ fn two_guests_with_btusb_dongles_discover_ping_and_move_l2cap_data() {
         received as f64 / 1000.0 / (times[1] - times[0])
     );
 }
+
+/// The `periwire` binary without its debug info, small enough for the guest's initramfs.
+fn stripped_periwire() -> Vec<u8> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("periwire");
+    let status = std::process::Command::new("objcopy")
+        .arg("--strip-debug")
+        .arg(env!("CARGO_BIN_EXE_periwire"))
+        .arg(&out)
+        .status()
+        .expect("objcopy");
+    assert!(status.success(), "objcopy --strip-debug");
+    std::fs::read(&out).expect("stripped binary")
+}
+
+/// The shared libraries `binary` loads, as `ldd` lists them.
+fn shared_libraries(binary: &str) -> Vec<String> {
+    let out = std::process::Command::new("ldd")
+        .arg(binary)
+        .output()
+        .expect("ldd");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with('/')))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// periwire running inside a Linux guest registers two adapters with that kernel through
+/// `/dev/vhci`; BlueZ brings both up and pings one from the other across periwire's radio.
+#[test]
+fn vhci_adapters_come_up_in_the_local_kernel_and_carry_l2cap() {
+    let scenario = format!(
+        r#"{WAIT_MGMT}
+        mkdir -p /tmp/pw
+        cat >/tmp/pw/periwire.toml <<EOF
+[[adapter]]
+name = "vhci-a"
+transport = "vhci"
+address = "00:50:57:00:01:0A"
+
+[[adapter]]
+name = "vhci-b"
+transport = "vhci"
+address = "00:50:57:00:01:0B"
+EOF
+        periwire serve --config /tmp/pw/periwire.toml --data-dir /tmp/pw >/tmp/pw/log 2>&1 &
+        wait_mgmt 0 && wait_mgmt 1 || {{ sed 's/^/SERVE /' /tmp/pw/log; exit 1; }}
+        sed 's/^/SERVE /' /tmp/pw/log
+        btmgmt --index 1 connectable on >/dev/null
+        btmgmt --index 1 power on >/dev/null
+        btmgmt --index 0 power on >/dev/null
+        btmgmt --index 0 info | sed 's/^/INFO /'
+        btmgmt --index 1 info | sed 's/^/INFO /'
+        peer=$(btmgmt --index 1 info | sed -n 's/.*addr \([0-9A-F:]*\) .*/\1/p')
+        l2ping -i hci0 -c 3 "$peer" 2>&1 | sed 's/^/PING /'
+        periwire adapters --data-dir /tmp/pw | sed 's/^/ADAPTERS /'
+        mark VHCI-DONE
+        "#
+    );
+    let mut config = GuestConfig::new(scenario)
+        .modules(["hci_vhci"])
+        .file("/usr/bin/periwire", 0o755, stripped_periwire());
+    for lib in shared_libraries(env!("CARGO_BIN_EXE_periwire")) {
+        let bytes = std::fs::read(&lib).expect("library");
+        config = config.file(lib, 0o755, bytes);
+    }
+    let mut guest = Guest::boot(config).expect("boot");
+    guest.expect_line("VHCI-DONE", STEP).expect("scenario ran");
+    let outcome = guest.wait_success(STEP).expect("scenario succeeds");
+    let text = |prefix: &str| -> String {
+        outcome
+            .transcript
+            .iter()
+            .filter_map(|l| {
+                l.text
+                    .find(prefix)
+                    .map(|p| l.text[p + prefix.len()..].to_owned())
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let serve = text("SERVE ");
+    assert!(
+        serve.contains("is hci0 (vhci)") && serve.contains("is hci1 (vhci)"),
+        "registered:\n{serve}"
+    );
+    let info = text("INFO ");
+    for address in ["00:50:57:00:01:0A", "00:50:57:00:01:0B"] {
+        assert!(
+            info.contains(&format!("addr {address}")),
+            "{address} in the kernel:\n{info}"
+        );
+    }
+    assert_eq!(
+        info.lines()
+            .filter(|l| l.contains("current settings:") && l.contains("powered"))
+            .count(),
+        2,
+        "both powered:\n{info}"
+    );
+    let ping = text("PING ");
+    assert!(
+        ping.contains("3 sent, 3 received, 0% loss"),
+        "l2ping:\n{ping}"
+    );
+    let adapters = text("ADAPTERS ");
+    assert!(
+        adapters.contains("00:50:57:00:01:0A  vhci-a"),
+        "periwire adapters:\n{adapters}"
+    );
+}
