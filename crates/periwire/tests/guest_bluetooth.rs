@@ -244,9 +244,11 @@ EOF
         mark VHCI-DONE
         "#
     );
-    let mut config = GuestConfig::new(scenario)
-        .modules(["hci_vhci"])
-        .file("/usr/bin/periwire", 0o755, stripped_periwire());
+    let mut config = GuestConfig::new(scenario).modules(["hci_vhci"]).file(
+        "/usr/bin/periwire",
+        0o755,
+        stripped_periwire(),
+    );
     for lib in shared_libraries(env!("CARGO_BIN_EXE_periwire")) {
         let bytes = std::fs::read(&lib).expect("library");
         config = config.file(lib, 0o755, bytes);
