@@ -242,13 +242,22 @@ async fn run_urb_phase(
                 None => break Ok(()),
             },
         }
-        // Coalesce whatever else is ready into the same write.
+        // Take whatever else is ready, completions first, so their replies share one write.
+        let mut failed = None;
         while !session.outbox.is_full() {
             if let Ok(done) = done_rx.try_recv() {
                 session.finish(done);
+            } else if let Ok(cmd) = cmd_rx.try_recv() {
+                if let Err(e) = session.command(cmd) {
+                    failed = Some(e);
+                    break;
+                }
             } else {
                 break;
             }
+        }
+        if let Some(e) = failed {
+            break Err(e);
         }
         if !session.outbox.is_empty() {
             if let Err(e) = session.outbox.flush(&mut wr).await {
