@@ -44,6 +44,9 @@ wait_mgmt() {
 
 const FRAMES: u64 = 300;
 const FRAME_BYTES: u64 = 600;
+/// l2test's receiver prints a line per 1200 bytes (two frames of this size).
+const REPORT_BYTES: u64 = 1200;
+const REPORTS: u64 = FRAMES * FRAME_BYTES / REPORT_BYTES;
 
 #[test]
 fn two_guests_with_btusb_dongles_discover_ping_and_move_l2cap_data() {
@@ -60,7 +63,15 @@ fn two_guests_with_btusb_dongles_discover_ping_and_move_l2cap_data() {
         l2test -r -i hci0 -P 4113 >/tmp/recv.log 2>&1 &
         while ! grep -q "Waiting for connection" /tmp/recv.log; do usleep 50000; done
         mark RECEIVER-READY
-        # The receiver's child reads until the sender's close reaches it, then says so.
+        while ! grep -q "Receiving" /tmp/recv.log; do usleep 20000; done
+        read -r t0 _ </proc/uptime
+        # l2test reports every {REPORT_BYTES} bytes; stop early if the channel drops.
+        while [ "$(grep -c ' bytes in ' /tmp/recv.log)" -lt {REPORTS} ] && ! grep -q Disconnect /tmp/recv.log; do
+            usleep 20000
+        done
+        read -r t1 _ </proc/uptime
+        mark RECEIVED-ALL $t0 $t1
+        # The sender closes once told to; the receiver's child then says so and exits.
         while ! grep -q "Disconnect" /tmp/recv.log; do usleep 50000; done
         sed 's/^/RECV /' /tmp/recv.log
         mark RECEIVER-DONE
@@ -76,8 +87,10 @@ fn two_guests_with_btusb_dongles_discover_ping_and_move_l2cap_data() {
         .expect_line("RECEIVER-READY", STEP)
         .expect("receiver ready");
 
-    // Guest A: finds B by inquiry, pings it, sends it frames over an L2CAP channel (with
-    // SO_LINGER, so closing waits until the frames are out rather than dropping them).
+    // Guest A: finds B by inquiry, pings it, sends it frames over an L2CAP channel. It keeps
+    // the channel open until the host saw B receive everything: closing at once would let
+    // the L2CAP Disconnect Request (sent at a higher priority by Linux) overtake the last
+    // queued frames.
     let sender = format!(
         r#"{WAIT_MGMT}
         usbip attach -r "$PERIWIRE_SERVER" -b 1-1
@@ -86,10 +99,12 @@ fn two_guests_with_btusb_dongles_discover_ping_and_move_l2cap_data() {
         btmgmt --index 0 info | sed 's/^/INFO /'
         btmgmt --index 0 find -b 2>&1 | sed 's/^/FIND /'
         l2ping -i hci0 -c 3 {ADDRESS_B} 2>&1 | sed 's/^/PING /'
-        read -r t0 _ </proc/uptime
-        l2test -s -L 30 -i hci0 -P 4113 -b {FRAME_BYTES} -N {FRAMES} {ADDRESS_B} 2>&1 | sed 's/^/SEND /'
-        read -r t1 _ </proc/uptime
-        mark SEND-TIME $t0 $t1
+        l2test -s -g 600000 -i hci0 -P 4113 -b {FRAME_BYTES} -N {FRAMES} {ADDRESS_B} >/tmp/send.log 2>&1 &
+        sender=$!
+        mark SENDING
+        read -r _
+        kill $sender
+        sed 's/^/SEND /' /tmp/send.log
         "#
     );
     let mut guest_a = Guest::boot(
@@ -98,7 +113,14 @@ fn two_guests_with_btusb_dongles_discover_ping_and_move_l2cap_data() {
             .server_port(server.port),
     )
     .expect("boot guest A");
-    let a = guest_a.wait_success(STEP * 2).expect("sender succeeds");
+    guest_a
+        .expect_line("SENDING", STEP * 2)
+        .expect("sender started");
+    let received_all = guest_b
+        .expect_line("RECEIVED-ALL", STEP)
+        .expect("receiver done");
+    guest_a.send_line("close").expect("console");
+    let a = guest_a.wait_success(STEP).expect("sender succeeds");
     guest_b
         .expect_line("RECEIVER-DONE", STEP)
         .expect("receiver saw the channel close");
@@ -172,14 +194,13 @@ fn two_guests_with_btusb_dongles_discover_ping_and_move_l2cap_data() {
         FRAMES * FRAME_BYTES,
         "every frame arrived:\n{recv}"
     );
-    let times: Vec<f64> = lines(&a, "SEND-TIME ")
-        .first()
-        .expect("timing line")
+    let times: Vec<f64> = received_all
         .split_whitespace()
+        .skip(1)
         .map(|t| t.parse().expect("uptime"))
         .collect();
     println!(
-        "L2CAP over BR/EDR between two guests: {received} bytes sent in {:.2} s = {:.1} kB/s",
+        "L2CAP over BR/EDR between two guests: {received} bytes received in {:.2} s = {:.1} kB/s",
         times[1] - times[0],
         received as f64 / 1000.0 / (times[1] - times[0])
     );
