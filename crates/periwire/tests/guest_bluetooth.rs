@@ -234,9 +234,10 @@ fn shared_libraries(binary: &str) -> Vec<String> {
 }
 
 /// periwire running inside a Linux guest registers two adapters with that kernel through
-/// `/dev/vhci`; BlueZ brings both up and pings one from the other across periwire's radio.
+/// `/dev/vhci`; BlueZ brings both up, pings one from the other across periwire's radio, and
+/// pairs them (Secure Simple Pairing, Just Works) to a stored link key.
 #[test]
-fn vhci_adapters_come_up_in_the_local_kernel_and_carry_l2cap() {
+fn vhci_adapters_come_up_in_the_local_kernel_ping_and_pair() {
     let scenario = format!(
         r#"{WAIT_MGMT}
         mkdir -p /tmp/pw
@@ -255,12 +256,19 @@ EOF
         wait_mgmt 0 && wait_mgmt 1 || {{ sed 's/^/SERVE /' /tmp/pw/log; exit 1; }}
         sed 's/^/SERVE /' /tmp/pw/log
         btmgmt --index 1 connectable on >/dev/null
+        btmgmt --index 1 bondable on >/dev/null
+        btmgmt --index 1 ssp on >/dev/null
+        btmgmt --index 1 io-cap 3 >/dev/null
         btmgmt --index 1 power on >/dev/null
+        btmgmt --index 0 bondable on >/dev/null
+        btmgmt --index 0 ssp on >/dev/null
         btmgmt --index 0 power on >/dev/null
         btmgmt --index 0 info | sed 's/^/INFO /'
         btmgmt --index 1 info | sed 's/^/INFO /'
         peer=$(btmgmt --index 1 info | sed -n 's/.*addr \([0-9A-F:]*\) .*/\1/p')
         l2ping -i hci0 -c 3 "$peer" 2>&1 | sed 's/^/PING /'
+        # btmgmt stays until its timeout after pairing; 15 s bounds it under TCG.
+        btmgmt --timeout 15 --index 0 pair -c 3 -t 0 "$peer" 2>&1 | sed 's/^/PAIR /'
         periwire adapters --data-dir /tmp/pw | sed 's/^/ADAPTERS /'
         mark VHCI-DONE
         "#
@@ -312,6 +320,11 @@ EOF
     assert!(
         ping.contains("3 sent, 3 received, 0% loss"),
         "l2ping:\n{ping}"
+    );
+    let pair = text("PAIR ");
+    assert!(
+        pair.contains("Paired with 00:50:57:00:01:0B"),
+        "BlueZ pairing (Secure Simple Pairing, Just Works):\n{pair}"
     );
     let adapters = text("ADAPTERS ");
     assert!(
