@@ -186,10 +186,11 @@ find_event() {
     done
 }
 # stream_events FD: print each event read from file descriptor FD (already open, so no event
-# is lost between opening and reading) as one line; one read takes up to 100 events, so a
-# burst does not overflow the evdev client buffer (64 events) while the loop forks.
+# is lost between opening and reading) as one line. One long-lived reader: hexdump's stdio
+# read takes every event available at once, so a burst of key reports cannot overflow the
+# evdev client buffer (64 events) while a reader is being started.
 stream_events() {
-    while dd bs=2400 count=1 <&"$1" 2>/dev/null | hexdump -v -e '"EV " 24/1 "%02x" "\n"'; do :; done
+    hexdump -v -e '"EV " 24/1 "%02x" "\n"' <&"$1"
 }
 "#;
 
