@@ -1030,7 +1030,8 @@ fn demo_image_is_a_clean_fat_volume() {
                 assert!(out.status.success(), "fsck.fat -n: {text}");
                 assert!(!text.contains("differ"), "fsck.fat -n: {text}");
             }
-            None => eprintln!("fsck.fat (dosfstools) not installed: skipping the fsck check"),
+            // scripts/test installs dosfstools: a missing checker is a failure, not a skip.
+            None => panic!("fsck.fat (dosfstools) is not installed"),
         }
 
         // Existing file: left alone.
