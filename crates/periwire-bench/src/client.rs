@@ -12,8 +12,8 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use periwire_wire::usbip::{
-    BusId, CmdSubmit, CmdUnlink, Direction, Limits, OpReply, OpRequest, PendingUrb, UrbReply,
-    URB_HEADER_LEN,
+    BusId, CmdSubmit, CmdUnlink, Direction, Limits, OpReply, OpRequest, PendingUrb, SubmitHeader,
+    UrbReply, URB_HEADER_LEN,
 };
 
 /// −ECONNRESET: what a RET_UNLINK of a URB that was still pending says.
@@ -174,16 +174,19 @@ impl Connection {
 
     fn encode_header(&self, seqnum: u32, spec: &UrbSpec, out: &mut Vec<u8>) {
         CmdSubmit {
-            seqnum,
-            devid: self.devid,
-            direction: spec.direction,
-            ep: spec.ep,
-            transfer_flags: 0,
-            transfer_buffer_length: spec.length,
-            start_frame: 0,
-            non_iso_marker: false,
-            interval: 0,
-            setup: spec.setup,
+            header: SubmitHeader {
+                seqnum,
+                devid: self.devid,
+                direction: spec.direction,
+                ep: spec.ep,
+                transfer_flags: 0,
+                transfer_buffer_length: spec.length,
+                start_frame: 0,
+                non_iso_marker: false,
+                interval: 0,
+                setup: spec.setup,
+                number_of_packets: 0,
+            },
             data: &[],
             iso_packets: Vec::new(),
         }

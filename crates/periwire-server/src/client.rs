@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use periwire_wire::usbip::{
     BusId, CmdSubmit, CmdUnlink, DeviceRecord, Direction, ExportedDevice, Limits, OpReply,
-    OpRequest, OpStatus, PendingUrb, UrbReply,
+    OpRequest, OpStatus, PendingUrb, SubmitHeader, UrbReply,
 };
 use tokio::io::AsyncWriteExt;
 
@@ -224,16 +224,19 @@ impl UrbClient {
         );
         let mut out = Vec::with_capacity(48 + req.data.len());
         CmdSubmit {
-            seqnum,
-            devid: self.devid,
-            direction: req.direction,
-            ep: req.ep,
-            transfer_flags: 0,
-            transfer_buffer_length: length,
-            start_frame: 0,
-            non_iso_marker: false,
-            interval: 0,
-            setup: req.setup,
+            header: SubmitHeader {
+                seqnum,
+                devid: self.devid,
+                direction: req.direction,
+                ep: req.ep,
+                transfer_flags: 0,
+                transfer_buffer_length: length,
+                start_frame: 0,
+                non_iso_marker: false,
+                interval: 0,
+                setup: req.setup,
+                number_of_packets: 0,
+            },
             data: &req.data,
             iso_packets: Vec::new(),
         }

@@ -232,21 +232,24 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use periwire_wire::usbip::{CmdSubmit, CmdUnlink, Direction, IsoPacket};
+    use periwire_wire::usbip::{CmdSubmit, CmdUnlink, Direction, IsoPacket, SubmitHeader};
 
     fn submit(seqnum: u32, direction: Direction, data: &[u8], iso: Vec<IsoPacket>) -> Vec<u8> {
         let mut out = Vec::new();
         CmdSubmit {
-            seqnum,
-            devid: 1,
-            direction,
-            ep: 2,
-            transfer_flags: 0,
-            transfer_buffer_length: data.len().max(64) as u32,
-            start_frame: 0,
-            non_iso_marker: false,
-            interval: 0,
-            setup: [0; 8],
+            header: SubmitHeader {
+                seqnum,
+                devid: 1,
+                direction,
+                ep: 2,
+                transfer_flags: 0,
+                transfer_buffer_length: data.len().max(64) as u32,
+                start_frame: 0,
+                non_iso_marker: false,
+                interval: 0,
+                setup: [0; 8],
+                number_of_packets: u32::try_from(iso.len()).unwrap_or(u32::MAX),
+            },
             data,
             iso_packets: iso,
         }

@@ -50,13 +50,24 @@ fn cmd_submit_control_in_from_vhci() {
         panic!("not a submit")
     };
     assert_eq!(
-        (s.seqnum, s.devid, s.direction, s.ep),
+        (
+            s.header.seqnum,
+            s.header.devid,
+            s.header.direction,
+            s.header.ep
+        ),
         (1, 0x0001_0005, Direction::In, 0)
     );
-    assert_eq!(s.transfer_flags, 0x200, "URB_DIR_IN");
-    assert_eq!(s.transfer_buffer_length, 64);
-    assert!(!s.non_iso_marker, "Linux sends 0 packets for non-ISO");
-    assert_eq!(s.setup, [0x80, 0x06, 0x00, 0x01, 0x00, 0x00, 0x40, 0x00]);
+    assert_eq!(s.header.transfer_flags, 0x200, "URB_DIR_IN");
+    assert_eq!(s.header.transfer_buffer_length, 64);
+    assert!(
+        !s.header.non_iso_marker,
+        "Linux sends 0 packets for non-ISO"
+    );
+    assert_eq!(
+        s.header.setup,
+        [0x80, 0x06, 0x00, 0x01, 0x00, 0x00, 0x40, 0x00]
+    );
     assert!(s.data.is_empty());
     let mut out = Vec::new();
     cmd.encode(&mut out);
@@ -71,10 +82,14 @@ fn cmd_submit_control_out_with_data_from_vhci() {
         panic!("not a submit")
     };
     assert_eq!(
-        (s.seqnum, s.direction, s.transfer_buffer_length),
+        (
+            s.header.seqnum,
+            s.header.direction,
+            s.header.transfer_buffer_length
+        ),
         (10, Direction::Out, 7)
     );
-    assert_eq!(s.setup[..2], [0x21, 0x20]);
+    assert_eq!(s.header.setup[..2], [0x21, 0x20]);
     assert_eq!(
         s.data,
         [0x00, 0xc2, 0x01, 0x00, 0x00, 0x00, 0x08],

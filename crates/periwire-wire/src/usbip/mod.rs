@@ -715,27 +715,8 @@ fn parse_iso(r: &mut Reader<'_>, count: u32) -> Option<Vec<IsoPacket>> {
 /// USBIP_CMD_SUBMIT: the client submits a URB.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CmdSubmit<'a> {
-    /// Sequence number; replies echo it.
-    pub seqnum: u32,
-    /// Target device: `busnum << 16 | devnum`.
-    pub devid: u32,
-    /// Transfer direction.
-    pub direction: Direction,
-    /// Endpoint number, 0..=15.
-    pub ep: u8,
-    /// URB transfer flags (`URB_*`, Linux values).
-    pub transfer_flags: u32,
-    /// Bytes to transfer (OUT: bytes in `data`; IN: bytes asked for).
-    pub transfer_buffer_length: u32,
-    /// ISO start frame.
-    pub start_frame: i32,
-    /// Whether the sender wrote 0xffffffff (documented) rather than 0 (Linux) for a non-ISO URB;
-    /// kept so that encoding reproduces the input.
-    pub non_iso_marker: bool,
-    /// Polling interval.
-    pub interval: i32,
-    /// The setup packet of a control transfer (raw, little-endian fields).
-    pub setup: [u8; 8],
+    /// The 48-byte header; its `number_of_packets` is `iso_packets.len()`.
+    pub header: SubmitHeader,
     /// OUT payload (empty for IN).
     pub data: &'a [u8],
     /// ISO packet descriptors (empty for non-ISO).
@@ -859,19 +840,34 @@ impl SubmitHeader {
     /// The whole command, given its payload and decoded ISO packets.
     pub fn with_payload(self, data: &[u8], iso_packets: Vec<IsoPacket>) -> CmdSubmit<'_> {
         CmdSubmit {
-            seqnum: self.seqnum,
-            devid: self.devid,
-            direction: self.direction,
-            ep: self.ep,
-            transfer_flags: self.transfer_flags,
-            transfer_buffer_length: self.transfer_buffer_length,
-            start_frame: self.start_frame,
-            non_iso_marker: self.non_iso_marker,
-            interval: self.interval,
-            setup: self.setup,
+            header: self,
             data,
             iso_packets,
         }
+    }
+
+    /// Appends the 48-byte header to `out`. A non-ISO URB is sent with 0 packets (as Linux
+    /// does) unless it arrived with the documented 0xffffffff.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        emit_basic(
+            out,
+            CMD_SUBMIT,
+            self.seqnum,
+            self.devid,
+            self.direction.to_u32(),
+            self.ep.into(),
+        );
+        let packets = if self.number_of_packets == 0 && self.non_iso_marker {
+            NON_ISO_PACKETS
+        } else {
+            self.number_of_packets
+        };
+        out.extend_from_slice(&self.transfer_flags.to_be_bytes());
+        out.extend_from_slice(&self.transfer_buffer_length.to_be_bytes());
+        out.extend_from_slice(&self.start_frame.to_be_bytes());
+        out.extend_from_slice(&packets.to_be_bytes());
+        out.extend_from_slice(&self.interval.to_be_bytes());
+        out.extend_from_slice(&self.setup);
     }
 }
 
@@ -989,26 +985,8 @@ impl<'a> UrbCommand<'a> {
 impl CmdSubmit<'_> {
     /// Appends the encoded command to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        emit_basic(
-            out,
-            CMD_SUBMIT,
-            self.seqnum,
-            self.devid,
-            self.direction.to_u32(),
-            self.ep.into(),
-        );
-        let packets = if self.iso_packets.is_empty() && self.non_iso_marker {
-            NON_ISO_PACKETS
-        } else {
-            u32::try_from(self.iso_packets.len()).unwrap_or(u32::MAX)
-        };
-        out.extend_from_slice(&self.transfer_flags.to_be_bytes());
-        out.extend_from_slice(&self.transfer_buffer_length.to_be_bytes());
-        out.extend_from_slice(&self.start_frame.to_be_bytes());
-        out.extend_from_slice(&packets.to_be_bytes());
-        out.extend_from_slice(&self.interval.to_be_bytes());
-        out.extend_from_slice(&self.setup);
-        if self.direction == Direction::Out {
+        self.header.encode(out);
+        if self.header.direction == Direction::Out {
             out.extend_from_slice(self.data);
         }
         for p in &self.iso_packets {

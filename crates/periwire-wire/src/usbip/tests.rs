@@ -73,16 +73,19 @@ fn devlist_reply_size_follows_interfaces() {
 #[test]
 fn submit_out_with_payload_round_trips() {
     let cmd = UrbCommand::Submit(CmdSubmit {
-        seqnum: 7,
-        devid: 0x0001_0002,
-        direction: Direction::Out,
-        ep: 2,
-        transfer_flags: 0,
-        transfer_buffer_length: 3,
-        start_frame: 0,
-        non_iso_marker: false,
-        interval: 0,
-        setup: [0; 8],
+        header: SubmitHeader {
+            seqnum: 7,
+            devid: 0x0001_0002,
+            direction: Direction::Out,
+            ep: 2,
+            transfer_flags: 0,
+            transfer_buffer_length: 3,
+            start_frame: 0,
+            non_iso_marker: false,
+            interval: 0,
+            setup: [0; 8],
+            number_of_packets: 0,
+        },
         data: &[1, 2, 3],
         iso_packets: vec![],
     });
@@ -100,16 +103,19 @@ fn submit_out_with_payload_round_trips() {
 fn documented_non_iso_marker_is_accepted() {
     let mut out = Vec::new();
     UrbCommand::Submit(CmdSubmit {
-        seqnum: 1,
-        devid: 1,
-        direction: Direction::In,
-        ep: 0,
-        transfer_flags: 0,
-        transfer_buffer_length: 18,
-        start_frame: 0,
-        non_iso_marker: true,
-        interval: 0,
-        setup: [0x80, 6, 0, 1, 0, 0, 18, 0],
+        header: SubmitHeader {
+            seqnum: 1,
+            devid: 1,
+            direction: Direction::In,
+            ep: 0,
+            transfer_flags: 0,
+            transfer_buffer_length: 18,
+            start_frame: 0,
+            non_iso_marker: true,
+            interval: 0,
+            setup: [0x80, 6, 0, 1, 0, 0, 18, 0],
+            number_of_packets: 0,
+        },
         data: &[],
         iso_packets: vec![],
     })
@@ -216,60 +222,60 @@ mod properties {
     use proptest::prelude::*;
 
     proptest! {
-        #[test]
-        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
-            let limits = Limits::default();
-            let _ = OpRequest::decode(&bytes);
-            let _ = OpReply::decode(&bytes, &limits);
-            let _ = UrbCommand::decode(&bytes, &limits);
-            let _ = UrbReply::decode(&bytes, &limits, |_| Some(PendingUrb { direction: Direction::In, transfer_buffer_length: 4096 }));
-        }
-
-        #[test]
-        fn submit_round_trips_and_truncations_are_typed(
-            seqnum in any::<u32>(), devid in any::<u32>(), out_dir in any::<bool>(), ep in 0u8..16,
-            flags in any::<u32>(), data in proptest::collection::vec(any::<u8>(), 0..300),
-            setup in any::<[u8; 8]>(), n_iso in 0usize..4,
-        ) {
-            let direction = if out_dir { Direction::Out } else { Direction::In };
-            let len = data.len() as u32;
-            let iso_packets: Vec<IsoPacket> = (0..n_iso).map(|i| IsoPacket {
-                offset: 0, length: len.min(i as u32), actual_length: 0, status: 0 }).collect();
-            let cmd = UrbCommand::Submit(CmdSubmit {
-                seqnum, devid, direction, ep, transfer_flags: flags, transfer_buffer_length: len,
-                start_frame: 0, non_iso_marker: false, interval: 0, setup,
-                data: if out_dir { &data } else { &[] }, iso_packets,
-            });
-            let mut out = Vec::new();
-            cmd.encode(&mut out);
-            let limits = Limits::default();
-            prop_assert_eq!(UrbCommand::decode_exact(&out, &limits), Ok(cmd.clone()));
-            for n in 0..out.len() {
-                prop_assert_eq!(UrbCommand::decode_exact(&out[..n], &limits), Err(WireError::Truncated));
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+                let limits = Limits::default();
+                let _ = OpRequest::decode(&bytes);
+                let _ = OpReply::decode(&bytes, &limits);
+                let _ = UrbCommand::decode(&bytes, &limits);
+                let _ = UrbReply::decode(&bytes, &limits, |_| Some(PendingUrb { direction: Direction::In, transfer_buffer_length: 4096 }));
             }
-            out.push(0);
-            prop_assert_eq!(UrbCommand::decode_exact(&out, &limits), Err(WireError::TrailingBytes(1)));
-        }
 
-        #[test]
-        fn devlist_round_trips(n in 0usize..4, nif in 0u8..4, busnum in any::<u32>()) {
-            let devices: Vec<ExportedDevice> = (0..n).map(|i| {
-                let mut d = record();
-                d.busid = BusId::new(&format!("{}-{}", busnum % 10, i)).unwrap();
-                d.busnum = busnum;
-                d.num_interfaces = nif;
-                ExportedDevice { device: d, interfaces: (0..nif).map(|k| InterfaceRecord { class: k, subclass: 1, protocol: 2 }).collect() }
-            }).collect();
-            let reply = OpReply::Devlist(devices);
-            let mut out = Vec::new();
-            reply.encode(&mut out);
-            let limits = Limits::default();
-            prop_assert_eq!(OpReply::decode_exact(&out, &limits), Ok(reply));
-            for k in 0..out.len() {
-                prop_assert_eq!(OpReply::decode_exact(&out[..k], &limits), Err(WireError::Truncated));
+            #[test]
+            fn submit_round_trips_and_truncations_are_typed(
+                seqnum in any::<u32>(), devid in any::<u32>(), out_dir in any::<bool>(), ep in 0u8..16,
+                flags in any::<u32>(), data in proptest::collection::vec(any::<u8>(), 0..300),
+                setup in any::<[u8; 8]>(), n_iso in 0usize..4,
+            ) {
+                let direction = if out_dir { Direction::Out } else { Direction::In };
+                let len = data.len() as u32;
+                let iso_packets: Vec<IsoPacket> = (0..n_iso).map(|i| IsoPacket {
+                    offset: 0, length: len.min(i as u32), actual_length: 0, status: 0 }).collect();
+                let cmd = UrbCommand::Submit(CmdSubmit {
+    header: SubmitHeader {seqnum, devid, direction, ep, transfer_flags: flags, transfer_buffer_length: len, start_frame: 0, non_iso_marker: false, interval: 0, setup, number_of_packets: u32::try_from(iso_packets.len()).unwrap_or(u32::MAX)},
+    data: if out_dir { &data } else { &[] },
+    iso_packets,
+    });
+                let mut out = Vec::new();
+                cmd.encode(&mut out);
+                let limits = Limits::default();
+                prop_assert_eq!(UrbCommand::decode_exact(&out, &limits), Ok(cmd.clone()));
+                for n in 0..out.len() {
+                    prop_assert_eq!(UrbCommand::decode_exact(&out[..n], &limits), Err(WireError::Truncated));
+                }
+                out.push(0);
+                prop_assert_eq!(UrbCommand::decode_exact(&out, &limits), Err(WireError::TrailingBytes(1)));
+            }
+
+            #[test]
+            fn devlist_round_trips(n in 0usize..4, nif in 0u8..4, busnum in any::<u32>()) {
+                let devices: Vec<ExportedDevice> = (0..n).map(|i| {
+                    let mut d = record();
+                    d.busid = BusId::new(&format!("{}-{}", busnum % 10, i)).unwrap();
+                    d.busnum = busnum;
+                    d.num_interfaces = nif;
+                    ExportedDevice { device: d, interfaces: (0..nif).map(|k| InterfaceRecord { class: k, subclass: 1, protocol: 2 }).collect() }
+                }).collect();
+                let reply = OpReply::Devlist(devices);
+                let mut out = Vec::new();
+                reply.encode(&mut out);
+                let limits = Limits::default();
+                prop_assert_eq!(OpReply::decode_exact(&out, &limits), Ok(reply));
+                for k in 0..out.len() {
+                    prop_assert_eq!(OpReply::decode_exact(&out[..k], &limits), Err(WireError::Truncated));
+                }
             }
         }
-    }
 }
 
 #[test]
@@ -281,16 +287,19 @@ fn submit_header_tells_what_follows_and_rebuilds_the_command() {
         status: 0,
     }];
     let cmd = CmdSubmit {
-        seqnum: 11,
-        devid: 0x0001_0002,
-        direction: Direction::Out,
-        ep: 4,
-        transfer_flags: 0x200,
-        transfer_buffer_length: 3,
-        start_frame: 5,
-        non_iso_marker: false,
-        interval: 1,
-        setup: [0; 8],
+        header: SubmitHeader {
+            seqnum: 11,
+            devid: 0x0001_0002,
+            direction: Direction::Out,
+            ep: 4,
+            transfer_flags: 0x200,
+            transfer_buffer_length: 3,
+            start_frame: 5,
+            non_iso_marker: false,
+            interval: 1,
+            setup: [0; 8],
+            number_of_packets: u32::try_from(iso.clone().len()).unwrap_or(u32::MAX),
+        },
         data: &[9, 8, 7],
         iso_packets: iso.clone(),
     };
