@@ -221,9 +221,6 @@ impl UsbDongle {
                 let mut demux = self.demux();
                 if let Some(piece) = demux.take(stream, limit) {
                     drop(demux);
-                    if stream == Stream::Events {
-                        tracing::trace!(adapter = %self.adapter.id(), bytes = ?piece.get(..piece.len().min(4)), "event piece to host");
-                    }
                     self.changed.notify_waiters();
                     return piece;
                 }

@@ -403,14 +403,7 @@ impl Radio {
         now: Instant,
         packet: &[u8],
     ) -> Result<(), RadioError> {
-        let c = self
-            .adapters
-            .get_mut(&id)
-            .ok_or(RadioError::NoSuchAdapter(id))?;
-        let r = c.handle_command(now, packet);
-        self.collect(id);
-        self.route(now);
-        Ok(r?)
+        self.feed_from_host(id, now, |c| c.handle_command(now, packet))
     }
 
     /// Hands an ACL packet (no H4 indicator) from `id`'s host to its controller.
@@ -420,14 +413,24 @@ impl Radio {
         now: Instant,
         packet: &[u8],
     ) -> Result<(), RadioError> {
+        self.feed_from_host(id, now, |c| c.handle_acl(now, packet))
+    }
+
+    /// Feeds `id`'s controller something from its host, then sends on what that produced.
+    fn feed_from_host<E: Into<RadioError>>(
+        &mut self,
+        id: AdapterId,
+        now: Instant,
+        feed: impl FnOnce(&mut Controller) -> Result<(), E>,
+    ) -> Result<(), RadioError> {
         let c = self
             .adapters
             .get_mut(&id)
             .ok_or(RadioError::NoSuchAdapter(id))?;
-        let r = c.handle_acl(now, packet);
+        let r = feed(c);
         self.collect(id);
         self.route(now);
-        Ok(r?)
+        r.map_err(Into::into)
     }
 
     /// Fires every timer due at `now`.

@@ -145,28 +145,27 @@ impl TryFrom<RawAdapter> for AdapterConfig {
         let name = raw.name;
         let need =
             |what: &str| format!("adapter {name}: transport {} needs `{what}`", raw.transport);
-        let stray = match raw.transport.as_str() {
-            "usb" => [
-                ("listen", raw.listen.is_some()),
-                ("path", raw.path.is_some()),
-            ],
-            "tcp" => [("busid", raw.busid.is_some()), ("path", raw.path.is_some())],
-            "unix" | "vhci" => [
-                ("busid", raw.busid.is_some()),
-                ("listen", raw.listen.is_some()),
-            ],
+        let present = [
+            ("busid", raw.busid.is_some()),
+            ("listen", raw.listen.is_some()),
+            ("path", raw.path.is_some()),
+        ];
+        let allowed: &[&str] = match raw.transport.as_str() {
+            "usb" => &["busid"],
+            "tcp" => &["listen"],
+            "unix" | "vhci" => &["path"],
             other => {
                 return Err(format!(
                     "adapter {name}: unknown transport {other:?} (usb, tcp, unix, vhci)"
                 ))
             }
         };
-        if let Some((key, _)) = stray.iter().find(|(_, present)| *present) {
-            return Err(format!(
+        reject_stray(&present, allowed, |key| {
+            format!(
                 "adapter {name}: `{key}` does not apply to transport {}",
                 raw.transport
-            ));
-        }
+            )
+        })?;
         let transport = match raw.transport.as_str() {
             "usb" => AdapterTransport::Usb {
                 busid: raw.busid.clone().ok_or_else(|| need("busid"))?,
@@ -189,6 +188,19 @@ impl TryFrom<RawAdapter> for AdapterConfig {
             address: raw.address,
             transport,
         })
+    }
+}
+
+/// Fails, with the message `error` builds for it, on the first key that is present but not
+/// among `allowed` for the kind of table at hand.
+fn reject_stray(
+    present: &[(&str, bool)],
+    allowed: &[&str],
+    error: impl FnOnce(&str) -> String,
+) -> Result<(), String> {
+    match present.iter().find(|(k, p)| *p && !allowed.contains(k)) {
+        Some((k, _)) => Err(error(k)),
+        None => Ok(()),
     }
 }
 
@@ -253,13 +265,12 @@ impl TryFrom<RawDevice> for DeviceConfig {
                 ("read_only", raw.read_only.is_some()),
                 ("tcp", raw.tcp.is_some()),
             ];
-            match present.iter().find(|(k, p)| *p && !allowed.contains(k)) {
-                Some((k, _)) => Err(format!(
-                    "device {busid}: `{k}` does not apply to a {} device",
+            reject_stray(&present, allowed, |key| {
+                format!(
+                    "device {busid}: `{key}` does not apply to a {} device",
                     raw.kind
-                )),
-                None => Ok(()),
-            }
+                )
+            })
         };
         let kind = match raw.kind.as_str() {
             "keyboard" => only(&[]).map(|()| DeviceKind::Keyboard)?,
