@@ -8,6 +8,7 @@
 use std::collections::VecDeque;
 use std::pin::pin;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
@@ -24,6 +25,14 @@ pub(crate) const INTERFACE: u8 = 0;
 pub(crate) const INTERRUPT_IN: u8 = 0x81;
 /// Its polling interval in ms (full speed: bInterval counts frames, USB 2.0 §9.6.6).
 pub(crate) const INTERVAL_MS: u8 = 10;
+/// The least time between two reports on the interrupt IN endpoint.
+///
+/// vhci-hcd does not honour bInterval: it forwards each interrupt URB at once and usbhid
+/// resubmits as soon as one completes, so without this a burst of queued input reaches the
+/// guest at network speed. A real device is polled once per interval, and guests are built
+/// for that: evdev keeps 64 events per reader and drops the whole buffer (SYN_DROPPED) when a
+/// slow reader, say in a loaded VM, falls behind a burst.
+pub(crate) const REPORT_INTERVAL: Duration = Duration::from_millis(INTERVAL_MS as u64);
 
 /// What distinguishes one boot device (keyboard, mouse) from another.
 pub(crate) trait BootFunction: Send + 'static {
@@ -53,6 +62,8 @@ pub(crate) struct Inner<F: BootFunction> {
     hid_descriptor: [u8; 9],
     /// The device is gone: handles fail instead of waiting forever.
     closed: bool,
+    /// When the last report went to the host, for [`REPORT_INTERVAL`].
+    last_report: Option<Instant>,
 }
 
 impl<F: BootFunction> Inner<F> {
@@ -66,6 +77,7 @@ impl<F: BootFunction> Inner<F> {
             hid: HidInterfaceState::new(default_idle),
             hid_descriptor: super::class::hid_descriptor(len),
             closed: false,
+            last_report: None,
         }
     }
 
@@ -113,11 +125,18 @@ impl<F: BootFunction> Inner<F> {
         }
     }
 
-    /// Takes the next report for an interrupt IN URB of `length` bytes; `None` when none is
-    /// queued. A report longer than the URB is dropped with an overflow, as a host controller
-    /// reports babble.
-    pub(crate) fn take_report(&mut self, length: u32) -> Option<UrbResult> {
+    /// The earliest time the next report may go to the host, if that is still to come.
+    fn next_report_at(&self, now: Instant) -> Option<Instant> {
+        let at = self.last_report? + REPORT_INTERVAL;
+        (at > now).then_some(at)
+    }
+
+    /// Takes the next report for an interrupt IN URB of `length` bytes at time `now`; `None`
+    /// when none is queued. A report longer than the URB is dropped with an overflow, as a
+    /// host controller reports babble.
+    pub(crate) fn take_report(&mut self, length: u32, now: Instant) -> Option<UrbResult> {
         let report = self.queue.pop_front()?;
+        self.last_report = Some(now);
         let bytes = F::encode(&report, self.hid.protocol);
         self.function.delivered(&report);
         if bytes.len() > usize::try_from(length).unwrap_or(usize::MAX) {
@@ -326,10 +345,20 @@ impl<F: BootFunction> HidDevice<F> {
         if urb.length == 0 {
             return Box::pin(std::future::ready(Ok(Completion::default())));
         }
-        // Pends until a report is queued; the report leaves the queue only in the poll that
-        // completes the URB, so unlinking (dropping) the URB loses nothing.
+        // Pends until a report is queued and the polling interval has passed; the report
+        // leaves the queue only in the poll that completes the URB, so unlinking (dropping)
+        // the URB loses nothing.
         let length = urb.length;
-        Box::pin(self.shared.wait(move |inner| inner.take_report(length)))
+        let shared = &self.shared;
+        Box::pin(async move {
+            let next_report_at = shared.lock().next_report_at(Instant::now());
+            if let Some(at) = next_report_at {
+                tokio::time::sleep_until(at.into()).await;
+            }
+            shared
+                .wait(move |inner| inner.take_report(length, Instant::now()))
+                .await
+        })
     }
 
     fn control(&self, setup: SetupPacket, data: &[u8]) -> UrbResult {

@@ -512,8 +512,10 @@ impl KeyboardHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hid::device::REPORT_INTERVAL;
     use crate::hid::test_util::{control, poll_once, ready_now, urb_in};
     use crate::TransferError;
+    use std::time::Duration;
 
     #[test]
     fn report_descriptor_is_appendix_e6() {
@@ -674,6 +676,21 @@ mod tests {
         h.drained().await.unwrap();
         // GET_REPORT(Input) tells what the host saw last.
         assert_eq!(kb.device_current(), KeyboardReport::RELEASED);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reports_are_at_least_one_polling_interval_apart() {
+        let (kb, h) = Keyboard::new();
+        h.type_text("ab").await.unwrap();
+        let first = kb.submit(urb_in(1, 8)).await.unwrap();
+        assert_eq!(first.data, [0, 0, 0x04, 0, 0, 0, 0, 0]); // a
+        let mut second = kb.submit(urb_in(1, 8));
+        assert!(poll_once(&mut second).await.is_none(), "too soon after 'a'");
+        tokio::time::advance(REPORT_INTERVAL - Duration::from_millis(1)).await;
+        assert!(poll_once(&mut second).await.is_none(), "still too soon");
+        assert_eq!(h.queued(), 3, "the waiting URB holds no report");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(second.await.unwrap().data, [0; 8]);
     }
 
     #[tokio::test]

@@ -154,18 +154,29 @@ pub const EV_KEY: u16 = 1;
 /// Event type of relative movement.
 pub const EV_REL: u16 = 2;
 
-/// Decodes an `EV <48 hex digits>` line as the guest prints it.
+/// Event type of synchronisation events.
+const EV_SYN: u16 = 0;
+/// The guest's evdev buffer overflowed and it threw events away.
+const SYN_DROPPED: u16 = 3;
+
+/// Decodes an `EV <48 hex digits>` line as the guest prints it. Panics on SYN_DROPPED, so a
+/// test that loses input says so rather than reporting a confusing event sequence.
 pub fn parse_event(line: &str) -> InputEvent {
     let hex = line.trim_start_matches("EV ").trim();
     let bytes: Vec<u8> = (0..hex.len() / 2)
         .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("hex"))
         .collect();
     assert_eq!(bytes.len(), 24, "input_event is 24 bytes: {line}");
-    InputEvent {
+    let event = InputEvent {
         kind: u16::from_le_bytes([bytes[16], bytes[17]]),
         code: u16::from_le_bytes([bytes[18], bytes[19]]),
         value: i32::from_le_bytes([bytes[20], bytes[21], bytes[22], bytes[23]]),
-    }
+    };
+    assert!(
+        !(event.kind == EV_SYN && event.code == SYN_DROPPED),
+        "the guest's evdev dropped events (SYN_DROPPED): input came faster than it was read"
+    );
+    event
 }
 
 /// Shell functions the input scenarios use: find the event device of a named input device,
