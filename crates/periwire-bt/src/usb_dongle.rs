@@ -21,7 +21,9 @@ use periwire_hci::BdAddr;
 use periwire_usb::descriptor::{DeviceDescriptors, Endpoint, Interface, TransferType};
 use periwire_usb::device::{Direction, Speed};
 use periwire_usb::standard::{StandardEvent, StandardRequests};
-use periwire_usb::{BoxFuture, Completion, DeviceInfo, TransferError, Urb, UrbResult, UsbDevice};
+use periwire_usb::{
+    AttachError, BoxFuture, Completion, DeviceInfo, TransferError, Urb, UrbResult, UsbDevice,
+};
 use tokio::sync::Notify;
 
 use crate::{AdapterHandle, ControllerConfig, SharedRadio};
@@ -337,8 +339,9 @@ impl UsbDevice for UsbDongle {
         })
     }
 
-    fn attached(&self) {
+    fn attached(&self) -> Result<(), AttachError> {
         self.power_cycle();
+        Ok(())
     }
 
     fn detached(&self) {
@@ -401,7 +404,7 @@ mod tests {
     async fn reset_is_answered_on_the_event_endpoint_in_16_byte_pieces() {
         let radio = SharedRadio::new();
         let dongle = UsbDongle::new(&radio, config(1));
-        dongle.attached();
+        dongle.attached().unwrap();
         dongle.submit(hci_command(&HCI_RESET)).await.unwrap();
         let c = dongle
             .submit(urb(1, Direction::In, [0; 8], vec![], 16))

@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use periwire_usb::UsbDevice;
+use periwire_usb::{AttachError, UsbDevice};
 use periwire_wire::usbip::{BusId, DeviceRecord, ExportedDevice};
 
 /// One exported device.
@@ -75,6 +75,9 @@ pub enum ImportError {
     /// Another client holds it.
     #[error("device {0} is imported by another client")]
     Busy(BusId),
+    /// The device refused: a host device its local drivers would not give up, say.
+    #[error("device {0} cannot be imported: {1}")]
+    Device(BusId, AttachError),
 }
 
 #[derive(Default)]
@@ -136,7 +139,10 @@ impl Registry {
             return Err(ImportError::Busy(busid.clone()));
         }
         drop(inner);
-        export.device.attached();
+        if let Err(e) = export.device.attached() {
+            self.lock().claimed.remove(busid);
+            return Err(ImportError::Device(busid.clone(), e));
+        }
         self.changed.notify_waiters();
         Ok(Claim {
             registry: self.clone(),

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use bytes::BytesMut;
 
 use crate::framing::{read_message, FrameError};
-use periwire_usb::{SetupPacket, Urb, UrbResult, UsbDevice};
+use periwire_usb::{SetupPacket, TransferError, Urb, UrbResult, UsbDevice};
 use periwire_wire::usbip::{
     encode_iso_packets, Direction, IsoPacket, Limits, OpReply, OpRequest, OpStatus, RetSubmit,
     RetUnlink, SubmitHeader, UrbCommandHeader,
@@ -144,6 +144,7 @@ async fn handle_connection(
                 let status = match e {
                     ImportError::NoDevice(_) => OpStatus::NoDevice,
                     ImportError::Busy(_) => OpStatus::DeviceBusy,
+                    ImportError::Device(..) => OpStatus::DeviceError,
                 };
                 OpReply::Import(Err(status)).encode(&mut out);
                 stream.write_all(&out).await?;
@@ -226,6 +227,7 @@ async fn run_urb_phase(
         tasks: JoinSet::new(),
         done_tx,
         outbox: Outbox::new(),
+        device_gone: false,
     };
     let result = loop {
         tokio::select! {
@@ -264,6 +266,13 @@ async fn run_urb_phase(
                 break Err(e.into());
             }
         }
+        if session.device_gone {
+            // As usbip-host does when its device is unplugged: closing the connection makes
+            // the client's vhci port detach, rather than leaving a device that fails every
+            // transfer.
+            info!("the device is gone; closing the connection");
+            break Ok(());
+        }
     };
     session.close().await;
     reader.abort();
@@ -281,6 +290,8 @@ struct Session {
     tasks: JoinSet<()>,
     done_tx: mpsc::UnboundedSender<Done>,
     outbox: Outbox,
+    /// A URB failed because the device went away (a host device unplugged).
+    device_gone: bool,
 }
 
 impl Session {
@@ -350,6 +361,7 @@ impl Session {
         let c = match done.result {
             Ok(c) => c,
             Err(e) => {
+                self.device_gone |= e == TransferError::Disconnected;
                 header.status = e.errno();
                 header.encode_header(self.outbox.bytes());
                 return;

@@ -18,6 +18,7 @@ use tokio::sync::oneshot;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 const ECONNRESET: i32 = -104;
+const ESHUTDOWN: i32 = -108;
 
 struct TestServer {
     addr: String,
@@ -241,6 +242,24 @@ async fn disconnect_with_pending_urbs_frees_the_device() {
             .status,
         0
     );
+}
+
+#[tokio::test]
+async fn a_device_that_goes_away_ends_the_connection_after_its_reply() {
+    let mut server = start(1, ServerConfig::default()).await;
+    let client = attach(&server, "1-1").await;
+    // The source/sink's interrupt endpoint reports the device gone once its handle is
+    // dropped, as a passed-through device does when it is unplugged.
+    drop(server.handles.remove(0));
+    let reply = client.transfer(&bulk_in(EP_INTERRUPT, 8)).await.unwrap();
+    assert_eq!(reply.status, ESHUTDOWN);
+    tokio::time::timeout(TIMEOUT, client.closed())
+        .await
+        .expect("the server closes the connection")
+        .expect("cleanly, after the reply");
+    tokio::time::timeout(TIMEOUT, server.registry.wait_until_free(&busid("1-1")))
+        .await
+        .expect("device released");
 }
 
 #[tokio::test]

@@ -126,6 +126,11 @@ impl TransferError {
     }
 }
 
+/// Why a device cannot be imported right now.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct AttachError(pub String);
+
 /// What a URB comes to.
 pub type UrbResult = Result<Completion, TransferError>;
 
@@ -168,8 +173,12 @@ pub trait UsbDevice: Send + Sync + 'static {
     /// Carries out one URB.
     fn submit(&self, urb: Urb) -> BoxFuture<'_, UrbResult>;
 
-    /// A client has imported the device.
-    fn attached(&self) {}
+    /// A client is importing the device. An error refuses the import (the client is told the
+    /// device is in an error state) and the device stays free; a passthrough device fails
+    /// here when it cannot take the real device from its local drivers.
+    fn attached(&self) -> Result<(), AttachError> {
+        Ok(())
+    }
 
     /// The client has released the device (detach or disconnect): pending URBs have already
     /// been dropped. Storage devices make their writes durable here.

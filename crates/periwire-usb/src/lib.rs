@@ -17,7 +17,9 @@ pub mod device;
 pub mod setup;
 pub mod standard;
 
-pub use device::{BoxFuture, Completion, DeviceInfo, TransferError, Urb, UrbResult, UsbDevice};
+pub use device::{
+    AttachError, BoxFuture, Completion, DeviceInfo, TransferError, Urb, UrbResult, UsbDevice,
+};
 pub use setup::SetupPacket;
 
 pub mod cdc_acm;

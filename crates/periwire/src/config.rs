@@ -4,8 +4,12 @@
 //! listen = "127.0.0.1:3240"          # optional; loopback unless you say otherwise
 //!
 //! [[device]]
-//! kind = "keyboard"                   # keyboard | mouse | storage | serial
+//! kind = "keyboard"                   # keyboard | mouse | storage | serial | host
 //! busid = "1-1"
+//!
+//! [[device]]
+//! kind = "host"                       # a USB device of this machine, passed through
+//! busid = "3-2"                       # its bus id (`periwire list --local`), also exported by
 //!
 //! [[device]]
 //! kind = "storage"
@@ -237,6 +241,8 @@ pub enum DeviceKind {
         /// Loopback address the host side of the line listens on.
         tcp: SocketAddr,
     },
+    /// A USB device of this machine, passed through; the bus id names it.
+    Host,
 }
 
 /// A `[[device]]` table as written; every key of every kind, checked against `kind` when
@@ -275,6 +281,7 @@ impl TryFrom<RawDevice> for DeviceConfig {
         let kind = match raw.kind.as_str() {
             "keyboard" => only(&[]).map(|()| DeviceKind::Keyboard)?,
             "mouse" => only(&[]).map(|()| DeviceKind::Mouse)?,
+            "host" => only(&[]).map(|()| DeviceKind::Host)?,
             "storage" => {
                 only(&["image", "size", "read_only"])?;
                 DeviceKind::Storage {
@@ -296,8 +303,8 @@ impl TryFrom<RawDevice> for DeviceConfig {
             }
             other => {
                 return Err(format!(
-                    "device {busid}: unknown kind {other:?} (keyboard, mouse, storage, serial)"
-                ))
+                "device {busid}: unknown kind {other:?} (keyboard, mouse, storage, serial, host)"
+            ))
             }
         };
         Ok(DeviceConfig {
@@ -443,11 +450,22 @@ mod tests {
             kind = "serial"
             busid = "1-3"
             tcp = "127.0.0.1:5000"
+            [[device]]
+            kind = "host"
+            busid = "3-2.1"
             "#,
         )
         .unwrap();
         c.check().unwrap();
-        assert_eq!(c.devices.len(), 3);
+        assert_eq!(c.devices.len(), 4);
+        assert!(matches!(c.devices[3].kind, DeviceKind::Host));
+        let stray = toml::from_str::<Config>(
+            "[[device]]\nkind = \"host\"\nbusid = \"1-1\"\nread_only = true",
+        );
+        assert!(stray
+            .unwrap_err()
+            .to_string()
+            .contains("`read_only` does not apply to a host device"));
         assert!(matches!(
             c.devices[1].kind,
             DeviceKind::Storage {

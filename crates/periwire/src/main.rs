@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use periwire_server::control::{ControlRequest, ControlResponse, MouseButton};
-use periwire_wire::usbip::USBIP_PORT;
+use periwire_wire::usbip::{InterfaceRecord, USBIP_PORT};
 
 /// Share USB devices with virtual machines over USB/IP.
 #[derive(Debug, Parser)]
@@ -30,11 +30,14 @@ struct Cli {
 enum Command {
     /// Run the USB/IP server exporting the configured virtual devices.
     Serve(serve::ServeArgs),
-    /// List the devices a USB/IP server exports.
+    /// List the devices a USB/IP server exports, or (--local) this machine's USB devices.
     List {
         /// Server to ask, HOST or HOST:PORT.
         #[arg(long, short, default_value = "127.0.0.1")]
         remote: String,
+        /// List this machine's USB devices, which a `kind = "host"` device can export.
+        #[arg(long, short, conflicts_with = "remote")]
+        local: bool,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -171,7 +174,10 @@ type AnyError = Box<dyn std::error::Error + Send + Sync>;
 async fn run(command: Command, data_dir: Option<PathBuf>) -> Result<(), AnyError> {
     match command {
         Command::Serve(args) => serve::run(args, data_dir).await,
-        Command::List { remote, json } => list(&remote, json).await,
+        Command::List {
+            local: true, json, ..
+        } => list_local(json),
+        Command::List { remote, json, .. } => list(&remote, json).await,
         Command::Input { device, action } => {
             let request = match action {
                 InputAction::Type { text } => ControlRequest::Type {
@@ -249,6 +255,60 @@ async fn control(
     }
 }
 
+/// Interfaces as `class/subclass/protocol` in hex, as `usbip list` prints them.
+fn interface_triples(interfaces: &[InterfaceRecord]) -> Vec<String> {
+    interfaces
+        .iter()
+        .map(|i| format!("{:02x}/{:02x}/{:02x}", i.class, i.subclass, i.protocol))
+        .collect()
+}
+
+/// Prints this machine's USB devices, as `usbip list -l` does.
+fn list_local(json: bool) -> Result<(), AnyError> {
+    let devices = periwire_host::list_devices()?;
+    if json {
+        let rows: Vec<_> = devices
+            .iter()
+            .map(|d| {
+                serde_json::json!({
+                    "busid": d.busid,
+                    "vendor_id": format!("{:04x}", d.vendor_id),
+                    "product_id": format!("{:04x}", d.product_id),
+                    "manufacturer": d.manufacturer,
+                    "product": d.product,
+                    "serial": d.serial,
+                    "speed": d.speed.name(),
+                    "class": d.class,
+                    "interfaces": interface_triples(&d.interfaces),
+                    "drivers": d.drivers,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    if devices.is_empty() {
+        println!("no USB devices on this machine");
+    }
+    for d in &devices {
+        let name = d
+            .product
+            .as_deref()
+            .or(d.manufacturer.as_deref())
+            .unwrap_or("-");
+        let drivers = if d.drivers.is_empty() {
+            "no driver".to_owned()
+        } else {
+            d.drivers.join(", ")
+        };
+        println!(
+            "{:<10} {:04x}:{:04x}  {name}  ({drivers})",
+            d.busid, d.vendor_id, d.product_id
+        );
+    }
+    Ok(())
+}
+
 async fn list(remote: &str, json: bool) -> Result<(), AnyError> {
     let addr = if remote.contains(':') && !remote.ends_with(']') {
         remote.to_owned()
@@ -266,7 +326,7 @@ async fn list(remote: &str, json: bool) -> Result<(), AnyError> {
                     "product_id": format!("{:04x}", d.device.id_product),
                     "speed": d.device.speed.name(),
                     "class": d.device.device_class,
-                    "interfaces": d.interfaces.iter().map(|i| format!("{:02x}/{:02x}/{:02x}", i.class, i.subclass, i.protocol)).collect::<Vec<_>>(),
+                    "interfaces": interface_triples(&d.interfaces),
                 })
             })
             .collect();

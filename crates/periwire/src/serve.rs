@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use periwire_bt::usb_dongle::UsbDongle;
 use periwire_bt::{AdapterPlan, ControllerConfig, H4Server, SharedRadio};
+use periwire_host::HostDevice;
 use periwire_server::control::{ControlState, NamedInput};
 use periwire_server::{Export, Registry, ServerConfig};
 use periwire_usb::cdc_acm::CdcAcm;
@@ -187,6 +188,11 @@ pub async fn run(args: ServeArgs, data_dir_arg: Option<PathBuf>) -> Result<(), A
                 })
                 .map_err(|e| format!("device {}: image {}: {e}", d.busid, path.display()))?;
                 (Arc::new(dev), "storage")
+            }
+            DeviceKind::Host => {
+                let dev =
+                    HostDevice::open(&d.busid).map_err(|e| format!("device {}: {e}", d.busid))?;
+                (Arc::new(dev), "host")
             }
             DeviceKind::Serial { tcp } => {
                 let (dev, link) = CdcAcm::new(Default::default());

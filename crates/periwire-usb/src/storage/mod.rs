@@ -39,7 +39,7 @@ use crate::descriptor::{DeviceDescriptors, Endpoint, Interface, TransferType};
 use crate::device::{BoxFuture, Completion, DeviceInfo, Speed, TransferError, Urb, UrbResult};
 use crate::setup::{Recipient, RequestKind, SetupPacket};
 use crate::standard::{StandardEvent, StandardRequests};
-use crate::UsbDevice;
+use crate::{AttachError, UsbDevice};
 
 /// idVendor: the pid.codes test vendor ID.
 pub const VENDOR_ID: u16 = 0x1209;
@@ -336,8 +336,9 @@ impl<S: BlockStore + Send + 'static> UsbDevice for MassStorage<S> {
         })
     }
 
-    fn attached(&self) {
+    fn attached(&self) -> Result<(), AttachError> {
         self.transport().reset();
+        Ok(())
     }
 
     fn detached(&self) {

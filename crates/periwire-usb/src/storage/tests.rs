@@ -669,7 +669,7 @@ fn descriptors_and_device_info() {
 async fn commands_through_urbs_reach_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let dev = open(&dir, false);
-    dev.attached();
+    dev.attached().unwrap();
     let lun = dev.submit(control(GET_MAX_LUN)).await.unwrap();
     assert_eq!(lun.data, vec![0]);
 
