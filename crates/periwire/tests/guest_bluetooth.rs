@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Server, STEP};
+use common::{prefixed_lines, shared_libraries, stripped_periwire, Server, STEP};
 use periwire_guest::{Guest, GuestConfig};
 
 const ADDRESS_A: &str = "00:50:57:00:00:0A";
@@ -127,15 +127,7 @@ fn two_guests_with_btusb_dongles_discover_ping_and_move_l2cap_data() {
     let b = guest_b.wait_success(STEP).expect("receiver succeeds");
 
     let lines = |outcome: &periwire_guest::GuestOutcome, prefix: &str| -> Vec<String> {
-        outcome
-            .transcript
-            .iter()
-            .filter_map(|l| {
-                l.text
-                    .find(prefix)
-                    .map(|p| l.text[p + prefix.len()..].to_owned())
-            })
-            .collect()
+        prefixed_lines(&outcome.transcript, prefix)
     };
     let text = |outcome, prefix| lines(outcome, prefix).join("\n");
 
@@ -206,33 +198,6 @@ fn two_guests_with_btusb_dongles_discover_ping_and_move_l2cap_data() {
     );
 }
 
-/// The `periwire` binary without its debug info, small enough for the guest's initramfs.
-fn stripped_periwire() -> Vec<u8> {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let out = dir.path().join("periwire");
-    let status = std::process::Command::new("objcopy")
-        .arg("--strip-debug")
-        .arg(env!("CARGO_BIN_EXE_periwire"))
-        .arg(&out)
-        .status()
-        .expect("objcopy");
-    assert!(status.success(), "objcopy --strip-debug");
-    std::fs::read(&out).expect("stripped binary")
-}
-
-/// The shared libraries `binary` loads, as `ldd` lists them.
-fn shared_libraries(binary: &str) -> Vec<String> {
-    let out = std::process::Command::new("ldd")
-        .arg(binary)
-        .output()
-        .expect("ldd");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with('/')))
-        .map(str::to_owned)
-        .collect()
-}
-
 /// periwire running inside a Linux guest registers two adapters with that kernel through
 /// `/dev/vhci`; BlueZ brings both up, pings one from the other across periwire's radio, and
 /// pairs them (Secure Simple Pairing, Just Works) to a stored link key.
@@ -285,18 +250,7 @@ EOF
     let mut guest = Guest::boot(config).expect("boot");
     guest.expect_line("VHCI-DONE", STEP).expect("scenario ran");
     let outcome = guest.wait_success(STEP).expect("scenario succeeds");
-    let text = |prefix: &str| -> String {
-        outcome
-            .transcript
-            .iter()
-            .filter_map(|l| {
-                l.text
-                    .find(prefix)
-                    .map(|p| l.text[p + prefix.len()..].to_owned())
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
+    let text = |prefix: &str| -> String { prefixed_lines(&outcome.transcript, prefix).join("\n") };
     let serve = text("SERVE ");
     assert!(
         serve.contains("is hci0 (vhci)") && serve.contains("is hci1 (vhci)"),

@@ -225,3 +225,43 @@ pub fn sha256(bytes: &[u8]) -> String {
     std::fs::write(&p, bytes).expect("write");
     sha256_file(&p)
 }
+
+/// The `periwire` binary without its debug info, small enough for the guest's initramfs.
+pub fn stripped_periwire() -> Vec<u8> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("periwire");
+    let status = std::process::Command::new("objcopy")
+        .arg("--strip-debug")
+        .arg(env!("CARGO_BIN_EXE_periwire"))
+        .arg(&out)
+        .status()
+        .expect("objcopy");
+    assert!(status.success(), "objcopy --strip-debug");
+    std::fs::read(&out).expect("stripped binary")
+}
+
+/// The shared libraries `binary` loads, as `ldd` lists them.
+pub fn shared_libraries(binary: &str) -> Vec<String> {
+    let out = std::process::Command::new("ldd")
+        .arg(binary)
+        .output()
+        .expect("ldd");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with('/')))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The rest of every console line that contains `prefix`, after it (a guest prints `LIST ...`
+/// lines; a kernel message may land before one on the same console line).
+pub fn prefixed_lines(transcript: &[periwire_guest::ConsoleLine], prefix: &str) -> Vec<String> {
+    transcript
+        .iter()
+        .filter_map(|l| {
+            l.text
+                .find(prefix)
+                .map(|p| l.text[p + prefix.len()..].to_owned())
+        })
+        .collect()
+}

@@ -1,0 +1,386 @@
+//! Host USB passthrough end to end, all inside one Linux guest: QEMU gives the guest a USB
+//! stick and a keyboard on an xHCI controller, periwire runs in that guest and exports both
+//! by bus id, and the guest's own `usbip` attaches them through `vhci-hcd`. While imported,
+//! a device is taken from its local kernel driver; on detach it is given back.
+
+mod common;
+
+use std::io::Read;
+use std::time::Duration;
+
+use common::{prefixed_lines, sha256, shared_libraries, stripped_periwire, STEP};
+use periwire_guest::{Guest, GuestConfig};
+
+/// QEMU's `usb-storage` and `usb-kbd`, as `VID:PID` in lowercase hex.
+const STICK_IDS: &str = "46f4:0001";
+const KEYBOARD_IDS: &str = "0627:0001";
+
+const README_TEXT: &[u8] = b"periwire passthrough test file\n";
+
+/// Shell helpers of the scenario. Every wait is bounded and says what it waited for.
+const HELPERS: &str = r#"
+# wait_until SECONDS WHAT COMMAND...: run COMMAND every 0.1 s until it succeeds (its output
+# discarded); fail once SECONDS have passed.
+wait_until() {
+    read -r _wu_now _ </proc/uptime
+    _wu_end=$((${_wu_now%.*} + $1))
+    _wu_what=$2
+    shift 2
+    until "$@" >/dev/null; do
+        read -r _wu_now _ </proc/uptime
+        if [ "${_wu_now%.*}" -ge "$_wu_end" ]; then
+            echo "FAILED: timed out waiting for $_wu_what"
+            return 1
+        fi
+        usleep 100000
+    done
+}
+# usb_device VID:PID: the bus id of the device with these IDs that is not a vhci import.
+usb_device() {
+    for d in /sys/bus/usb/devices/*; do
+        [ -e "$d/idVendor" ] || continue
+        [ "$(cat "$d/idVendor"):$(cat "$d/idProduct")" = "$1" ] || continue
+        case "$(readlink -f "$d")" in *vhci_hcd*) continue ;; esac
+        echo "${d##*/}"
+        return 0
+    done
+    return 1
+}
+# disk_at PATTERN: the SCSI disk whose sysfs path contains PATTERN.
+disk_at() {
+    for b in /sys/block/sd*; do
+        case "$(readlink -f "$b")" in *"$1"*) echo "${b##*/}"; return 0 ;; esac
+    done
+    return 1
+}
+no_disk_at() { ! disk_at "$1" >/dev/null; }
+# keyboard_at PATTERN: the input device of a QEMU keyboard whose sysfs path contains PATTERN.
+keyboard_at() {
+    for i in /sys/class/input/input*; do
+        [ -e "$i/name" ] && grep -q "QEMU USB Keyboard" "$i/name" || continue
+        case "$(readlink -f "$i")" in *"$1"*) echo "${i##*/} $(cat "$i/name")"; return 0 ;; esac
+    done
+    return 1
+}
+no_keyboard_at() { ! keyboard_at "$1" >/dev/null; }
+# driver INTERFACE: the driver bound to a USB interface (2-1:1.0), or "none".
+driver() {
+    if [ -e "/sys/bus/usb/devices/$1/driver" ]; then
+        basename "$(readlink "/sys/bus/usb/devices/$1/driver")"
+    else
+        echo none
+    fi
+}
+driver_is() { [ "$(driver "$1")" = "$2" ]; }
+driver_is_not() { ! driver_is "$1" "$2"; }
+# vhci_port BUSID: the vhci port that imported BUSID from the local server.
+vhci_port() {
+    usbip port | awk -v want="usbip://127.0.0.1:3240/$1" '$1 == "Port" { p = $2 + 0 } $NF == want { print p; found = 1 } END { exit !found }'
+}
+# exited PID: whether process PID has ended (gone, or a zombie).
+exited() { ! [ -e "/proc/$1" ] || grep -q '^[0-9]* ([^)]*) Z' "/proc/$1/stat" 2>/dev/null; }
+# usbip_ok: whether the server answers a device list (in /tmp/remote).
+usbip_ok() { timeout 20 usbip list -r 127.0.0.1 >/tmp/remote 2>&1; }
+# server_up: usbip_ok, but the scenario fails at once if periwire serve ($server) has exited
+# (after its log is out: $logger ends with it).
+server_up() {
+    if exited "$server"; then
+        wait "$logger" || true
+        echo "FAILED: periwire serve exited" >&2
+        exit 1
+    fi
+    usbip_ok
+}
+"#;
+
+/// The scenario: find the xHCI devices, list them, serve them, import and release each.
+fn scenario() -> String {
+    format!(
+        r#"{HELPERS}
+        wait_until 60 "the xHCI stick" usb_device {STICK_IDS}
+        wait_until 60 "the xHCI keyboard" usb_device {KEYBOARD_IDS}
+        stick=$(usb_device {STICK_IDS})
+        kbd=$(usb_device {KEYBOARD_IDS})
+        wait_until 60 "the stick's disk on xHCI" disk_at "/$stick:"
+        wait_until 60 "the keyboard's input device on xHCI" keyboard_at "/$kbd:"
+        d=/sys/bus/usb/devices
+        # periwire opens the device through its usbfs node (devtmpfs makes it).
+        node=$(printf /dev/bus/usb/%03d/%03d $(cat $d/$stick/busnum) $(cat $d/$stick/devnum))
+        [ -c "$node" ] || {{ echo "FAILED: no usbfs node $node"; exit 1; }}
+        mark ORIGINAL stick=$stick kbd=$kbd disk=$(disk_at "/$stick:") node=$node \
+            stick-speed=$(cat $d/$stick/speed) kbd-speed=$(cat $d/$kbd/speed) \
+            driver=$(driver "$stick:1.0")
+
+        periwire list --local 2>&1 | sed 's/^/LOCAL /'
+        periwire list --local --json | sed 's/^/JSON /'
+        mark LISTED
+
+        mkdir -p /tmp/pw /mnt
+        cat >/tmp/pw/periwire.toml <<EOF
+[[device]]
+kind = "host"
+busid = "$stick"
+
+[[device]]
+kind = "host"
+busid = "$kbd"
+EOF
+        # The server's log goes to the console as it is written (SERVE lines), so a failure
+        # or a hang shows it.
+        mkfifo /tmp/pw/log
+        while IFS= read -r l || [ -n "$l" ]; do echo "SERVE $l"; done </tmp/pw/log &
+        logger=$!
+        periwire serve --config /tmp/pw/periwire.toml --data-dir /tmp/pw \
+            --listen 127.0.0.1:3240 -v >/tmp/pw/log 2>&1 &
+        server=$!
+        wait_until 60 "periwire serve to answer usbip list" server_up
+        sed 's/^/REMOTE /' /tmp/remote
+        mark SERVING
+
+        # The stick: imported, it leaves usb-storage on xHCI and is a disk behind vhci.
+        timeout 60 usbip attach -r 127.0.0.1 -b "$stick"
+        wait_until 90 "the imported disk behind vhci_hcd" disk_at vhci_hcd
+        wait_until 60 "the xHCI disk to go away" no_disk_at "/$stick:"
+        wait_until 60 "usb-storage to let go of the xHCI stick" \
+            driver_is_not "$stick:1.0" usb-storage
+        vdisk=$(disk_at vhci_hcd)
+        mark TAKEN disk=$vdisk driver=$(driver "$stick:1.0") path=$(readlink -f /sys/block/$vdisk)
+        mount -t vfat /dev/$vdisk /mnt
+        mark README $(sha256sum /mnt/README.TXT)
+        dd if=/dev/urandom of=/mnt/NEW.BIN bs=1k count=300 2>/dev/null
+        mark NEW $(sha256sum /mnt/NEW.BIN)
+        # Unmounting writes the file through periwire; the returned stick and the host
+        # image are checked for it.
+        umount /mnt
+        usbip port | sed 's/^/PORT /'
+        port=$(vhci_port "$stick")
+        timeout 60 usbip detach -p "$port"
+        wait_until 60 "the vhci disk to go away" no_disk_at vhci_hcd
+
+        # Given back: usb-storage binds the xHCI stick again, with the file on it.
+        wait_until 90 "usb-storage to bind the xHCI stick again" \
+            driver_is "$stick:1.0" usb-storage
+        wait_until 90 "the xHCI disk to come back" disk_at "/$stick:"
+        xdisk=$(disk_at "/$stick:")
+        mount -t vfat /dev/$xdisk /mnt
+        mark RETURNED disk=$xdisk new=$(sha256sum /mnt/NEW.BIN)
+        umount /mnt
+
+        # The keyboard: imported, its input device moves from xHCI to vhci, then back.
+        timeout 60 usbip attach -r 127.0.0.1 -b "$kbd"
+        wait_until 90 "the imported keyboard's input device" keyboard_at vhci_hcd
+        wait_until 60 "the xHCI keyboard's input device to go away" no_keyboard_at "/$kbd:"
+        mark KBD-TAKEN $(keyboard_at vhci_hcd) driver=$(driver "$kbd:1.0")
+        port=$(vhci_port "$kbd")
+        timeout 60 usbip detach -p "$port"
+        wait_until 60 "the vhci keyboard to go away" no_keyboard_at vhci_hcd
+        wait_until 90 "the xHCI keyboard's input device to come back" keyboard_at "/$kbd:"
+        mark KBD-RETURNED $(keyboard_at "/$kbd:") driver=$(driver "$kbd:1.0")
+
+        # Still serving both; SIGTERM stops it cleanly.
+        usbip_ok
+        sed 's/^/AGAIN /' /tmp/remote
+        kill -TERM $server
+        wait_until 60 "periwire serve to exit on SIGTERM" exited $server
+        status=0
+        wait $server || status=$?
+        wait $logger
+        mark STOPPED status=$status
+        "#
+    )
+}
+
+/// The `key=value` word of a marker line.
+fn field<'a>(line: &'a str, key: &str) -> &'a str {
+    let prefix = format!("{key}=");
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(prefix.as_str()))
+        .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
+}
+
+/// Waits for `marker`; a failure shows periwire's log from the guest, not only the console
+/// tail.
+fn expect(guest: &mut Guest, marker: &str) -> String {
+    guest
+        .expect_line(marker, STEP)
+        .unwrap_or_else(|e| panic!("{e}\n--- periwire log ---\n{}", serve_log(guest)))
+}
+
+fn serve_log(guest: &Guest) -> String {
+    prefixed_lines(guest.transcript(), "SERVE ").join("\n")
+}
+
+/// The lines a listing (`what`) printed for one device: its own line, the one starting with
+/// `starts`, and, with `usbip list`, the `:` lines below it.
+fn device_block<'a>(lines: &'a [String], what: &str, starts: &str) -> &'a [String] {
+    let start = lines
+        .iter()
+        .position(|l| l.trim_start().starts_with(starts))
+        .unwrap_or_else(|| panic!("no {starts:?} line in {what}:\n{}", lines.join("\n")));
+    let len = lines[start + 1..]
+        .iter()
+        .take_while(|l| l.trim_start().starts_with(':'))
+        .count();
+    &lines[start..=start + len]
+}
+
+#[test]
+fn host_stick_and_keyboard_pass_through_and_return_to_their_kernel_drivers() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let image = dir.path().join("stick.img");
+    periwire_usb::storage::create_demo_image(
+        &image,
+        32 * 1024 * 1024,
+        &[("README.TXT", README_TEXT)],
+    )
+    .expect("create FAT image");
+
+    let mut config = GuestConfig::new(scenario())
+        // xHCI first, so its buses are 1 (USB 2) and 2 (USB 3); vhci-hcd's come after.
+        .modules(["xhci-pci", "usb-storage", "vfat", "usbhid", "vhci-hcd"])
+        .qemu_args([
+            "-device".to_owned(),
+            "qemu-xhci,id=xhci".to_owned(),
+            "-drive".to_owned(),
+            format!("if=none,id=stick,format=raw,file={}", image.display()),
+            "-device".to_owned(),
+            "usb-storage,bus=xhci.0,drive=stick".to_owned(),
+            "-device".to_owned(),
+            "usb-kbd,bus=xhci.0".to_owned(),
+        ])
+        .timeout(Duration::from_secs(600))
+        .file("/usr/bin/periwire", 0o755, stripped_periwire());
+    for lib in shared_libraries(env!("CARGO_BIN_EXE_periwire")) {
+        let bytes = std::fs::read(&lib).expect("library");
+        config = config.file(lib, 0o755, bytes);
+    }
+    let mut guest = Guest::boot(config).expect("boot");
+
+    // The devices as the guest's kernel has them, and as `periwire list --local` does.
+    let original = expect(&mut guest, "ORIGINAL ");
+    let stick = field(&original, "stick").to_owned();
+    let kbd = field(&original, "kbd").to_owned();
+    assert_eq!(
+        field(&original, "driver"),
+        "usb-storage",
+        "usb-storage binds the stick before periwire runs: {original}"
+    );
+    expect(&mut guest, "LISTED");
+    let local = prefixed_lines(guest.transcript(), "LOCAL ");
+    let local_text = local.join("\n");
+    for (busid, ids, product) in [
+        (&stick, STICK_IDS, "QEMU USB HARDDRIVE"),
+        (&kbd, KEYBOARD_IDS, "QEMU USB Keyboard"),
+    ] {
+        let line = device_block(&local, "periwire list --local", &format!("{busid} "))[0].as_str();
+        let words: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(words.get(1), Some(&ids), "{busid} is {ids}:\n{local_text}");
+        assert!(
+            line.contains(product),
+            "{busid} is a {product}:\n{local_text}"
+        );
+    }
+    assert!(
+        !local_text.contains("1d6b:"),
+        "root hubs are not listed:\n{local_text}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&prefixed_lines(guest.transcript(), "JSON ").join("\n"))
+            .unwrap_or_else(|e| panic!("periwire list --local --json: {e}\n{local_text}"));
+    let devices = json.as_array().expect("a JSON array");
+    for (busid, vendor, product, name) in [
+        (&stick, 0x46f4, 0x0001, "QEMU USB HARDDRIVE"),
+        (&kbd, 0x0627, 0x0001, "QEMU USB Keyboard"),
+    ] {
+        let device = devices
+            .iter()
+            .find(|d| d["busid"] == busid.as_str())
+            .unwrap_or_else(|| panic!("{busid} in the JSON list: {json}"));
+        assert_eq!(device["vendor_id"], vendor, "{device}");
+        assert_eq!(device["product_id"], product, "{device}");
+        assert_eq!(device["product"], name, "{device}");
+        assert!(
+            device["speed"].as_str().is_some_and(|s| !s.is_empty()),
+            "{device}"
+        );
+    }
+
+    // The stock tool sees both exported under their host bus ids.
+    expect(&mut guest, "SERVING");
+    let remote = prefixed_lines(guest.transcript(), "REMOTE ");
+    for (busid, ids, class) in [
+        (&stick, STICK_IDS, "(08/06/50)"),
+        (&kbd, KEYBOARD_IDS, "(03/01/01)"),
+    ] {
+        let block = device_block(&remote, "usbip list -r", &format!("{busid}:"));
+        let text = remote.join("\n");
+        assert!(block[0].contains(&format!("({ids})")), "{busid}:\n{text}");
+        assert!(
+            block.iter().any(|l| l.contains(class)),
+            "{busid} has an interface {class}:\n{text}"
+        );
+    }
+
+    // Imported: the disk is behind vhci-hcd, usb-storage no longer holds the xHCI stick.
+    let taken = expect(&mut guest, "TAKEN ");
+    assert!(
+        field(&taken, "path").contains("vhci_hcd"),
+        "the imported disk: {taken}"
+    );
+    assert_ne!(field(&taken, "driver"), "usb-storage", "{taken}");
+    let readme = expect(&mut guest, "README ");
+    assert!(
+        readme.contains(&sha256(README_TEXT)),
+        "the file on the stick reads back intact through periwire: {readme}\n{}",
+        serve_log(&guest)
+    );
+    let new = expect(&mut guest, "NEW ");
+    let new_digest = new.split_whitespace().nth(1).expect("digest").to_owned();
+
+    // Detached: the kernel has the stick again, with the new file on it.
+    let returned = expect(&mut guest, "RETURNED ");
+    assert_eq!(
+        field(&returned, "new"),
+        new_digest,
+        "the file written through periwire is on the returned stick: {returned}"
+    );
+
+    let kbd_taken = expect(&mut guest, "KBD-TAKEN ");
+    assert!(kbd_taken.contains("QEMU USB Keyboard"), "{kbd_taken}");
+    assert_ne!(field(&kbd_taken, "driver"), "usbhid", "{kbd_taken}");
+    let kbd_returned = expect(&mut guest, "KBD-RETURNED ");
+    assert_eq!(field(&kbd_returned, "driver"), "usbhid", "{kbd_returned}");
+
+    let stopped = expect(&mut guest, "STOPPED ");
+    guest
+        .wait_success(STEP)
+        .unwrap_or_else(|e| panic!("{e}\n--- periwire log ---\n{}", serve_log(&guest)));
+    let again = prefixed_lines(guest.transcript(), "AGAIN ").join("\n");
+    for busid in [&stick, &kbd] {
+        assert!(
+            again.contains(&format!("{busid}:")),
+            "{busid} is exported again after its detach:\n{again}"
+        );
+    }
+    assert_eq!(
+        field(&stopped, "status"),
+        "0",
+        "periwire serve exits cleanly on SIGTERM:\n{}",
+        serve_log(&guest)
+    );
+
+    // On the host, the image holds what the guest wrote.
+    let fs = fatfs::FileSystem::new(
+        std::fs::File::open(&image).expect("image"),
+        fatfs::FsOptions::new(),
+    )
+    .expect("FAT");
+    let mut written = Vec::new();
+    fs.root_dir()
+        .open_file("NEW.BIN")
+        .expect("NEW.BIN in the image")
+        .read_to_end(&mut written)
+        .expect("read NEW.BIN");
+    assert_eq!(written.len(), 300 * 1024);
+    assert_eq!(sha256(&written), new_digest, "the image holds the new file");
+}
