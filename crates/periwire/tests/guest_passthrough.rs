@@ -289,8 +289,8 @@ fn host_stick_and_keyboard_pass_through_and_return_to_their_kernel_drivers() {
             .unwrap_or_else(|e| panic!("periwire list --local --json: {e}\n{local_text}"));
     let devices = json.as_array().expect("a JSON array");
     for (busid, vendor, product, name) in [
-        (&stick, 0x46f4, 0x0001, "QEMU USB HARDDRIVE"),
-        (&kbd, 0x0627, 0x0001, "QEMU USB Keyboard"),
+        (&stick, "46f4", "0001", "QEMU USB HARDDRIVE"),
+        (&kbd, "0627", "0001", "QEMU USB Keyboard"),
     ] {
         let device = devices
             .iter()
