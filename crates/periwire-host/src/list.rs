@@ -59,20 +59,24 @@ pub fn list_devices() -> Result<Vec<HostDeviceSummary>, HostError> {
                 manufacturer: info.manufacturer_string().map(str::to_owned),
                 product: info.product_string().map(str::to_owned),
                 serial: info.serial_number().map(str::to_owned),
-                interfaces: info
-                    .interfaces()
-                    .map(|i| InterfaceRecord {
-                        class: i.class(),
-                        subclass: i.subclass(),
-                        protocol: i.protocol(),
-                    })
-                    .collect(),
+                interfaces: interface_records(&info),
                 busid,
             })
         })
         .collect();
     list.sort_by_key(|d| busid_order(&d.busid));
     Ok(list)
+}
+
+/// The interfaces of a device's active configuration, as the OS lists them.
+pub(crate) fn interface_records(info: &nusb::DeviceInfo) -> Vec<InterfaceRecord> {
+    info.interfaces()
+        .map(|i| InterfaceRecord {
+            class: i.class(),
+            subclass: i.subclass(),
+            protocol: i.protocol(),
+        })
+        .collect()
 }
 
 /// The drivers bound to the interfaces of the device at `sysfs`: its interface directories

@@ -7,7 +7,7 @@ use std::time::Duration;
 use nusb::descriptors::TransferType as NusbTransferType;
 use nusb::transfer::{ControlIn, ControlOut, ControlType, Recipient as NusbRecipient};
 use nusb::MaybeFuture;
-use periwire_usb::device::{Direction, InterfaceRecord};
+use periwire_usb::device::Direction;
 use periwire_usb::setup::{request, Recipient, RequestKind};
 use periwire_usb::{
     AttachError, BoxFuture, Completion, DeviceInfo, TransferError, Urb, UrbResult, UsbDevice,
@@ -22,16 +22,22 @@ const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Feature selector ENDPOINT_HALT (USB 2.0 table 9-6).
 const ENDPOINT_HALT: u16 = 0;
 
-/// A USB device of this machine, exported over USB/IP.
+/// A USB device of this machine, exported over USB/IP by its bus id.
+///
+/// The device is opened when a client imports it and closed when the client lets go, so a
+/// device unplugged and plugged back in (or replaced by another at the same port) is simply
+/// the one found at the next import, as with `usbip bind`.
 pub struct HostDevice {
     busid: String,
-    device: nusb::Device,
-    claimed: Mutex<Claimed>,
+    /// Set while a client has the device imported.
+    claimed: Mutex<Option<Claimed>>,
+    /// What the device list showed last; kept while the device is unplugged.
+    last_info: Mutex<DeviceInfo>,
 }
 
 /// What periwire holds of the device while a client has it imported.
-#[derive(Default)]
 struct Claimed {
+    device: nusb::Device,
     interfaces: BTreeMap<u8, nusb::Interface>,
     endpoints: HashMap<u8, OpenEndpoint>,
 }
@@ -50,25 +56,15 @@ impl std::fmt::Debug for HostDevice {
 }
 
 impl HostDevice {
-    /// Opens the device with bus id `busid` (as `periwire list --local` shows it). Opening
-    /// does not disturb the device: its local drivers keep it until a client imports it.
+    /// The device with bus id `busid` (as `periwire list --local` shows it), which must be
+    /// plugged in now. This does not disturb it: its local drivers keep it until a client
+    /// imports it.
     pub fn open(busid: &str) -> Result<Self, HostError> {
-        if !crate::usb_present() {
-            return Err(HostError::NotFound(busid.to_owned()));
-        }
-        let info = nusb::list_devices()
-            .wait()
-            .map_err(|e| HostError::List(e.into()))?
-            .find(|d| crate::busid(d).as_deref() == Some(busid))
-            .ok_or_else(|| HostError::NotFound(busid.to_owned()))?;
-        let device = info.open().wait().map_err(|e| HostError::Open {
-            busid: busid.to_owned(),
-            source: e.into(),
-        })?;
+        let found = find(busid)?.ok_or_else(|| HostError::NotFound(busid.to_owned()))?;
         Ok(Self {
             busid: busid.to_owned(),
-            device,
-            claimed: Mutex::new(Claimed::default()),
+            claimed: Mutex::new(None),
+            last_info: Mutex::new(device_info(&found)),
         })
     }
 
@@ -77,33 +73,56 @@ impl HostDevice {
         &self.busid
     }
 
-    fn claimed(&self) -> MutexGuard<'_, Claimed> {
-        // Every change to `Claimed` is a single insert or remove, so a poisoned lock is sound.
+    fn claimed(&self) -> MutexGuard<'_, Option<Claimed>> {
+        // Every change under this lock is a single assignment, so a poisoned lock is sound.
         self.claimed.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Interface numbers of the active configuration.
-    fn interface_numbers(&self) -> Result<Vec<u8>, AttachError> {
-        let config = self
-            .device
-            .active_configuration()
-            .map_err(|e| AttachError(format!("{}: no active configuration: {e}", self.busid)))?;
-        Ok(config.interfaces().map(|i| i.interface_number()).collect())
+    /// The opened device, while imported; a URB that comes after the release finds it gone.
+    fn device(&self) -> Result<nusb::Device, TransferError> {
+        self.claimed()
+            .as_ref()
+            .map(|c| c.device.clone())
+            .ok_or(TransferError::Disconnected)
+    }
+
+    /// Opens the device found at the bus id now and takes every interface.
+    fn open_and_claim(&self) -> Result<Claimed, AttachError> {
+        let found = find(&self.busid)
+            .map_err(|e| AttachError(e.to_string()))?
+            .ok_or_else(|| AttachError(format!("{} is not plugged in", self.busid)))?;
+        *self.last_info.lock().unwrap_or_else(|e| e.into_inner()) = device_info(&found);
+        let device = found
+            .open()
+            .wait()
+            .map_err(|e| AttachError(format!("opening {}: {e}", self.busid)))?;
+        let interfaces = self.claim_all(&device)?;
+        Ok(Claimed {
+            device,
+            interfaces,
+            endpoints: HashMap::new(),
+        })
     }
 
     /// Takes every interface of the active configuration from its local driver.
-    fn claim_all(&self) -> Result<(), AttachError> {
-        let numbers = self.interface_numbers()?;
+    fn claim_all(
+        &self,
+        device: &nusb::Device,
+    ) -> Result<BTreeMap<u8, nusb::Interface>, AttachError> {
+        let config = device
+            .active_configuration()
+            .map_err(|e| AttachError(format!("{}: no active configuration: {e}", self.busid)))?;
+        let numbers: Vec<u8> = config.interfaces().map(|i| i.interface_number()).collect();
         let mut taken = BTreeMap::new();
         for n in numbers {
-            match self.device.detach_and_claim_interface(n).wait() {
+            match device.detach_and_claim_interface(n).wait() {
                 Ok(interface) => {
                     taken.insert(n, interface);
                 }
                 Err(e) => {
                     let mut detached: Vec<u8> = taken.into_keys().collect();
                     detached.push(n);
-                    self.give_back(&detached);
+                    self.give_back(device, &detached);
                     return Err(AttachError(format!(
                         "{}: interface {n} cannot be taken from its driver: {e}",
                         self.busid
@@ -112,13 +131,12 @@ impl HostDevice {
             }
         }
         tracing::info!(busid = %self.busid, interfaces = taken.len(), "host device taken from its local drivers");
-        self.claimed().interfaces = taken;
-        Ok(())
+        Ok(taken)
     }
 
-    /// Drops every open endpoint (cancelling what is in flight) and interface.
-    fn release_all(&self) -> Vec<u8> {
-        let mut claimed = self.claimed();
+    /// Drops every open endpoint (cancelling what is in flight) and interface; the interface
+    /// numbers that were held.
+    fn release_interfaces(claimed: &mut Claimed) -> Vec<u8> {
         claimed.endpoints.clear();
         let released: Vec<u8> = claimed.interfaces.keys().copied().collect();
         claimed.interfaces.clear();
@@ -126,9 +144,9 @@ impl HostDevice {
     }
 
     /// Asks the local drivers to bind `interfaces` again.
-    fn give_back(&self, interfaces: &[u8]) {
+    fn give_back(&self, device: &nusb::Device, interfaces: &[u8]) {
         for &n in interfaces {
-            if let Err(e) = self.device.attach_kernel_driver(n) {
+            if let Err(e) = device.attach_kernel_driver(n) {
                 // Common and harmless: an interface no local driver wants.
                 tracing::debug!(busid = %self.busid, interface = n, error = %e, "no local driver rebinds");
             }
@@ -140,7 +158,8 @@ impl HostDevice {
         &self,
         address: u8,
     ) -> Result<Arc<tokio::sync::Mutex<EndpointSlot>>, TransferError> {
-        let mut claimed = self.claimed();
+        let mut guard = self.claimed();
+        let claimed = guard.as_mut().ok_or(TransferError::Disconnected)?;
         if let Some(open) = claimed.endpoints.get(&address) {
             return Ok(Arc::clone(&open.slot));
         }
@@ -222,7 +241,7 @@ impl HostDevice {
         match urb.direction {
             Direction::In => {
                 let data = self
-                    .device
+                    .device()?
                     .control_in(
                         ControlIn {
                             control_type,
@@ -249,7 +268,7 @@ impl HostDevice {
         recipient: NusbRecipient,
     ) -> UrbResult {
         let setup = urb.setup;
-        self.device
+        self.device()?
             .control_out(
                 ControlOut {
                     control_type,
@@ -267,8 +286,8 @@ impl HostDevice {
     }
 
     async fn set_configuration(&self, value: u8) -> UrbResult {
-        let active = self
-            .device
+        let device = self.device()?;
+        let active = device
             .active_configuration()
             .ok()
             .map(|c| c.configuration_value());
@@ -277,28 +296,32 @@ impl HostDevice {
             return Ok(Completion::data_out(0));
         }
         tracing::info!(busid = %self.busid, from = ?active, to = value, "client changes the configuration");
-        self.release_all();
-        if let Err(e) = self.device.set_configuration(value).await {
+        if let Some(claimed) = self.claimed().as_mut() {
+            Self::release_interfaces(claimed);
+        }
+        if let Err(e) = device.set_configuration(value).await {
             tracing::warn!(busid = %self.busid, value, error = %e, "SET_CONFIGURATION failed");
             return Err(TransferError::Stall);
         }
         if value != 0 {
-            self.claim_all().map_err(|e| {
+            let interfaces = self.claim_all(&device).map_err(|e| {
                 tracing::warn!(busid = %self.busid, error = %e, "after SET_CONFIGURATION");
                 TransferError::Fault
             })?;
+            if let Some(claimed) = self.claimed().as_mut() {
+                claimed.interfaces = interfaces;
+            }
         }
         Ok(Completion::data_out(0))
     }
 
     async fn set_interface(&self, number: u8, alternate: u8) -> UrbResult {
-        let interface = {
-            let mut claimed = self.claimed();
+        let interface = self.claimed().as_mut().and_then(|claimed| {
             // nusb wants no open endpoint on an interface whose setting changes; the new
             // setting's endpoints open on first use.
             claimed.endpoints.retain(|_, open| open.interface != number);
             claimed.interfaces.get(&number).cloned()
-        };
+        });
         let Some(interface) = interface else {
             return Err(TransferError::Stall);
         };
@@ -349,35 +372,12 @@ fn control_error(e: nusb::transfer::TransferError) -> TransferError {
 
 impl UsbDevice for HostDevice {
     fn info(&self) -> DeviceInfo {
-        let descriptor = self.device.device_descriptor();
-        let config = self.device.active_configuration().ok();
-        let interfaces = config
-            .as_ref()
-            .map(|c| {
-                c.interfaces()
-                    .map(|i| {
-                        let alt = i.first_alt_setting();
-                        InterfaceRecord {
-                            class: alt.class(),
-                            subclass: alt.subclass(),
-                            protocol: alt.protocol(),
-                        }
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        DeviceInfo {
-            speed: crate::speed(self.device.speed()),
-            vendor_id: descriptor.vendor_id(),
-            product_id: descriptor.product_id(),
-            device_version: descriptor.device_version(),
-            class: descriptor.class(),
-            subclass: descriptor.subclass(),
-            protocol: descriptor.protocol(),
-            configuration_value: config.map_or(0, |c| c.configuration_value()),
-            num_configurations: descriptor.num_configurations(),
-            interfaces,
+        let mut last = self.last_info.lock().unwrap_or_else(|e| e.into_inner());
+        // Read afresh, so the list shows the device plugged at the bus id now.
+        if let Ok(Some(found)) = find(&self.busid) {
+            *last = device_info(&found);
         }
+        last.clone()
     }
 
     fn submit(&self, urb: Urb) -> BoxFuture<'_, UrbResult> {
@@ -391,18 +391,56 @@ impl UsbDevice for HostDevice {
     }
 
     fn attached(&self) -> Result<(), AttachError> {
-        self.claim_all()
+        let claimed = self.open_and_claim()?;
+        *self.claimed() = Some(claimed);
+        Ok(())
     }
 
     fn detached(&self) {
-        let released = self.release_all();
-        if !released.is_empty() {
-            self.give_back(&released);
-            tracing::info!(busid = %self.busid, "host device given back to its local drivers");
-        }
+        let Some(mut claimed) = self.claimed().take() else {
+            return;
+        };
+        let released = Self::release_interfaces(&mut claimed);
+        self.give_back(&claimed.device, &released);
+        tracing::info!(busid = %self.busid, "host device given back to its local drivers");
     }
 
     fn shutdown(&self) {
         self.detached();
+    }
+}
+
+/// The device plugged at `busid` now, if any.
+fn find(busid: &str) -> Result<Option<nusb::DeviceInfo>, HostError> {
+    if !crate::usb_present() {
+        return Ok(None);
+    }
+    Ok(nusb::list_devices()
+        .wait()
+        .map_err(|e| HostError::List(e.into()))?
+        .find(|d| crate::busid(d).as_deref() == Some(busid)))
+}
+
+/// What the device list shows of a device, from what the OS knows of it (sysfs on Linux)
+/// without opening it.
+fn device_info(found: &nusb::DeviceInfo) -> DeviceInfo {
+    let attribute = |name: &str| -> u8 {
+        std::fs::read_to_string(found.sysfs_path().join(name))
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    DeviceInfo {
+        speed: crate::speed(found.speed()),
+        vendor_id: found.vendor_id(),
+        product_id: found.product_id(),
+        device_version: found.device_version(),
+        class: found.class(),
+        subclass: found.subclass(),
+        protocol: found.protocol(),
+        // Empty (0) while the device is unconfigured.
+        configuration_value: attribute("bConfigurationValue"),
+        num_configurations: attribute("bNumConfigurations"),
+        interfaces: crate::list::interface_records(found),
     }
 }
