@@ -1,12 +1,16 @@
 //! Host USB passthrough end to end, all inside one Linux guest: QEMU gives the guest a USB
 //! stick and a keyboard on an xHCI controller, periwire runs in that guest and exports both
 //! by bus id, and the guest's own `usbip` attaches them through `vhci-hcd`. While imported,
-//! a device is taken from its local kernel driver; on detach it is given back.
+//! a device is taken from its local kernel driver; on detach it is given back. A device
+//! unplugged while imported (through the QEMU monitor) ends its session; plugged back in, it
+//! can be imported again.
 
 mod common;
 
-use std::io::Read;
-use std::time::Duration;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use common::{prefixed_lines, sha256, shared_libraries, stripped_periwire, STEP};
 use periwire_guest::{Guest, GuestConfig};
@@ -39,13 +43,16 @@ wait_until() {
 usb_device() {
     for d in /sys/bus/usb/devices/*; do
         [ -e "$d/idVendor" ] || continue
-        [ "$(cat "$d/idVendor"):$(cat "$d/idProduct")" = "$1" ] || continue
+        # (2>/dev/null: a device being unplugged may vanish meanwhile.)
+        [ "$(cat "$d/idVendor" 2>/dev/null):$(cat "$d/idProduct" 2>/dev/null)" = "$1" ] ||
+            continue
         case "$(readlink -f "$d")" in *vhci_hcd*) continue ;; esac
         echo "${d##*/}"
         return 0
     done
     return 1
 }
+no_usb_device() { ! usb_device "$1" >/dev/null; }
 # disk_at PATTERN: the SCSI disk whose sysfs path contains PATTERN.
 disk_at() {
     for b in /sys/block/sd*; do
@@ -77,6 +84,7 @@ driver_is_not() { ! driver_is "$1" "$2"; }
 vhci_port() {
     usbip port | awk -v want="usbip://127.0.0.1:3240/$1" '$1 == "Port" { p = $2 + 0 } $NF == want { print p; found = 1 } END { exit !found }'
 }
+no_vhci_port() { ! vhci_port "$1" >/dev/null; }
 # exited PID: whether process PID has ended (gone, or a zombie).
 exited() { ! [ -e "/proc/$1" ] || grep -q '^[0-9]* ([^)]*) Z' "/proc/$1/stat" 2>/dev/null; }
 # usbip_ok: whether the server answers a device list (in /tmp/remote).
@@ -91,17 +99,73 @@ server_up() {
     fi
     usbip_ok
 }
+# find_stick: wait for the xHCI stick and its disk; sets $stick to its bus id.
+find_stick() {
+    wait_until 60 "the xHCI stick" usb_device "$STICK_IDS"
+    stick=$(usb_device "$STICK_IDS")
+    wait_until 60 "the stick's disk on xHCI" disk_at "/$stick:"
+}
+# serve BUSID...: start periwire serve exporting these host devices and wait until it answers;
+# $server is its pid. Its log goes to the console as it is written (SERVE lines, so a failure
+# or a hang shows it) and to /tmp/pw/serve.log; $logger, the loop copying it, ends with it.
+serve() {
+    mkdir -p /tmp/pw /mnt
+    for b in "$@"; do printf '[[device]]\nkind = "host"\nbusid = "%s"\n\n' "$b"; done \
+        >/tmp/pw/periwire.toml
+    mkfifo /tmp/pw/log
+    while IFS= read -r l || [ -n "$l" ]; do
+        echo "SERVE $l"
+        echo "$l" >>/tmp/pw/serve.log
+    done </tmp/pw/log &
+    logger=$!
+    periwire serve --config /tmp/pw/periwire.toml --data-dir /tmp/pw \
+        --listen 127.0.0.1:3240 -v >/tmp/pw/log 2>&1 &
+    server=$!
+    wait_until 60 "periwire serve to answer usbip list" server_up
+}
+# import_stick: attach $stick; it leaves usb-storage on xHCI and is a disk behind vhci, $vdisk
+# (marked TAKEN).
+import_stick() {
+    timeout 60 usbip attach -r 127.0.0.1 -b "$stick"
+    wait_until 90 "the imported disk behind vhci_hcd" disk_at vhci_hcd
+    wait_until 60 "the xHCI disk to go away" no_disk_at "/$stick:"
+    wait_until 60 "usb-storage to let go of the xHCI stick" \
+        driver_is_not "$stick:1.0" usb-storage
+    vdisk=$(disk_at vhci_hcd)
+    mark TAKEN disk=$vdisk driver=$(driver "$stick:1.0") path=$(readlink -f /sys/block/$vdisk)
+}
+# release_stick: detach $stick; usb-storage binds the xHCI stick again and its disk, $xdisk,
+# comes back.
+release_stick() {
+    port=$(vhci_port "$stick")
+    timeout 60 usbip detach -p "$port"
+    wait_until 60 "the vhci disk to go away" no_disk_at vhci_hcd
+    wait_until 90 "usb-storage to bind the xHCI stick again" driver_is "$stick:1.0" usb-storage
+    wait_until 90 "the xHCI disk to come back" disk_at "/$stick:"
+    xdisk=$(disk_at "/$stick:")
+}
+# stop_server: check the server still answers (its list in AGAIN lines), stop it with SIGTERM
+# and mark how it exited.
+stop_server() {
+    usbip_ok
+    sed 's/^/AGAIN /' /tmp/remote
+    kill -TERM $server
+    wait_until 60 "periwire serve to exit on SIGTERM" exited $server
+    status=0
+    wait $server || status=$?
+    wait $logger
+    mark STOPPED status=$status
+}
 "#;
 
 /// The scenario: find the xHCI devices, list them, serve them, import and release each.
 fn scenario() -> String {
     format!(
         r#"{HELPERS}
-        wait_until 60 "the xHCI stick" usb_device {STICK_IDS}
+        STICK_IDS={STICK_IDS}
+        find_stick
         wait_until 60 "the xHCI keyboard" usb_device {KEYBOARD_IDS}
-        stick=$(usb_device {STICK_IDS})
         kbd=$(usb_device {KEYBOARD_IDS})
-        wait_until 60 "the stick's disk on xHCI" disk_at "/$stick:"
         wait_until 60 "the keyboard's input device on xHCI" keyboard_at "/$kbd:"
         d=/sys/bus/usb/devices
         # periwire opens the device through its usbfs node (devtmpfs makes it).
@@ -115,36 +179,12 @@ fn scenario() -> String {
         periwire list --local --json | sed 's/^/JSON /'
         mark LISTED
 
-        mkdir -p /tmp/pw /mnt
-        cat >/tmp/pw/periwire.toml <<EOF
-[[device]]
-kind = "host"
-busid = "$stick"
-
-[[device]]
-kind = "host"
-busid = "$kbd"
-EOF
-        # The server's log goes to the console as it is written (SERVE lines), so a failure
-        # or a hang shows it.
-        mkfifo /tmp/pw/log
-        while IFS= read -r l || [ -n "$l" ]; do echo "SERVE $l"; done </tmp/pw/log &
-        logger=$!
-        periwire serve --config /tmp/pw/periwire.toml --data-dir /tmp/pw \
-            --listen 127.0.0.1:3240 -v >/tmp/pw/log 2>&1 &
-        server=$!
-        wait_until 60 "periwire serve to answer usbip list" server_up
+        serve "$stick" "$kbd"
         sed 's/^/REMOTE /' /tmp/remote
         mark SERVING
 
         # The stick: imported, it leaves usb-storage on xHCI and is a disk behind vhci.
-        timeout 60 usbip attach -r 127.0.0.1 -b "$stick"
-        wait_until 90 "the imported disk behind vhci_hcd" disk_at vhci_hcd
-        wait_until 60 "the xHCI disk to go away" no_disk_at "/$stick:"
-        wait_until 60 "usb-storage to let go of the xHCI stick" \
-            driver_is_not "$stick:1.0" usb-storage
-        vdisk=$(disk_at vhci_hcd)
-        mark TAKEN disk=$vdisk driver=$(driver "$stick:1.0") path=$(readlink -f /sys/block/$vdisk)
+        import_stick
         mount -t vfat /dev/$vdisk /mnt
         mark README $(sha256sum /mnt/README.TXT)
         dd if=/dev/urandom of=/mnt/NEW.BIN bs=1k count=300 2>/dev/null
@@ -153,15 +193,9 @@ EOF
         # image are checked for it.
         umount /mnt
         usbip port | sed 's/^/PORT /'
-        port=$(vhci_port "$stick")
-        timeout 60 usbip detach -p "$port"
-        wait_until 60 "the vhci disk to go away" no_disk_at vhci_hcd
 
         # Given back: usb-storage binds the xHCI stick again, with the file on it.
-        wait_until 90 "usb-storage to bind the xHCI stick again" \
-            driver_is "$stick:1.0" usb-storage
-        wait_until 90 "the xHCI disk to come back" disk_at "/$stick:"
-        xdisk=$(disk_at "/$stick:")
+        release_stick
         mount -t vfat /dev/$xdisk /mnt
         mark RETURNED disk=$xdisk new=$(sha256sum /mnt/NEW.BIN)
         umount /mnt
@@ -178,14 +212,52 @@ EOF
         mark KBD-RETURNED $(keyboard_at "/$kbd:") driver=$(driver "$kbd:1.0")
 
         # Still serving both; SIGTERM stops it cleanly.
-        usbip_ok
-        sed 's/^/AGAIN /' /tmp/remote
-        kill -TERM $server
-        wait_until 60 "periwire serve to exit on SIGTERM" exited $server
-        status=0
-        wait $server || status=$?
-        wait $logger
-        mark STOPPED status=$status
+        stop_server
+        "#
+    )
+}
+
+/// The unplug scenario: the stick, imported, is unplugged (by the test, through the QEMU
+/// monitor) and plugged back in; it is imported again once it is back.
+fn unplug_scenario() -> String {
+    format!(
+        r#"{HELPERS}
+        STICK_IDS={STICK_IDS}
+        find_stick
+        serve "$stick"
+        mark SERVING
+        import_stick
+        mark IMPORTED stick=$stick disk=$vdisk port=$(vhci_port "$stick")
+        # The test unplugs the stick now, and says so.
+        read -r _
+        wait_until 60 "the xHCI stick to be unplugged" no_usb_device "$STICK_IDS"
+        # periwire learns that the device is gone from the next transfer, which fails: here
+        # the client's next use of the disk (opening it already sends a SCSI command, which
+        # fails, so dd says "No such device"). An idle import is not noticed before.
+        timeout 60 dd if=/dev/$vdisk of=/dev/null bs=4k count=1 iflag=direct 2>&1 \
+            | sed 's/^/READ /' || true
+        wait_until 60 "periwire to end the session of the unplugged stick" \
+            grep -q "the device is gone; closing the connection" /tmp/pw/serve.log
+        wait_until 60 "the vhci port of the unplugged stick to be freed" no_vhci_port "$stick"
+        wait_until 60 "the vhci disk to go away" no_disk_at vhci_hcd
+        server_up
+        usbip port | sed 's/^/PORT /'
+        sed 's/^/UNPLUGGED-LIST /' /tmp/remote
+        mark GONE
+
+        # The test plugs the stick back into the same port, and says so.
+        read -r _
+        old=$stick
+        find_stick
+        mark REPLUGGED stick=$stick driver=$(driver "$stick:1.0")
+        [ "$stick" = "$old" ] || {{ echo "FAILED: the stick came back at $stick, not $old"; exit 1; }}
+        import_stick
+        mount -t vfat -o ro /dev/$vdisk /mnt
+        mark README $(sha256sum /mnt/README.TXT)
+        umount /mnt
+        release_stick
+        mark RETURNED disk=$xdisk driver=$(driver "$stick:1.0")
+        stop_server
         "#
     )
 }
@@ -224,18 +296,22 @@ fn device_block<'a>(lines: &'a [String], what: &str, starts: &str) -> &'a [Strin
     &lines[start..=start + len]
 }
 
-#[test]
-fn host_stick_and_keyboard_pass_through_and_return_to_their_kernel_drivers() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let image = dir.path().join("stick.img");
+/// A 32 MiB FAT image in `dir` with README.TXT on it: the stick's drive.
+fn stick_image(dir: &Path) -> PathBuf {
+    let image = dir.join("stick.img");
     periwire_usb::storage::create_demo_image(
         &image,
         32 * 1024 * 1024,
         &[("README.TXT", README_TEXT)],
     )
     .expect("create FAT image");
+    image
+}
 
-    let mut config = GuestConfig::new(scenario())
+/// A guest running `scenario` with periwire, an xHCI controller and the stick's drive
+/// (`stick`, backed by `image`); `devices` adds the QEMU options of the devices on it.
+fn guest_config(scenario: String, image: &Path, devices: &[&str]) -> GuestConfig {
+    let mut config = GuestConfig::new(scenario)
         // xHCI first, so its buses are 1 (USB 2) and 2 (USB 3); vhci-hcd's come after.
         .modules(["xhci-pci", "usb-storage", "vfat", "usbhid", "vhci-hcd"])
         .qemu_args([
@@ -243,17 +319,148 @@ fn host_stick_and_keyboard_pass_through_and_return_to_their_kernel_drivers() {
             "qemu-xhci,id=xhci".to_owned(),
             "-drive".to_owned(),
             format!("if=none,id=stick,format=raw,file={}", image.display()),
-            "-device".to_owned(),
-            "usb-storage,bus=xhci.0,drive=stick".to_owned(),
-            "-device".to_owned(),
-            "usb-kbd,bus=xhci.0".to_owned(),
         ])
+        .qemu_args(devices.iter().copied())
         .timeout(Duration::from_secs(600))
         .file("/usr/bin/periwire", 0o755, stripped_periwire());
     for lib in shared_libraries(env!("CARGO_BIN_EXE_periwire")) {
         let bytes = std::fs::read(&lib).expect("library");
         config = config.file(lib, 0o755, bytes);
     }
+    config
+}
+
+/// Waits for the marks of an import of the stick (`what`): its disk is behind vhci-hcd,
+/// usb-storage no longer holds the xHCI stick, and README.TXT reads back intact.
+fn expect_stick_taken(guest: &mut Guest, what: &str) {
+    let taken = expect(guest, "TAKEN ");
+    assert!(
+        field(&taken, "path").contains("vhci_hcd"),
+        "{what} is imported, a disk behind vhci_hcd: {taken}\n{}",
+        serve_log(guest)
+    );
+    assert_ne!(
+        field(&taken, "driver"),
+        "usb-storage",
+        "usb-storage no longer holds {what} on xHCI: {taken}"
+    );
+    let readme = expect(guest, "README ");
+    assert!(
+        readme.contains(&sha256(README_TEXT)),
+        "README.TXT on {what} reads back intact through periwire: {readme}\n{}",
+        serve_log(guest)
+    );
+}
+
+/// Waits for the end of [`HELPERS`]' `stop_server`: `periwire serve` still exported `busids`
+/// and exited 0 on SIGTERM, and the scenario succeeded.
+fn expect_clean_stop(guest: &mut Guest, busids: &[&str]) {
+    let stopped = expect(guest, "STOPPED ");
+    guest
+        .wait_success(STEP)
+        .unwrap_or_else(|e| panic!("{e}\n--- periwire log ---\n{}", serve_log(guest)));
+    let again = prefixed_lines(guest.transcript(), "AGAIN ").join("\n");
+    for busid in busids {
+        assert!(
+            again.contains(&format!("{busid}:")),
+            "{busid} is exported again after its detach:\n{again}"
+        );
+    }
+    assert_eq!(
+        field(&stopped, "status"),
+        "0",
+        "periwire serve exits cleanly on SIGTERM:\n{}",
+        serve_log(guest)
+    );
+}
+
+/// QEMU's human monitor, on the Unix socket of `-monitor unix:PATH,server=on,wait=off`.
+struct Monitor {
+    stream: UnixStream,
+}
+
+impl Monitor {
+    const PROMPT: &'static [u8] = b"(qemu) ";
+
+    fn connect(path: &Path) -> Monitor {
+        let stream = UnixStream::connect(path).unwrap_or_else(|e| {
+            panic!("connecting to the QEMU monitor at {}: {e}", path.display())
+        });
+        stream
+            .set_read_timeout(Some(STEP))
+            .expect("monitor read timeout");
+        let mut monitor = Monitor { stream };
+        monitor.read_to_prompt("the monitor's banner");
+        monitor
+    }
+
+    /// Runs `command` and returns what the monitor answered (empty for a command that
+    /// succeeded silently), without the echo of the command and the prompt.
+    fn command(&mut self, command: &str) -> String {
+        self.stream
+            .write_all(format!("{command}\n").as_bytes())
+            .unwrap_or_else(|e| panic!("writing {command:?} to the QEMU monitor: {e}"));
+        let reply = self.read_to_prompt(command);
+        // The monitor echoes the line as it is typed (with terminal escapes), then a line
+        // break, then its answer.
+        let answer = reply.split_once('\n').map_or("", |(_, rest)| rest);
+        answer.replace('\r', "").trim().to_owned()
+    }
+
+    fn read_to_prompt(&mut self, what: &str) -> String {
+        let mut bytes = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !bytes.ends_with(Self::PROMPT) {
+            let so_far = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+            match self.stream.read(&mut buf) {
+                Ok(0) => panic!(
+                    "the QEMU monitor closed, answering {what:?}: {:?}",
+                    so_far(&bytes)
+                ),
+                Ok(n) => bytes.extend_from_slice(&buf[..n]),
+                Err(e) => panic!(
+                    "the QEMU monitor, answering {what:?}: {e}; so far {:?}",
+                    so_far(&bytes)
+                ),
+            }
+        }
+        bytes.truncate(bytes.len() - Self::PROMPT.len());
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// Waits until QEMU no longer has the drive `id`. QEMU deletes a `-drive` together with
+    /// its device, but only shortly after `device_del` has returned; until then the drive
+    /// holds the image's lock, so another drive on the image cannot be used.
+    fn wait_drive_deleted(&mut self, id: &str) {
+        let deadline = Instant::now() + STEP;
+        loop {
+            let block = self.command("info block");
+            if !block.lines().any(|l| l.starts_with(&format!("{id} "))) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "QEMU still has the drive {id} {STEP:?} after its device was deleted:\n{block}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+#[test]
+fn host_stick_and_keyboard_pass_through_and_return_to_their_kernel_drivers() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let image = stick_image(dir.path());
+    let config = guest_config(
+        scenario(),
+        &image,
+        &[
+            "-device",
+            "usb-storage,bus=xhci.0,drive=stick",
+            "-device",
+            "usb-kbd,bus=xhci.0",
+        ],
+    );
     let mut guest = Guest::boot(config).expect("boot");
 
     // The devices as the guest's kernel has them, and as `periwire list --local` does.
@@ -322,18 +529,7 @@ fn host_stick_and_keyboard_pass_through_and_return_to_their_kernel_drivers() {
     }
 
     // Imported: the disk is behind vhci-hcd, usb-storage no longer holds the xHCI stick.
-    let taken = expect(&mut guest, "TAKEN ");
-    assert!(
-        field(&taken, "path").contains("vhci_hcd"),
-        "the imported disk: {taken}"
-    );
-    assert_ne!(field(&taken, "driver"), "usb-storage", "{taken}");
-    let readme = expect(&mut guest, "README ");
-    assert!(
-        readme.contains(&sha256(README_TEXT)),
-        "the file on the stick reads back intact through periwire: {readme}\n{}",
-        serve_log(&guest)
-    );
+    expect_stick_taken(&mut guest, "the stick");
     let new = expect(&mut guest, "NEW ");
     let new_digest = new.split_whitespace().nth(1).expect("digest").to_owned();
 
@@ -351,23 +547,7 @@ fn host_stick_and_keyboard_pass_through_and_return_to_their_kernel_drivers() {
     let kbd_returned = expect(&mut guest, "KBD-RETURNED ");
     assert_eq!(field(&kbd_returned, "driver"), "usbhid", "{kbd_returned}");
 
-    let stopped = expect(&mut guest, "STOPPED ");
-    guest
-        .wait_success(STEP)
-        .unwrap_or_else(|e| panic!("{e}\n--- periwire log ---\n{}", serve_log(&guest)));
-    let again = prefixed_lines(guest.transcript(), "AGAIN ").join("\n");
-    for busid in [&stick, &kbd] {
-        assert!(
-            again.contains(&format!("{busid}:")),
-            "{busid} is exported again after its detach:\n{again}"
-        );
-    }
-    assert_eq!(
-        field(&stopped, "status"),
-        "0",
-        "periwire serve exits cleanly on SIGTERM:\n{}",
-        serve_log(&guest)
-    );
+    expect_clean_stop(&mut guest, &[&stick, &kbd]);
 
     // On the host, the image holds what the guest wrote.
     let fs = fatfs::FileSystem::new(
@@ -383,4 +563,82 @@ fn host_stick_and_keyboard_pass_through_and_return_to_their_kernel_drivers() {
         .expect("read NEW.BIN");
     assert_eq!(written.len(), 300 * 1024);
     assert_eq!(sha256(&written), new_digest, "the image holds the new file");
+}
+
+/// The stick, imported, is unplugged: periwire closes the session, the guest's vhci port is
+/// freed and the server goes on. Plugged back into the same port, the stick is at the same bus
+/// id and can be imported again (periwire opens the device found there at each import).
+#[test]
+fn host_stick_unplugged_while_imported_ends_its_session_and_is_imported_again_when_plugged_back() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let image = stick_image(dir.path());
+    let monitor_path = dir.path().join("monitor.sock");
+    let monitor_arg = format!("unix:{},server=on,wait=off", monitor_path.display());
+    // The stick's port is given, so that it can be plugged back into the same one (QEMU
+    // would otherwise take the next free port, and the bus id would change).
+    let config = guest_config(
+        unplug_scenario(),
+        &image,
+        &[
+            "-monitor",
+            &monitor_arg,
+            "-device",
+            "usb-storage,bus=xhci.0,drive=stick,id=stick0,port=1",
+        ],
+    );
+    let mut guest = Guest::boot(config).expect("boot");
+    expect(&mut guest, "SERVING");
+    let imported = expect(&mut guest, "IMPORTED ");
+    let stick = field(&imported, "stick").to_owned();
+
+    // Unplugged while imported: periwire ends the session (which frees the client's vhci
+    // port) and goes on serving.
+    let mut monitor = Monitor::connect(&monitor_path);
+    let answer = monitor.command("device_del stick0");
+    assert_eq!(answer, "", "QEMU's device_del stick0");
+    guest.send_line("unplugged").expect("tell the guest");
+    expect(&mut guest, "GONE");
+    let log = serve_log(&guest);
+    assert!(
+        log.contains("the device is gone; closing the connection"),
+        "periwire ends the session of the unplugged stick:\n{log}"
+    );
+    let ports = prefixed_lines(guest.transcript(), "PORT ").join("\n");
+    assert!(
+        !ports.contains(&format!("/{stick}")),
+        "the vhci port of the unplugged stick is free:\n{ports}"
+    );
+
+    // Plugged back into the same port: QEMU deleted the drive with the device, so the
+    // image comes back as a new drive.
+    monitor.wait_drive_deleted("stick");
+    let answer = monitor.command(&format!(
+        "drive_add 0 if=none,id=stick2,format=raw,file={}",
+        image.display()
+    ));
+    assert_eq!(answer, "OK", "QEMU's drive_add");
+    let answer = monitor.command("device_add usb-storage,bus=xhci.0,drive=stick2,id=stick1,port=1");
+    assert_eq!(answer, "", "QEMU's device_add");
+    guest.send_line("plugged").expect("tell the guest");
+    let replugged = expect(&mut guest, "REPLUGGED ");
+    assert_eq!(
+        field(&replugged, "stick"),
+        stick,
+        "plugged back into the same port, the stick comes back at the same bus id: {replugged}"
+    );
+    assert_eq!(
+        field(&replugged, "driver"),
+        "usb-storage",
+        "usb-storage binds the stick plugged back in: {replugged}"
+    );
+
+    // Imported again: the device found at the bus id now, with the file on it.
+    expect_stick_taken(&mut guest, "the stick plugged back in");
+    let returned = expect(&mut guest, "RETURNED ");
+    assert_eq!(
+        field(&returned, "driver"),
+        "usb-storage",
+        "detached, the stick goes back to usb-storage: {returned}"
+    );
+    expect_clean_stop(&mut guest, &[&stick]);
 }
