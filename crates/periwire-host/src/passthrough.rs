@@ -19,6 +19,8 @@ use crate::HostError;
 /// How long a control transfer may take. Linux gives its own control requests 5 s
 /// (`USB_CTRL_GET_TIMEOUT`); a client's driver has its own timeouts on top.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often an imported device is checked for being unplugged.
+const UNPLUG_POLL: Duration = Duration::from_secs(1);
 /// Feature selector ENDPOINT_HALT (USB 2.0 table 9-6).
 const ENDPOINT_HALT: u16 = 0;
 
@@ -37,6 +39,8 @@ pub struct HostDevice {
 
 /// What periwire holds of the device while a client has it imported.
 struct Claimed {
+    /// Its address on the bus: a device plugged in again gets a new one.
+    address: u8,
     device: nusb::Device,
     interfaces: BTreeMap<u8, nusb::Interface>,
     endpoints: HashMap<u8, OpenEndpoint>,
@@ -98,6 +102,7 @@ impl HostDevice {
             .map_err(|e| AttachError(format!("opening {}: {e}", self.busid)))?;
         let interfaces = self.claim_all(&device)?;
         Ok(Claimed {
+            address: found.device_address(),
             device,
             interfaces,
             endpoints: HashMap::new(),
@@ -396,6 +401,25 @@ impl UsbDevice for HostDevice {
         Ok(())
     }
 
+    fn gone(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let Some(address) = self.claimed().as_ref().map(|c| c.address) else {
+                return std::future::pending().await;
+            };
+            // Polled rather than watched: nusb's hot-plug watch hears only udev's
+            // re-broadcasts, and minimal hosts and VMs run no udevd. One small sysfs read a
+            // second per imported device is cheap.
+            let mut tick = tokio::time::interval(UNPLUG_POLL);
+            loop {
+                tick.tick().await;
+                if !plugged(&self.busid, address) {
+                    tracing::info!(busid = %self.busid, "host device unplugged");
+                    return;
+                }
+            }
+        })
+    }
+
     fn detached(&self) {
         let Some(mut claimed) = self.claimed().take() else {
             return;
@@ -442,5 +466,21 @@ fn device_info(found: &nusb::DeviceInfo) -> DeviceInfo {
         configuration_value: attribute("bConfigurationValue"),
         num_configurations: attribute("bNumConfigurations"),
         interfaces: crate::list::interface_records(found),
+    }
+}
+
+/// Whether the device at `busid` is still the one that had `address` (Linux: its sysfs
+/// `devnum`). Where that cannot be read, as on other systems, it is taken as plugged: an
+/// unplug then shows when the next transfer fails.
+fn plugged(busid: &str, address: u8) -> bool {
+    if !cfg!(target_os = "linux") {
+        return true;
+    }
+    let devnum = std::path::Path::new("/sys/bus/usb/devices")
+        .join(busid)
+        .join("devnum");
+    match std::fs::read_to_string(devnum) {
+        Ok(text) => text.trim().parse::<u8>().ok() == Some(address),
+        Err(e) => e.kind() != std::io::ErrorKind::NotFound,
     }
 }

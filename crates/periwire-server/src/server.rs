@@ -216,6 +216,8 @@ async fn run_urb_phase(
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), ConnectionError> {
     let device = claim.export().device.clone();
+    let watched = Arc::clone(&device);
+    let mut gone = watched.gone();
     let (rd, mut wr) = stream.into_split();
     let (cmd_tx, mut cmd_rx) = mpsc::channel(64);
     let mut reader = tokio::spawn(read_commands(rd, buf, config, cmd_tx));
@@ -233,6 +235,10 @@ async fn run_urb_phase(
         tokio::select! {
             biased;
             _ = stop.changed() => break Ok(()),
+            () = &mut gone => {
+                info!("the device is gone; closing the connection");
+                break Ok(());
+            }
             Some(done) = done_rx.recv() => session.finish(done),
             cmd = cmd_rx.recv() => match cmd {
                 Some(cmd) => {

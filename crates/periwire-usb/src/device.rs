@@ -180,6 +180,14 @@ pub trait UsbDevice: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Resolves when the device has gone away for good while imported (a host device
+    /// unplugged), even if no URB is in flight to notice it. The server then closes the
+    /// client's connection, so its port detaches, as usbip-host does. Virtual devices never
+    /// go away: the default never resolves.
+    fn gone(&self) -> BoxFuture<'_, ()> {
+        Box::pin(std::future::pending())
+    }
+
     /// The client has released the device (detach or disconnect): pending URBs have already
     /// been dropped. Storage devices make their writes durable here.
     fn detached(&self) {}
