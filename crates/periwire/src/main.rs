@@ -1,5 +1,6 @@
 //! `periwire`: share the peripherals in front of the user with virtual machines over USB/IP.
 
+mod attach;
 mod config;
 mod serve;
 
@@ -9,7 +10,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use periwire_server::control::{ControlRequest, ControlResponse, MouseButton};
-use periwire_wire::usbip::{InterfaceRecord, USBIP_PORT};
+use periwire_wire::usbip::InterfaceRecord;
 
 /// Share USB devices with virtual machines over USB/IP.
 #[derive(Debug, Parser)]
@@ -38,6 +39,31 @@ enum Command {
         /// List this machine's USB devices, which a `kind = "host"` device can export.
         #[arg(long, short, conflicts_with = "remote")]
         local: bool,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Import a device from a USB/IP server and attach it to this machine (vhci-hcd).
+    Attach {
+        /// Server, HOST or HOST:PORT.
+        #[arg(long, short)]
+        remote: String,
+        /// The device's bus id on the server.
+        #[arg(long, short)]
+        busid: String,
+        /// Stay, and attach the device again whenever it is lost (server restart, network
+        /// break), until interrupted.
+        #[arg(long)]
+        persist: bool,
+    },
+    /// Detach a device attached to this machine.
+    Detach {
+        /// The vhci port, as `periwire port` shows it.
+        #[arg(long, short)]
+        port: u32,
+    },
+    /// List the devices attached to this machine through vhci-hcd.
+    Port {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -178,6 +204,13 @@ async fn run(command: Command, data_dir: Option<PathBuf>) -> Result<(), AnyError
             local: true, json, ..
         } => list_local(json),
         Command::List { remote, json, .. } => list(&remote, json).await,
+        Command::Attach {
+            remote,
+            busid,
+            persist,
+        } => attach::attach(&remote, &busid, persist).await,
+        Command::Detach { port } => attach::detach(port),
+        Command::Port { json } => attach::ports(json),
         Command::Input { device, action } => {
             let request = match action {
                 InputAction::Type { text } => ControlRequest::Type {
@@ -310,11 +343,7 @@ fn list_local(json: bool) -> Result<(), AnyError> {
 }
 
 async fn list(remote: &str, json: bool) -> Result<(), AnyError> {
-    let addr = if remote.contains(':') && !remote.ends_with(']') {
-        remote.to_owned()
-    } else {
-        format!("{remote}:{USBIP_PORT}")
-    };
+    let addr = periwire_vhci::Remote::parse(remote)?.to_string();
     let devices = periwire_server::client::list_devices(&addr, Duration::from_secs(10)).await?;
     if json {
         let rows: Vec<_> = devices

@@ -1,0 +1,76 @@
+//! `periwire attach`, `detach` and `port`: the client side, through this machine's vhci-hcd.
+
+use periwire_vhci::{Event, Remote, Vhci};
+use periwire_wire::usbip::BusId;
+
+use crate::AnyError;
+
+/// Imports `busid` from `remote` and attaches it here; with `persist`, stays and attaches it
+/// again whenever it is lost, until SIGINT or SIGTERM.
+pub async fn attach(remote: &str, busid: &str, persist: bool) -> Result<(), AnyError> {
+    let remote = Remote::parse(remote)?;
+    let busid = BusId::new(busid).map_err(|e| format!("bus id {busid:?}: {e}"))?;
+    let vhci = Vhci::system();
+    let url = format!("usbip://{remote}/{busid}");
+    let attachment = periwire_vhci::attach(&vhci, &remote, &busid).await?;
+    println!("periwire: attached {url} on port {}", attachment.port);
+    if !persist {
+        return Ok(());
+    }
+    let report = |event: Event<'_>| match event {
+        Event::Lost(a) => println!("periwire: lost {url} on port {}", a.port),
+        Event::Reattached(a) => println!("periwire: re-attached {url} on port {}", a.port),
+        Event::RetryFailed { error, retry_in } => {
+            tracing::info!(%error, ?retry_in, "re-attach failed; trying again");
+        }
+    };
+    tokio::select! {
+        result = periwire_vhci::keep_attached(&vhci, &remote, &busid, attachment, report) => result?,
+        () = crate::serve::shutdown_signal() => {}
+    }
+    Ok(())
+}
+
+/// Detaches vhci port `port`.
+pub fn detach(port: u32) -> Result<(), AnyError> {
+    Vhci::system().detach(port)?;
+    println!("periwire: detached port {port}");
+    Ok(())
+}
+
+/// Lists the vhci ports in use, as `usbip port` does.
+pub fn ports(json: bool) -> Result<(), AnyError> {
+    let attached = Vhci::system().attached()?;
+    if json {
+        let rows: Vec<_> = attached
+            .iter()
+            .map(|a| {
+                serde_json::json!({
+                    "port": a.port.number,
+                    "busid": a.record.as_ref().map(|r| r.busid.as_str()),
+                    "remote": a.record.as_ref().map(|r| format!("{}:{}", r.host, r.service)),
+                    "speed": periwire_vhci::status::speed_name(a.port.speed),
+                    "local_busid": a.port.local_busid,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    if attached.is_empty() {
+        println!("no devices attached");
+    }
+    for a in &attached {
+        let origin = a.record.as_ref().map_or_else(
+            || "unknown origin".to_owned(),
+            |r| format!("usbip://{}:{}/{}", r.host, r.service, r.busid),
+        );
+        println!(
+            "port {}: {origin} ({}), here as {}",
+            a.port.number,
+            periwire_vhci::status::speed_name(a.port.speed),
+            a.port.local_busid
+        );
+    }
+    Ok(())
+}
