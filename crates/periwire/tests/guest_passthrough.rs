@@ -1,9 +1,10 @@
 //! Host USB passthrough end to end, all inside one Linux guest: QEMU gives the guest a USB
 //! stick and a keyboard on an xHCI controller, periwire runs in that guest and exports both
 //! by bus id, and the guest's own `usbip` attaches them through `vhci-hcd`. While imported,
-//! a device is taken from its local kernel driver; on detach it is given back. A device
-//! unplugged while imported (through the QEMU monitor) ends its session; plugged back in, it
-//! can be imported again.
+//! a device is taken from its local kernel driver and works through periwire (files written
+//! to the stick, keys typed on the keyboard through the QEMU monitor); on detach it is given
+//! back. A device unplugged while imported (through the QEMU monitor) ends its session;
+//! plugged back in, it can be imported again.
 
 mod common;
 
@@ -12,7 +13,10 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{prefixed_lines, sha256, shared_libraries, stripped_periwire, STEP};
+use common::{
+    key_presses_until_enter_released, prefixed_lines, sha256, shared_libraries, stripped_periwire,
+    GUEST_INPUT_HELPERS, KEY_ENTER, STEP,
+};
 use periwire_guest::{Guest, GuestConfig};
 
 /// QEMU's `usb-storage` and `usb-kbd`, as `VID:PID` in lowercase hex.
@@ -20,6 +24,10 @@ const STICK_IDS: &str = "46f4:0001";
 const KEYBOARD_IDS: &str = "0627:0001";
 
 const README_TEXT: &[u8] = b"periwire passthrough test file\n";
+
+/// The keys the test types on the keyboard with the QEMU monitor's `sendkey`, and the Linux
+/// key codes they arrive as (linux/input-event-codes.h: KEY_H, KEY_I, KEY_ENTER).
+const TYPED_KEYS: [(&str, u16); 3] = [("h", 35), ("i", 23), ("ret", KEY_ENTER)];
 
 /// Shell helpers of the scenario. Every wait is bounded and says what it waited for.
 const HELPERS: &str = r#"
@@ -70,6 +78,14 @@ keyboard_at() {
     return 1
 }
 no_keyboard_at() { ! keyboard_at "$1" >/dev/null; }
+# keyboard_event PATTERN: the event device (/dev/input/eventN) of keyboard_at PATTERN.
+keyboard_event() {
+    _ke_input=$(keyboard_at "$1") || return 1
+    for e in /sys/class/input/"${_ke_input%% *}"/event*; do
+        [ -c "/dev/input/${e##*/}" ] && { echo "/dev/input/${e##*/}"; return 0; }
+    done
+    return 1
+}
 # driver INTERFACE: the driver bound to a USB interface (2-1:1.0), or "none".
 driver() {
     if [ -e "/sys/bus/usb/devices/$1/driver" ]; then
@@ -161,7 +177,7 @@ stop_server() {
 /// The scenario: find the xHCI devices, list them, serve them, import and release each.
 fn scenario() -> String {
     format!(
-        r#"{HELPERS}
+        r#"{HELPERS}{GUEST_INPUT_HELPERS}
         STICK_IDS={STICK_IDS}
         find_stick
         wait_until 60 "the xHCI keyboard" usb_device {KEYBOARD_IDS}
@@ -205,6 +221,18 @@ fn scenario() -> String {
         wait_until 90 "the imported keyboard's input device" keyboard_at vhci_hcd
         wait_until 60 "the xHCI keyboard's input device to go away" no_keyboard_at "/$kbd:"
         mark KBD-TAKEN $(keyboard_at vhci_hcd) driver=$(driver "$kbd:1.0")
+        # Keys the test types (QEMU monitor) reach the vhci keyboard's event device: the
+        # reports of its interrupt IN endpoint travel through periwire. It is open before
+        # the test is told, so no event is lost.
+        wait_until 60 "the imported keyboard's event device" keyboard_event vhci_hcd
+        exec 3<"$(keyboard_event vhci_hcd)"
+        stream_events 3 &
+        streamer=$!
+        mark KBD-READY event=$(keyboard_event vhci_hcd)
+        read -r _
+        kill $streamer
+        wait_until 10 "the event reader to end" exited $streamer
+        exec 3<&-
         port=$(vhci_port "$kbd")
         timeout 60 usbip detach -p "$port"
         wait_until 60 "the vhci keyboard to go away" no_keyboard_at vhci_hcd
@@ -270,9 +298,13 @@ fn field<'a>(line: &'a str, key: &str) -> &'a str {
 /// Waits for `marker`; a failure shows periwire's log from the guest, not only the console
 /// tail.
 fn expect(guest: &mut Guest, marker: &str) -> String {
-    guest
-        .expect_line(marker, STEP)
-        .unwrap_or_else(|e| panic!("{e}\n--- periwire log ---\n{}", serve_log(guest)))
+    let line = guest.expect_line(marker, STEP);
+    logged(guest, line)
+}
+
+/// The value of a guest wait, or a failure that shows periwire's log from the guest.
+fn logged<T>(guest: &Guest, result: periwire_guest::Result<T>) -> T {
+    result.unwrap_or_else(|e| panic!("{e}\n--- periwire log ---\n{}", serve_log(guest)))
 }
 
 fn serve_log(guest: &Guest) -> String {
@@ -353,9 +385,8 @@ fn expect_stick_taken(guest: &mut Guest, what: &str) {
 /// and exited 0 on SIGTERM, and the scenario succeeded.
 fn expect_clean_stop(guest: &mut Guest, busids: &[&str]) {
     let stopped = expect(guest, "STOPPED ");
-    guest
-        .wait_success(STEP)
-        .unwrap_or_else(|e| panic!("{e}\n--- periwire log ---\n{}", serve_log(guest)));
+    let outcome = guest.wait_success(STEP);
+    logged(guest, outcome);
     let again = prefixed_lines(guest.transcript(), "AGAIN ").join("\n");
     for busid in busids {
         assert!(
@@ -378,6 +409,14 @@ struct Monitor {
 
 impl Monitor {
     const PROMPT: &'static [u8] = b"(qemu) ";
+
+    /// The QEMU arguments that give the guest a monitor on the Unix socket `path`.
+    fn qemu_args(path: &Path) -> [String; 2] {
+        [
+            "-monitor".to_owned(),
+            format!("unix:{},server=on,wait=off", path.display()),
+        ]
+    }
 
     fn connect(path: &Path) -> Monitor {
         let stream = UnixStream::connect(path).unwrap_or_else(|e| {
@@ -448,16 +487,24 @@ impl Monitor {
 fn host_stick_and_keyboard_pass_through_and_return_to_their_kernel_drivers() {
     let dir = tempfile::tempdir().expect("temp dir");
     let image = stick_image(dir.path());
+    let monitor_path = dir.path().join("monitor.sock");
+    // The monitor's sendkey goes to the first keyboard in QEMU's list of input handlers. A
+    // usb-kbd puts itself first when it is created, but the PC machine's i8042 has a PS/2
+    // keyboard too (which the guest does not use): without it, the usb-kbd is the only one.
     let config = guest_config(
         scenario(),
         &image,
         &[
+            "-machine",
+            "i8042=off",
             "-device",
             "usb-storage,bus=xhci.0,drive=stick",
             "-device",
             "usb-kbd,bus=xhci.0",
         ],
-    );
+    )
+    .qemu_args(Monitor::qemu_args(&monitor_path))
+    .modules(["evdev"]);
     let mut guest = Guest::boot(config).expect("boot");
 
     // The devices as the guest's kernel has them, and as `periwire list --local` does.
@@ -541,6 +588,26 @@ fn host_stick_and_keyboard_pass_through_and_return_to_their_kernel_drivers() {
     let kbd_taken = expect(&mut guest, "KBD-TAKEN ");
     assert!(kbd_taken.contains("QEMU USB Keyboard"), "{kbd_taken}");
     assert_ne!(field(&kbd_taken, "driver"), "usbhid", "{kbd_taken}");
+
+    // Keys typed on the QEMU keyboard while it is imported: QEMU reports them on the
+    // keyboard's interrupt IN endpoint when it is polled, which only periwire does now (for
+    // the vhci keyboard); they must come out of the vhci keyboard's event device, in order.
+    expect(&mut guest, "KBD-READY ");
+    let mut monitor = Monitor::connect(&monitor_path);
+    for (key, _) in TYPED_KEYS {
+        let answer = monitor.command(&format!("sendkey {key}"));
+        assert_eq!(answer, "", "QEMU's sendkey {key}");
+    }
+    let presses = key_presses_until_enter_released(&mut guest);
+    let presses = logged(&guest, presses);
+    assert_eq!(
+        presses,
+        TYPED_KEYS.map(|(_, code)| code),
+        "the keys typed on the passed-through keyboard arrive at the vhci keyboard as key \
+         presses, in order:\n{}",
+        serve_log(&guest)
+    );
+    guest.send_line("typed").expect("tell the guest");
     let kbd_returned = expect(&mut guest, "KBD-RETURNED ");
     assert_eq!(field(&kbd_returned, "driver"), "usbhid", "{kbd_returned}");
 
@@ -570,19 +637,17 @@ fn host_stick_unplugged_while_imported_ends_its_session_and_is_imported_again_wh
     let dir = tempfile::tempdir().expect("temp dir");
     let image = stick_image(dir.path());
     let monitor_path = dir.path().join("monitor.sock");
-    let monitor_arg = format!("unix:{},server=on,wait=off", monitor_path.display());
     // The stick's port is given, so that it can be plugged back into the same one (QEMU
     // would otherwise take the next free port, and the bus id would change).
     let config = guest_config(
         unplug_scenario(),
         &image,
         &[
-            "-monitor",
-            &monitor_arg,
             "-device",
             "usb-storage,bus=xhci.0,drive=stick,id=stick0,port=1",
         ],
-    );
+    )
+    .qemu_args(Monitor::qemu_args(&monitor_path));
     let mut guest = Guest::boot(config).expect("boot");
     expect(&mut guest, "SERVING");
     let imported = expect(&mut guest, "IMPORTED ");

@@ -8,7 +8,10 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 
-use common::{parse_event, sha256, Server, EV_KEY, EV_REL, GUEST_INPUT_HELPERS, STEP};
+use common::{
+    key_presses_until_enter_released, parse_event, sha256, Server, EV_KEY, EV_REL,
+    GUEST_INPUT_HELPERS, STEP,
+};
 use periwire_guest::{Guest, GuestConfig};
 
 const ALL_DEVICES: &str = r#"
@@ -98,7 +101,6 @@ fn usbip_list_shows_every_device_with_ids_and_classes() {
 
 /// Keys the Linux input layer reports for "hello world\n" (linux/input-event-codes.h).
 const HELLO_WORLD_KEYS: [u16; 12] = [35, 18, 38, 38, 24, 57, 17, 24, 19, 38, 32, 28];
-const KEY_ENTER: u16 = 28;
 const REL_X: u16 = 0;
 const REL_Y: u16 = 1;
 const BTN_LEFT: u16 = 0x110;
@@ -138,16 +140,7 @@ fn keyboard_and_mouse_input_reach_the_guest_input_layer() {
         .expect_line("KBD-READY", STEP)
         .expect("keyboard attached");
     server.cli(&["input", "type", "hello world\n"]);
-    let mut presses = Vec::new();
-    loop {
-        let ev = parse_event(&guest.expect_line("EV ", STEP).expect("key event"));
-        if ev.kind == EV_KEY && ev.value == 1 {
-            presses.push(ev.code);
-        }
-        if ev.kind == EV_KEY && ev.code == KEY_ENTER && ev.value == 0 {
-            break;
-        }
-    }
+    let presses = key_presses_until_enter_released(&mut guest).expect("key events");
     assert_eq!(
         presses, HELLO_WORLD_KEYS,
         "typed text arrives as key presses, in order"

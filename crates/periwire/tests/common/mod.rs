@@ -9,6 +9,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use periwire_guest::Guest;
+
 /// How long a guest step may take before the test fails (TCG is slow; this is a failure
 /// limit, never a synchronisation means).
 pub const STEP: Duration = Duration::from_secs(120);
@@ -153,6 +155,8 @@ pub struct InputEvent {
 pub const EV_KEY: u16 = 1;
 /// Event type of relative movement.
 pub const EV_REL: u16 = 2;
+/// The Enter key's code (linux/input-event-codes.h).
+pub const KEY_ENTER: u16 = 28;
 
 /// Event type of synchronisation events.
 const EV_SYN: u16 = 0;
@@ -179,6 +183,22 @@ pub fn parse_event(line: &str) -> InputEvent {
     event
 }
 
+/// Reads the guest's `EV` lines (of [`GUEST_INPUT_HELPERS`]' `stream_events`) until Enter is
+/// released, and returns the codes of the key presses (EV_KEY, value 1) in the order they
+/// came. Fails like [`Guest::expect_line`] if an event does not come within [`STEP`].
+pub fn key_presses_until_enter_released(guest: &mut Guest) -> periwire_guest::Result<Vec<u16>> {
+    let mut presses = Vec::new();
+    loop {
+        let ev = parse_event(&guest.expect_line("EV ", STEP)?);
+        if ev.kind == EV_KEY && ev.value == 1 {
+            presses.push(ev.code);
+        }
+        if ev.kind == EV_KEY && ev.code == KEY_ENTER && ev.value == 0 {
+            return Ok(presses);
+        }
+    }
+}
+
 /// Shell functions the input scenarios use: find the event device of a named input device,
 /// and stream its events to the console as `EV <hex>` lines, one event per line.
 pub const GUEST_INPUT_HELPERS: &str = r#"
@@ -199,9 +219,13 @@ find_event() {
 # stream_events FD: print each event read from file descriptor FD (already open, so no event
 # is lost between opening and reading) as one line. One long-lived reader: hexdump's stdio
 # read takes every event available at once, so a burst of key reports cannot overflow the
-# evdev client buffer (64 events) while a reader is being started.
+# evdev client buffer (64 events) while a reader is being started. Run it in the background
+# (`stream_events 3 &`): the background shell becomes the reader, so `kill $!` ends it. The
+# reader is a new shell: busybox runs hexdump without exec, so hexdump would otherwise keep
+# the scenario shell's stdout buffering, and once a builtin such as printf has written to a
+# file there, that is full buffering, which holds the events back until hexdump ends.
 stream_events() {
-    hexdump -v -e '"EV " 24/1 "%02x" "\n"' <&"$1"
+    exec sh -c 'exec hexdump -v -e "$1" <&"$2"' sh '"EV " 24/1 "%02x" "\n"' "$1"
 }
 "#;
 
