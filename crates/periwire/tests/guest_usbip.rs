@@ -9,43 +9,10 @@ use std::net::TcpStream;
 use std::path::Path;
 
 use common::{
-    key_presses_until_enter_released, parse_event, sha256, Server, EV_KEY, EV_REL,
-    GUEST_INPUT_HELPERS, STEP,
+    key_presses_until_enter_released, parse_event, prepare_fat_disk, sha256, Server, ALL_DEVICES,
+    EV_KEY, EV_REL, GUEST_INPUT_HELPERS, README_TEXT, STEP,
 };
 use periwire_guest::{Guest, GuestConfig};
-
-const ALL_DEVICES: &str = r#"
-[[device]]
-kind = "keyboard"
-busid = "1-1"
-name = "kbd"
-
-[[device]]
-kind = "mouse"
-busid = "1-2"
-name = "mouse"
-
-[[device]]
-kind = "storage"
-busid = "1-3"
-image = "disk.img"
-
-[[device]]
-kind = "serial"
-busid = "1-4"
-tcp = "127.0.0.1:0"
-"#;
-
-const README_TEXT: &[u8] = b"periwire guest test file\n";
-
-fn prepare_fat_disk(dir: &Path) {
-    periwire_usb::storage::create_demo_image(
-        dir.join("disk.img"),
-        64 * 1024 * 1024,
-        &[("README.TXT", README_TEXT)],
-    )
-    .expect("create FAT image");
-}
 
 #[test]
 fn usbip_list_shows_every_device_with_ids_and_classes() {

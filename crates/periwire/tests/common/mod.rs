@@ -35,44 +35,8 @@ impl Server {
         let data_dir = dir.path().join("data");
         std::fs::create_dir_all(&data_dir).expect("data dir");
         prepare(&data_dir);
-        let config_path = dir.path().join("periwire.toml");
-        std::fs::write(&config_path, config).expect("write config");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_periwire"))
-            .args(["serve", "--listen", "127.0.0.1:0", "-v", "--config"])
-            .arg(&config_path)
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start periwire serve");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut serial_ports = Vec::new();
-        let port = loop {
-            let line = rx
-                .recv_timeout(Duration::from_secs(60))
-                .expect("periwire serve printed its ready line");
-            if let Some(rest) = line.strip_prefix("periwire: serial ") {
-                let (busid, addr) = rest.split_once(" host side on ").expect("serial line");
-                serial_ports.push((busid.to_owned(), port_of(addr)));
-            } else if let Some(rest) = line.strip_prefix("periwire: serving ") {
-                let addr = rest
-                    .split(" on ")
-                    .nth(1)
-                    .expect("address")
-                    .split(' ')
-                    .next()
-                    .unwrap();
-                break port_of(addr);
-            }
-        };
+        std::fs::write(dir.path().join("periwire.toml"), config).expect("write config");
+        let (child, port, serial_ports) = spawn_serve(dir.path(), &data_dir, 0);
         Server {
             child,
             port,
@@ -80,6 +44,20 @@ impl Server {
             data_dir,
             _dir: dir,
         }
+    }
+
+    /// Starts `periwire serve` again after [`Server::stop`]: the same configuration and data
+    /// directory (so the same images), listening on the same port (a client that reconnects
+    /// finds it where it was). Waits for the ready line.
+    pub fn start_again(&mut self) {
+        assert!(!self.is_running(), "start_again after stop");
+        let (child, port, serial_ports) = spawn_serve(self._dir.path(), &self.data_dir, self.port);
+        assert_eq!(
+            port, self.port,
+            "periwire serve listens on its old port again"
+        );
+        self.child = child;
+        self.serial_ports = serial_ports;
     }
 
     /// Runs the `periwire` CLI against this server's data directory.
@@ -131,6 +109,51 @@ impl Drop for Server {
             self.stop();
         }
     }
+}
+
+/// Runs `periwire serve` with `dir`/periwire.toml and `data_dir`, listening on loopback at
+/// `port` (0: any), and waits for its ready line; returns it, its port and its serial ports.
+fn spawn_serve(dir: &Path, data_dir: &Path, port: u16) -> (Child, u16, Vec<(String, u16)>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_periwire"))
+        .arg("serve")
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .args(["-v", "--config"])
+        .arg(dir.join("periwire.toml"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start periwire serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut serial_ports = Vec::new();
+    let port = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("periwire serve printed its ready line");
+        if let Some(rest) = line.strip_prefix("periwire: serial ") {
+            let (busid, addr) = rest.split_once(" host side on ").expect("serial line");
+            serial_ports.push((busid.to_owned(), port_of(addr)));
+        } else if let Some(rest) = line.strip_prefix("periwire: serving ") {
+            let addr = rest
+                .split(" on ")
+                .nth(1)
+                .expect("address")
+                .split(' ')
+                .next()
+                .unwrap();
+            break port_of(addr);
+        }
+    };
+    (child, port, serial_ports)
 }
 
 fn port_of(addr: &str) -> u16 {
@@ -289,3 +312,81 @@ pub fn prefixed_lines(transcript: &[periwire_guest::ConsoleLine], prefix: &str) 
         })
         .collect()
 }
+
+/// A server's devices for the USB/IP scenarios: keyboard 1-1, mouse 1-2, a FAT disk
+/// (`disk.img` of [`prepare_fat_disk`]) 1-3, a serial port 1-4.
+pub const ALL_DEVICES: &str = r#"
+[[device]]
+kind = "keyboard"
+busid = "1-1"
+name = "kbd"
+
+[[device]]
+kind = "mouse"
+busid = "1-2"
+name = "mouse"
+
+[[device]]
+kind = "storage"
+busid = "1-3"
+image = "disk.img"
+
+[[device]]
+kind = "serial"
+busid = "1-4"
+tcp = "127.0.0.1:0"
+"#;
+
+/// The contents of README.TXT on the disk of [`prepare_fat_disk`].
+pub const README_TEXT: &[u8] = b"periwire guest test file\n";
+
+/// Puts `disk.img` into `dir`: a 64 MiB FAT image with README.TXT ([`README_TEXT`]) on it.
+pub fn prepare_fat_disk(dir: &Path) {
+    periwire_usb::storage::create_demo_image(
+        dir.join("disk.img"),
+        64 * 1024 * 1024,
+        &[("README.TXT", README_TEXT)],
+    )
+    .expect("create FAT image");
+}
+
+/// `config` with the `periwire` binary ([`stripped_periwire`]) at /usr/bin/periwire in the
+/// guest, and the shared libraries it loads.
+pub fn with_periwire(mut config: periwire_guest::GuestConfig) -> periwire_guest::GuestConfig {
+    config = config.file("/usr/bin/periwire", 0o755, stripped_periwire());
+    for lib in shared_libraries(env!("CARGO_BIN_EXE_periwire")) {
+        let bytes = std::fs::read(&lib).expect("library");
+        config = config.file(lib, 0o755, bytes);
+    }
+    config
+}
+
+/// Shell functions for bounded waits in a guest scenario.
+pub const GUEST_WAIT_HELPERS: &str = r#"
+# wait_until SECONDS WHAT COMMAND...: run COMMAND every 0.1 s until it succeeds (its output
+# discarded); fail once SECONDS have passed.
+wait_until() {
+    read -r _wu_now _ </proc/uptime
+    _wu_end=$((${_wu_now%.*} + $1))
+    _wu_what=$2
+    shift 2
+    until "$@" >/dev/null; do
+        read -r _wu_now _ </proc/uptime
+        if [ "${_wu_now%.*}" -ge "$_wu_end" ]; then
+            echo "FAILED: timed out waiting for $_wu_what"
+            return 1
+        fi
+        usleep 100000
+    done
+}
+# exited PID: whether process PID has ended (gone, or a zombie).
+exited() { ! [ -e "/proc/$1" ] || grep -q '^[0-9]* ([^)]*) Z' "/proc/$1/stat" 2>/dev/null; }
+# disk_at PATTERN: the SCSI disk whose sysfs path contains PATTERN.
+disk_at() {
+    for b in /sys/block/sd*; do
+        case "$(readlink -f "$b")" in *"$1"*) echo "${b##*/}"; return 0 ;; esac
+    done
+    return 1
+}
+no_disk_at() { ! disk_at "$1" >/dev/null; }
+"#;
