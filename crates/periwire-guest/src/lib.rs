@@ -454,9 +454,12 @@ fn netdev_arg(forwards: &[Forward]) -> String {
         // the connection on its stdin and stdout. The chardev form (`-tcp:127.0.0.1:PORT`)
         // would carry a single connection for QEMU's whole life and never pass a close on.
         // socat with TCP_NODELAY: a relay with Nagle on (busybox nc) meets the peer's delayed
-        // ACKs and adds ~40 ms to every request/response pair. `,,` is QEMU's escaped comma.
+        // ACKs and adds ~40 ms to every request/response pair. socat's own messages go to
+        // /dev/null: QEMU hands the command's stderr to the connection too, so a refused
+        // connect would otherwise reach the guest as bytes of text rather than as a close.
+        // `,,` is QEMU's escaped comma.
         arg.push_str(&format!(
-            ",guestfwd=tcp:{SERVER_ADDR}:{}-cmd:socat -b 262144 STDIO TCP:127.0.0.1:{},,nodelay",
+            ",guestfwd=tcp:{SERVER_ADDR}:{}-cmd:socat -lf /dev/null -b 262144 STDIO TCP:127.0.0.1:{},,nodelay",
             f.guest_port, f.host_port
         ));
     }

@@ -259,12 +259,12 @@ impl Vhci {
         Ok(())
     }
 
-    /// Whether `port` still holds the device with `devid`.
+    /// Whether `port` still holds the device with `devid`. Just after the attach write the
+    /// port shows as not yet assigned, with no devid: that is still ours.
     fn holds(&self, port: u32, devid: u32) -> Result<bool, VhciError> {
-        Ok(self
-            .ports()?
-            .iter()
-            .any(|p| p.number == port && !p.is_free() && p.devid == devid))
+        Ok(self.ports()?.iter().any(|p| {
+            p.number == port && (p.devid == devid && !p.is_free() || p.is_being_assigned())
+        }))
     }
 }
 
@@ -424,7 +424,7 @@ mod tests {
             sysfs.join("status.1"),
             "hub port sta spd dev      sockfd local_busid\n\
              hs  0002 004 000 00000000 000000 0-0\n\
-             ss  0003 004 000 00000000 000000 0-0\n",
+             ss  0003 005 000 00000000 000000 0-0\n",
         )
         .unwrap();
         std::fs::write(sysfs.join("attach"), "").unwrap();
@@ -444,12 +444,14 @@ mod tests {
         };
         vhci.write_record(0, &record).unwrap();
         let attached = vhci.attached().unwrap();
-        assert_eq!(attached.len(), 1);
-        assert_eq!(attached[0].port.number, 0);
+        let numbers: Vec<u32> = attached.iter().map(|a| a.port.number).collect();
+        assert_eq!(numbers, [0, 3], "ports in use, the one being assigned too");
         assert_eq!(attached[0].record.as_ref(), Some(&record));
         assert!(vhci.holds(0, 0x0001_0003).unwrap());
         assert!(!vhci.holds(0, 0x0001_0004).unwrap());
         assert!(!vhci.holds(2, 0).unwrap());
+        // Port 3 is being assigned: the kernel shows no devid yet.
+        assert!(vhci.holds(3, 0x0001_0009).unwrap());
     }
 
     #[test]

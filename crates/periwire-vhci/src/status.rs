@@ -14,6 +14,8 @@ use std::fmt;
 
 /// Port status `VDEV_ST_NULL`: free.
 const STATUS_FREE: u32 = 4;
+/// Port status `VDEV_ST_NOTASSIGNED`: taken by an attach the kernel has not finished.
+const STATUS_NOT_ASSIGNED: u32 = 5;
 
 /// Which root hub of a controller a port is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +47,11 @@ impl Port {
     /// Whether no device is attached.
     pub fn is_free(&self) -> bool {
         self.status == STATUS_FREE
+    }
+
+    /// Whether an attach has taken the port and the kernel is still setting it up.
+    pub fn is_being_assigned(&self) -> bool {
+        self.status == STATUS_NOT_ASSIGNED
     }
 }
 
