@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::{
-    key_presses_until_enter_released, prefixed_lines, sha256, shared_libraries, stripped_periwire,
-    GUEST_INPUT_HELPERS, KEY_ENTER, STEP,
+    key_presses_until_enter_released, prefixed_lines, sha256, with_periwire, GUEST_INPUT_HELPERS,
+    GUEST_WAIT_HELPERS, KEY_ENTER, STEP,
 };
 use periwire_guest::{Guest, GuestConfig};
 
@@ -31,22 +31,6 @@ const TYPED_KEYS: [(&str, u16); 3] = [("h", 35), ("i", 23), ("ret", KEY_ENTER)];
 
 /// Shell helpers of the scenario. Every wait is bounded and says what it waited for.
 const HELPERS: &str = r#"
-# wait_until SECONDS WHAT COMMAND...: run COMMAND every 0.1 s until it succeeds (its output
-# discarded); fail once SECONDS have passed.
-wait_until() {
-    read -r _wu_now _ </proc/uptime
-    _wu_end=$((${_wu_now%.*} + $1))
-    _wu_what=$2
-    shift 2
-    until "$@" >/dev/null; do
-        read -r _wu_now _ </proc/uptime
-        if [ "${_wu_now%.*}" -ge "$_wu_end" ]; then
-            echo "FAILED: timed out waiting for $_wu_what"
-            return 1
-        fi
-        usleep 100000
-    done
-}
 # usb_device VID:PID: the bus id of the device with these IDs that is not a vhci import.
 usb_device() {
     for d in /sys/bus/usb/devices/*; do
@@ -61,14 +45,6 @@ usb_device() {
     return 1
 }
 no_usb_device() { ! usb_device "$1" >/dev/null; }
-# disk_at PATTERN: the SCSI disk whose sysfs path contains PATTERN.
-disk_at() {
-    for b in /sys/block/sd*; do
-        case "$(readlink -f "$b")" in *"$1"*) echo "${b##*/}"; return 0 ;; esac
-    done
-    return 1
-}
-no_disk_at() { ! disk_at "$1" >/dev/null; }
 # keyboard_at PATTERN: the input device of a QEMU keyboard whose sysfs path contains PATTERN.
 keyboard_at() {
     for i in /sys/class/input/input*; do
@@ -101,8 +77,6 @@ vhci_port() {
     usbip port | awk -v want="usbip://127.0.0.1:3240/$1" '$1 == "Port" { p = $2 + 0 } $NF == want { print p; found = 1 } END { exit !found }'
 }
 no_vhci_port() { ! vhci_port "$1" >/dev/null; }
-# exited PID: whether process PID has ended (gone, or a zombie).
-exited() { ! [ -e "/proc/$1" ] || grep -q '^[0-9]* ([^)]*) Z' "/proc/$1/stat" 2>/dev/null; }
 # usbip_ok: whether the server answers a device list (in /tmp/remote).
 usbip_ok() { timeout 20 usbip list -r 127.0.0.1 >/tmp/remote 2>&1; }
 # server_up: usbip_ok, but the scenario fails at once if periwire serve ($server) has exited
@@ -177,7 +151,7 @@ stop_server() {
 /// The scenario: find the xHCI devices, list them, serve them, import and release each.
 fn scenario() -> String {
     format!(
-        r#"{HELPERS}{GUEST_INPUT_HELPERS}
+        r#"{GUEST_WAIT_HELPERS}{HELPERS}{GUEST_INPUT_HELPERS}
         STICK_IDS={STICK_IDS}
         find_stick
         wait_until 60 "the xHCI keyboard" usb_device {KEYBOARD_IDS}
@@ -249,7 +223,7 @@ fn scenario() -> String {
 /// monitor) and plugged back in; it is imported again once it is back.
 fn unplug_scenario() -> String {
     format!(
-        r#"{HELPERS}
+        r#"{GUEST_WAIT_HELPERS}{HELPERS}
         STICK_IDS={STICK_IDS}
         find_stick
         serve "$stick"
@@ -340,7 +314,7 @@ fn stick_image(dir: &Path) -> PathBuf {
 /// A guest running `scenario` with periwire, an xHCI controller and the stick's drive
 /// (`stick`, backed by `image`); `devices` adds the QEMU options of the devices on it.
 fn guest_config(scenario: String, image: &Path, devices: &[&str]) -> GuestConfig {
-    let mut config = GuestConfig::new(scenario)
+    let config = GuestConfig::new(scenario)
         // xHCI first, so its buses are 1 (USB 2) and 2 (USB 3); vhci-hcd's come after.
         .modules(["xhci-pci", "usb-storage", "vfat", "usbhid", "vhci-hcd"])
         .qemu_args([
@@ -350,13 +324,8 @@ fn guest_config(scenario: String, image: &Path, devices: &[&str]) -> GuestConfig
             format!("if=none,id=stick,format=raw,file={}", image.display()),
         ])
         .qemu_args(devices.iter().copied())
-        .timeout(Duration::from_secs(600))
-        .file("/usr/bin/periwire", 0o755, stripped_periwire());
-    for lib in shared_libraries(env!("CARGO_BIN_EXE_periwire")) {
-        let bytes = std::fs::read(&lib).expect("library");
-        config = config.file(lib, 0o755, bytes);
-    }
-    config
+        .timeout(Duration::from_secs(600));
+    with_periwire(config)
 }
 
 /// Waits for the marks of an import of the stick (`what`): its disk is behind vhci-hcd,
