@@ -376,3 +376,84 @@ async fn shutdown_closes_clients_and_returns() {
         .unwrap()
         .unwrap();
 }
+
+/// A source/sink that can refuse imports and be unplugged, as a host device can.
+struct Unpluggable {
+    inner: SourceSink,
+    refuse: std::sync::atomic::AtomicBool,
+    unplugged: tokio::sync::watch::Receiver<bool>,
+}
+
+impl periwire_usb::UsbDevice for Unpluggable {
+    fn info(&self) -> periwire_usb::DeviceInfo {
+        self.inner.info()
+    }
+
+    fn submit(
+        &self,
+        urb: periwire_usb::Urb,
+    ) -> periwire_usb::BoxFuture<'_, periwire_usb::UrbResult> {
+        self.inner.submit(urb)
+    }
+
+    fn attached(&self) -> Result<(), periwire_usb::AttachError> {
+        if self.refuse.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(periwire_usb::AttachError("its driver keeps it".into()));
+        }
+        Ok(())
+    }
+
+    fn gone(&self) -> periwire_usb::BoxFuture<'_, ()> {
+        let mut unplugged = self.unplugged.clone();
+        Box::pin(async move {
+            // A dropped sender means nobody can unplug it any more.
+            if unplugged.wait_for(|gone| *gone).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_refused_attach_is_a_device_error_and_an_unplug_ends_an_idle_session() {
+    let server = start(0, ServerConfig::default()).await;
+    let (inner, _handle) = SourceSink::new();
+    let (unplug, unplugged) = tokio::sync::watch::channel(false);
+    let device = Arc::new(Unpluggable {
+        inner,
+        refuse: std::sync::atomic::AtomicBool::new(true),
+        unplugged,
+    });
+    server
+        .registry
+        .add(Export {
+            busid: busid("2-1"),
+            busnum: 2,
+            devnum: 2,
+            name: "host".into(),
+            device: device.clone(),
+        })
+        .unwrap();
+    let refused = import(&server.addr, &busid("2-1"), TIMEOUT).await;
+    assert!(matches!(
+        refused,
+        Err(periwire_server::client::ClientError::Refused(
+            OpStatus::DeviceError
+        ))
+    ));
+    assert!(!server.registry.is_claimed(&busid("2-1")), "stays free");
+
+    device
+        .refuse
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let client = attach(&server, "2-1").await;
+    // Idle: nothing in flight would notice the unplug.
+    unplug.send(true).unwrap();
+    tokio::time::timeout(TIMEOUT, client.closed())
+        .await
+        .expect("the server closes the connection of an unplugged device")
+        .expect("cleanly");
+    tokio::time::timeout(TIMEOUT, server.registry.wait_until_free(&busid("2-1")))
+        .await
+        .expect("device released");
+}
