@@ -15,7 +15,7 @@ mod passthrough;
 pub use list::{list_devices, HostDeviceSummary};
 pub use passthrough::HostDevice;
 
-/// Why a host device cannot be listed or opened.
+/// Why the host's devices cannot be listed, or one is not there.
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
     /// The system's device list could not be read.
@@ -24,15 +24,6 @@ pub enum HostError {
     /// No device has that bus id.
     #[error("no USB device {0} on this machine (see `periwire list --local`)")]
     NotFound(String),
-    /// The device is there but could not be opened.
-    #[error("opening USB device {busid}: {source}")]
-    Open {
-        /// The device's bus id.
-        busid: String,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
 }
 
 /// Whether this machine has USB at all. A kernel without USB support has no

@@ -63,7 +63,7 @@ impl HostDevice {
     /// The device with bus id `busid` (as `periwire list --local` shows it), which must be
     /// plugged in now. This does not disturb it: its local drivers keep it until a client
     /// imports it.
-    pub fn open(busid: &str) -> Result<Self, HostError> {
+    pub fn new(busid: &str) -> Result<Self, HostError> {
         let found = find(busid)?.ok_or_else(|| HostError::NotFound(busid.to_owned()))?;
         Ok(Self {
             busid: busid.to_owned(),
@@ -72,7 +72,7 @@ impl HostDevice {
         })
     }
 
-    /// The bus id this device was opened by.
+    /// The bus id the device is exported by.
     pub fn busid(&self) -> &str {
         &self.busid
     }

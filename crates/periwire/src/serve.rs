@@ -191,7 +191,7 @@ pub async fn run(args: ServeArgs, data_dir_arg: Option<PathBuf>) -> Result<(), A
             }
             DeviceKind::Host => {
                 let dev =
-                    HostDevice::open(&d.busid).map_err(|e| format!("device {}: {e}", d.busid))?;
+                    HostDevice::new(&d.busid).map_err(|e| format!("device {}: {e}", d.busid))?;
                 (Arc::new(dev), "host")
             }
             DeviceKind::Serial { tcp } => {
