@@ -395,6 +395,48 @@ impl<F: BootFunction> Drop for HidDevice<F> {
     }
 }
 
+/// What each public boot device type (`Keyboard`, `Mouse`) shares: it wraps a `device:
+/// HidDevice<_>` and its handle a `shared: Arc<Shared<_>>`. Gives the device `handle()`, its
+/// [`UsbDevice`](crate::UsbDevice) impl and both `Debug` impls.
+macro_rules! boot_device_wrapper {
+    ($device:ident, $handle:ident) => {
+        impl $device {
+            /// Another handle.
+            pub fn handle(&self) -> $handle {
+                $handle {
+                    shared: self.device.shared(),
+                }
+            }
+        }
+
+        impl std::fmt::Debug for $device {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($device)).finish_non_exhaustive()
+            }
+        }
+
+        impl std::fmt::Debug for $handle {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($handle)).finish_non_exhaustive()
+            }
+        }
+
+        impl $crate::UsbDevice for $device {
+            fn info(&self) -> $crate::DeviceInfo {
+                self.device.info()
+            }
+
+            fn submit(&self, urb: $crate::Urb) -> $crate::BoxFuture<'_, $crate::UrbResult> {
+                self.device.submit(urb)
+            }
+
+            fn detached(&self) {
+                self.device.detached();
+            }
+        }
+    };
+}
+
 /// Identity strings of a boot device.
 pub(crate) struct BootStrings {
     pub(crate) product_id: u16,

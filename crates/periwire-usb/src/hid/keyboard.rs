@@ -7,7 +7,6 @@ use std::sync::Arc;
 use super::class::{Protocol, ReportType};
 use super::device::{BootFunction, BootStrings, HidDevice, Inner, Shared};
 use super::{InputError, KEYBOARD_PRODUCT_ID, PROTOCOL_KEYBOARD, QUEUE_CAPACITY};
-use crate::device::{BoxFuture, DeviceInfo, Urb, UrbResult, UsbDevice};
 
 /// The boot keyboard report descriptor, byte for byte as in HID 1.11 Appendix E.6: an
 /// 8-byte input report (modifier bits, a reserved byte, six key codes 0..=101) and a 1-byte
@@ -383,34 +382,9 @@ impl Keyboard {
         let handle = keyboard.handle();
         (keyboard, handle)
     }
-
-    /// Another handle.
-    pub fn handle(&self) -> KeyboardHandle {
-        KeyboardHandle {
-            shared: self.device.shared(),
-        }
-    }
 }
 
-impl std::fmt::Debug for Keyboard {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Keyboard").finish_non_exhaustive()
-    }
-}
-
-impl UsbDevice for Keyboard {
-    fn info(&self) -> DeviceInfo {
-        self.device.info()
-    }
-
-    fn submit(&self, urb: Urb) -> BoxFuture<'_, UrbResult> {
-        self.device.submit(urb)
-    }
-
-    fn detached(&self) {
-        self.device.detached();
-    }
-}
+boot_device_wrapper!(Keyboard, KeyboardHandle);
 
 /// Types on a [`Keyboard`]. Cloneable; clones share the keyboard's queue.
 ///
@@ -422,12 +396,6 @@ impl UsbDevice for Keyboard {
 #[derive(Clone)]
 pub struct KeyboardHandle {
     shared: Arc<Shared<KeyboardFunction>>,
-}
-
-impl std::fmt::Debug for KeyboardHandle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeyboardHandle").finish_non_exhaustive()
-    }
 }
 
 impl KeyboardHandle {
@@ -515,6 +483,7 @@ mod tests {
     use crate::hid::device::REPORT_INTERVAL;
     use crate::hid::test_util::{control, poll_once, ready_now, urb_in};
     use crate::TransferError;
+    use crate::UsbDevice;
     use std::time::Duration;
 
     #[test]

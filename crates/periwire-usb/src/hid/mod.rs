@@ -27,6 +27,7 @@
 //! a small shared core adds the queue and the [`UsbDevice`](crate::UsbDevice) glue.
 
 pub mod class;
+#[macro_use]
 mod device;
 mod keyboard;
 mod mouse;

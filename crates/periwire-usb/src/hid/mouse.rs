@@ -7,7 +7,6 @@ use std::sync::Arc;
 use super::class::{Protocol, ReportType};
 use super::device::{BootFunction, BootStrings, HidDevice, Inner, Shared};
 use super::{InputError, MOUSE_PRODUCT_ID, PROTOCOL_MOUSE, QUEUE_CAPACITY};
-use crate::device::{BoxFuture, DeviceInfo, Urb, UrbResult, UsbDevice};
 
 /// The mouse report descriptor (52 bytes): three buttons, five bits of padding, then X, Y
 /// and wheel as relative values -127..=127. Its first three bytes are the boot format of
@@ -176,34 +175,9 @@ impl Mouse {
         let handle = mouse.handle();
         (mouse, handle)
     }
-
-    /// Another handle.
-    pub fn handle(&self) -> MouseHandle {
-        MouseHandle {
-            shared: self.device.shared(),
-        }
-    }
 }
 
-impl std::fmt::Debug for Mouse {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Mouse").finish_non_exhaustive()
-    }
-}
-
-impl UsbDevice for Mouse {
-    fn info(&self) -> DeviceInfo {
-        self.device.info()
-    }
-
-    fn submit(&self, urb: Urb) -> BoxFuture<'_, UrbResult> {
-        self.device.submit(urb)
-    }
-
-    fn detached(&self) {
-        self.device.detached();
-    }
-}
+boot_device_wrapper!(Mouse, MouseHandle);
 
 /// Moves and clicks a [`Mouse`]. Cloneable; clones share the mouse's queue and button state.
 ///
@@ -212,12 +186,6 @@ impl UsbDevice for Mouse {
 #[derive(Clone)]
 pub struct MouseHandle {
     shared: Arc<Shared<MouseFunction>>,
-}
-
-impl std::fmt::Debug for MouseHandle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MouseHandle").finish_non_exhaustive()
-    }
 }
 
 impl MouseHandle {
@@ -313,6 +281,7 @@ impl MouseHandle {
 mod tests {
     use super::*;
     use crate::hid::test_util::{control, poll_once, ready_now, urb_in};
+    use crate::UsbDevice;
 
     #[test]
     fn descriptors() {
