@@ -15,15 +15,12 @@ mod passthrough;
 pub use list::{list_devices, HostDeviceSummary};
 pub use passthrough::HostDevice;
 
-/// Why the host's devices cannot be listed, or one is not there.
+/// Why the host's devices cannot be listed.
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
     /// The system's device list could not be read.
     #[error("listing USB devices: {0}")]
     List(#[source] std::io::Error),
-    /// No device has that bus id.
-    #[error("no USB device {0} on this machine (see `periwire list --local`)")]
-    NotFound(String),
 }
 
 /// Whether this machine has USB at all. A kernel without USB support has no

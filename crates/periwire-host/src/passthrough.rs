@@ -60,16 +60,21 @@ impl std::fmt::Debug for HostDevice {
 }
 
 impl HostDevice {
-    /// The device with bus id `busid` (as `periwire list --local` shows it), which must be
-    /// plugged in now. This does not disturb it: its local drivers keep it until a client
-    /// imports it.
+    /// The device at bus id `busid` (as `periwire list --local` shows it), whether or not
+    /// one is plugged in there now: the device list shows it while it is. This does not
+    /// disturb it: its local drivers keep it until a client imports it.
     pub fn new(busid: &str) -> Result<Self, HostError> {
-        let found = find(busid)?.ok_or_else(|| HostError::NotFound(busid.to_owned()))?;
+        let found = find(busid)?;
         Ok(Self {
             busid: busid.to_owned(),
             claimed: Mutex::new(None),
-            last_info: Mutex::new(device_info(&found)),
+            last_info: Mutex::new(found.as_ref().map_or_else(absent_info, device_info)),
         })
+    }
+
+    /// Whether a device is plugged in at the bus id now.
+    pub fn is_plugged(&self) -> bool {
+        matches!(find(&self.busid), Ok(Some(_)))
     }
 
     /// The bus id the device is exported by.
@@ -385,6 +390,10 @@ impl UsbDevice for HostDevice {
         last.clone()
     }
 
+    fn present(&self) -> bool {
+        self.claimed().is_some() || self.is_plugged()
+    }
+
     fn submit(&self, urb: Urb) -> BoxFuture<'_, UrbResult> {
         Box::pin(async move {
             if urb.endpoint == 0 {
@@ -443,6 +452,22 @@ fn find(busid: &str) -> Result<Option<nusb::DeviceInfo>, HostError> {
         .wait()
         .map_err(|e| HostError::List(e.into()))?
         .find(|d| crate::busid(d).as_deref() == Some(busid)))
+}
+
+/// A record for a device never seen: the device list leaves it out until it is plugged in.
+fn absent_info() -> DeviceInfo {
+    DeviceInfo {
+        speed: periwire_usb::device::Speed::Unknown,
+        vendor_id: 0,
+        product_id: 0,
+        device_version: 0,
+        class: 0,
+        subclass: 0,
+        protocol: 0,
+        configuration_value: 0,
+        num_configurations: 0,
+        interfaces: Vec::new(),
+    }
 }
 
 /// What the device list shows of a device, from what the OS knows of it (sysfs on Linux)

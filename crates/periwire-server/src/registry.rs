@@ -121,6 +121,12 @@ impl Registry {
         self.lock().exports.clone()
     }
 
+    /// The exports a client may import now, in the order added: the device list.
+    pub fn present(&self) -> Vec<Export> {
+        let exports = self.exports();
+        exports.into_iter().filter(|e| e.device.present()).collect()
+    }
+
     /// Whether a client holds `busid`.
     pub fn is_claimed(&self, busid: &BusId) -> bool {
         self.lock().claimed.contains(busid)
@@ -135,6 +141,9 @@ impl Registry {
             .find(|e| &e.busid == busid)
             .cloned()
             .ok_or_else(|| ImportError::NoDevice(busid.clone()))?;
+        if !export.device.present() {
+            return Err(ImportError::NoDevice(busid.clone()));
+        }
         if !inner.claimed.insert(busid.clone()) {
             return Err(ImportError::Busy(busid.clone()));
         }

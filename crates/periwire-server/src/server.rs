@@ -133,7 +133,7 @@ async fn handle_connection(
     match request {
         OpRequest::Devlist => {
             debug!(%peer, "device list");
-            let list = registry.exports().iter().map(|e| e.listing()).collect();
+            let list = registry.present().iter().map(|e| e.listing()).collect();
             OpReply::Devlist(list).encode(&mut out);
             stream.write_all(&out).await?;
             Ok(())

@@ -403,6 +403,10 @@ impl periwire_usb::UsbDevice for Unpluggable {
         Ok(())
     }
 
+    fn present(&self) -> bool {
+        !*self.unplugged.borrow()
+    }
+
     fn gone(&self) -> periwire_usb::BoxFuture<'_, ()> {
         let mut unplugged = self.unplugged.clone();
         Box::pin(async move {
@@ -456,4 +460,15 @@ async fn a_refused_attach_is_a_device_error_and_an_unplug_ends_an_idle_session()
     tokio::time::timeout(TIMEOUT, server.registry.wait_until_free(&busid("2-1")))
         .await
         .expect("device released");
+
+    // While unplugged it is not listed, and an import is refused as no such device.
+    let listed = list_devices(&server.addr, TIMEOUT).await.unwrap();
+    assert!(listed.is_empty(), "{listed:?}");
+    let gone = import(&server.addr, &busid("2-1"), TIMEOUT).await;
+    assert!(matches!(
+        gone,
+        Err(periwire_server::client::ClientError::Refused(
+            OpStatus::NoDevice
+        ))
+    ));
 }

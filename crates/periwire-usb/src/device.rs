@@ -170,6 +170,13 @@ pub trait UsbDevice: Send + Sync + 'static {
     /// What the device list shows.
     fn info(&self) -> DeviceInfo;
 
+    /// Whether the device is there to be imported. The device list leaves out one that is
+    /// not, and an import of it is refused as no such device: a host device unplugged, or not
+    /// yet plugged in. Virtual devices are always there.
+    fn present(&self) -> bool {
+        true
+    }
+
     /// Carries out one URB.
     fn submit(&self, urb: Urb) -> BoxFuture<'_, UrbResult>;
 

@@ -192,6 +192,12 @@ pub async fn run(args: ServeArgs, data_dir_arg: Option<PathBuf>) -> Result<(), A
             DeviceKind::Host => {
                 let dev =
                     HostDevice::new(&d.busid).map_err(|e| format!("device {}: {e}", d.busid))?;
+                if !dev.is_plugged() {
+                    println!(
+                        "periwire: host device {} is not plugged in; it is exported once it is",
+                        d.busid
+                    );
+                }
                 (Arc::new(dev), "host")
             }
             DeviceKind::Serial { tcp } => {

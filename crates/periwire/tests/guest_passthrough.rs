@@ -639,6 +639,11 @@ fn host_stick_unplugged_while_imported_ends_its_session_and_is_imported_again_wh
         !ports.contains(&format!("/{stick}")),
         "the vhci port of the unplugged stick is free:\n{ports}"
     );
+    let listed = prefixed_lines(guest.transcript(), "UNPLUGGED-LIST ").join("\n");
+    assert!(
+        !listed.contains(&format!("{stick}:")),
+        "the server's device list leaves out the unplugged stick:\n{listed}"
+    );
 
     // Plugged back into the same port: QEMU deleted the drive with the device, so the
     // image comes back as a new drive.
