@@ -1,6 +1,8 @@
 //! A USB/IP client: the device list, the import handshake, and a pipelining URB client.
 
 use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -8,7 +10,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use periwire_wire::usbip::{
     BusId, CmdSubmit, CmdUnlink, DeviceRecord, Direction, ExportedDevice, Limits, OpReply,
-    OpRequest, OpStatus, PendingUrb, SubmitHeader, UrbReply,
+    OpRequest, OpStatus, PendingUrb, SubmitHeader, UrbReply, USBIP_PORT,
 };
 use tokio::io::AsyncWriteExt;
 
@@ -38,6 +40,58 @@ pub enum ClientError {
     /// The server did not answer in time.
     #[error("server did not answer within {0:?}")]
     Timeout(Duration),
+}
+
+/// A USB/IP server as the user names it: `HOST` or `HOST:PORT` (IPv6 in brackets).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Remote {
+    /// Host name or address, as given (brackets kept for IPv6).
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+}
+
+impl Remote {
+    /// Parses `HOST`, `HOST:PORT`, `[V6]` or `[V6]:PORT`; the port defaults to 3240.
+    pub fn parse(text: &str) -> Result<Remote, String> {
+        if let Ok(addr) = text.parse::<SocketAddr>() {
+            let host = match addr {
+                SocketAddr::V4(a) => a.ip().to_string(),
+                SocketAddr::V6(a) => format!("[{}]", a.ip()),
+            };
+            return Ok(Remote {
+                host,
+                port: addr.port(),
+            });
+        }
+        if let Ok(std::net::IpAddr::V6(ip)) = text.parse() {
+            return Ok(Remote {
+                host: format!("[{ip}]"),
+                port: USBIP_PORT,
+            });
+        }
+        let (host, port) = match text.rsplit_once(':') {
+            Some((host, port)) if !text.ends_with(']') && !host.contains(':') => (
+                host,
+                port.parse()
+                    .map_err(|_| format!("{text:?}: {port:?} is not a port number"))?,
+            ),
+            _ => (text, USBIP_PORT),
+        };
+        if host.is_empty() {
+            return Err(format!("{text:?}: no host"));
+        }
+        Ok(Remote {
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+impl fmt::Display for Remote {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
 }
 
 async fn request(stream: &mut TcpStream, req: OpRequest) -> Result<OpReply, ClientError> {
@@ -285,4 +339,23 @@ impl UrbClient {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remotes_parse_as_users_write_them() {
+        let r = |s: &str| Remote::parse(s).map(|r| r.to_string());
+        assert_eq!(r("10.0.2.100").unwrap(), "10.0.2.100:3240");
+        assert_eq!(r("10.0.2.100:4000").unwrap(), "10.0.2.100:4000");
+        assert_eq!(r("server.lan").unwrap(), "server.lan:3240");
+        assert_eq!(r("server.lan:99").unwrap(), "server.lan:99");
+        assert_eq!(r("[::1]:3241").unwrap(), "[::1]:3241");
+        assert_eq!(r("[::1]").unwrap(), "[::1]:3240");
+        assert_eq!(r("::1").unwrap(), "[::1]:3240");
+        assert!(r("server:port").unwrap_err().contains("not a port number"));
+        assert!(r(":3240").unwrap_err().contains("no host"));
+    }
 }

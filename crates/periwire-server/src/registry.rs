@@ -134,16 +134,18 @@ impl Registry {
 
     /// Takes `busid` for one client.
     pub fn claim(&self, busid: &BusId) -> Result<Claim, ImportError> {
-        let mut inner = self.lock();
-        let export = inner
+        let export = self
+            .lock()
             .exports
             .iter()
             .find(|e| &e.busid == busid)
             .cloned()
             .ok_or_else(|| ImportError::NoDevice(busid.clone()))?;
+        // Outside the lock: a host device looks itself up in the OS.
         if !export.device.present() {
             return Err(ImportError::NoDevice(busid.clone()));
         }
+        let mut inner = self.lock();
         if !inner.claimed.insert(busid.clone()) {
             return Err(ImportError::Busy(busid.clone()));
         }

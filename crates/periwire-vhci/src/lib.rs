@@ -9,16 +9,15 @@
 
 pub mod status;
 
-use std::fmt;
 use std::io::Write;
-use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use periwire_server::client::{self, ClientError};
-use periwire_wire::usbip::{BusId, DeviceRecord, USBIP_PORT};
+use periwire_wire::usbip::{BusId, DeviceRecord};
 
+pub use periwire_server::client::Remote;
 pub use status::{Port, Record};
 
 /// Why an attach, detach or listing failed.
@@ -56,58 +55,6 @@ pub enum VhciError {
         #[source]
         source: ClientError,
     },
-}
-
-/// A USB/IP server as the user names it: `HOST` or `HOST:PORT` (IPv6 in brackets).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Remote {
-    /// Host name or address, as given (brackets kept for IPv6).
-    pub host: String,
-    /// TCP port.
-    pub port: u16,
-}
-
-impl Remote {
-    /// Parses `HOST`, `HOST:PORT`, `[V6]` or `[V6]:PORT`; the port defaults to 3240.
-    pub fn parse(text: &str) -> Result<Remote, String> {
-        if let Ok(addr) = text.parse::<SocketAddr>() {
-            let host = match addr {
-                SocketAddr::V4(a) => a.ip().to_string(),
-                SocketAddr::V6(a) => format!("[{}]", a.ip()),
-            };
-            return Ok(Remote {
-                host,
-                port: addr.port(),
-            });
-        }
-        if let Ok(std::net::IpAddr::V6(ip)) = text.parse() {
-            return Ok(Remote {
-                host: format!("[{ip}]"),
-                port: USBIP_PORT,
-            });
-        }
-        let (host, port) = match text.rsplit_once(':') {
-            Some((host, port)) if !text.ends_with(']') && !host.contains(':') => (
-                host,
-                port.parse()
-                    .map_err(|_| format!("{text:?}: {port:?} is not a port number"))?,
-            ),
-            _ => (text, USBIP_PORT),
-        };
-        if host.is_empty() {
-            return Err(format!("{text:?}: no host"));
-        }
-        Ok(Remote {
-            host: host.to_owned(),
-            port,
-        })
-    }
-}
-
-impl fmt::Display for Remote {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.host, self.port)
-    }
 }
 
 /// A vhci port in use, with where its device came from when that was recorded.
@@ -394,20 +341,6 @@ pub async fn keep_attached(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn remotes_parse_as_users_write_them() {
-        let r = |s: &str| Remote::parse(s).map(|r| r.to_string());
-        assert_eq!(r("10.0.2.100").unwrap(), "10.0.2.100:3240");
-        assert_eq!(r("10.0.2.100:4000").unwrap(), "10.0.2.100:4000");
-        assert_eq!(r("server.lan").unwrap(), "server.lan:3240");
-        assert_eq!(r("server.lan:99").unwrap(), "server.lan:99");
-        assert_eq!(r("[::1]:3241").unwrap(), "[::1]:3241");
-        assert_eq!(r("[::1]").unwrap(), "[::1]:3240");
-        assert_eq!(r("::1").unwrap(), "[::1]:3240");
-        assert!(r("server:port").unwrap_err().contains("not a port number"));
-        assert!(r(":3240").unwrap_err().contains("no host"));
-    }
 
     /// A fake sysfs directory with two controllers' status tables.
     fn fake(dir: &Path) -> Vhci {

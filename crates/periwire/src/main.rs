@@ -343,7 +343,7 @@ fn list_local(json: bool) -> Result<(), AnyError> {
 }
 
 async fn list(remote: &str, json: bool) -> Result<(), AnyError> {
-    let addr = periwire_vhci::Remote::parse(remote)?.to_string();
+    let addr = periwire_server::client::Remote::parse(remote)?.to_string();
     let devices = periwire_server::client::list_devices(&addr, Duration::from_secs(10)).await?;
     if json {
         let rows: Vec<_> = devices

@@ -464,22 +464,7 @@ impl Controller {
                         key_type,
                     },
                 );
-                self.set_auth(
-                    handle,
-                    Auth::Confirm {
-                        initiator: true,
-                        link_key,
-                        key_type,
-                        mine: None,
-                        theirs: None,
-                    },
-                );
-                self.push_event(HciEvent::UserConfirmationRequest(
-                    w::UserConfirmationRequest {
-                        bd_addr: addr,
-                        numeric_value,
-                    },
-                ));
+                self.ask_confirmation(handle, addr, true, link_key, key_type, numeric_value);
             }
             LinkPdu::IoCapabilityReject { reason } => {
                 let Some((handle, Auth::AwaitPeerIoCap { .. })) = self.auth_of(from) else {
@@ -498,22 +483,7 @@ impl Controller {
                 let Some(addr) = self.connections.get(&handle).map(|c| c.peer_addr) else {
                     return;
                 };
-                self.set_auth(
-                    handle,
-                    Auth::Confirm {
-                        initiator: false,
-                        link_key,
-                        key_type,
-                        mine: None,
-                        theirs: None,
-                    },
-                );
-                self.push_event(HciEvent::UserConfirmationRequest(
-                    w::UserConfirmationRequest {
-                        bd_addr: addr,
-                        numeric_value,
-                    },
-                ));
+                self.ask_confirmation(handle, addr, false, link_key, key_type, numeric_value);
             }
             LinkPdu::PairingConfirm { accepted } => {
                 let Some((handle, mut auth)) = self.auth_of(from) else {
@@ -783,6 +753,34 @@ impl Controller {
     fn auth_by_addr(&self, addr: BdAddr) -> Option<(u16, Auth)> {
         let h = self.conn_by_addr(addr)?;
         Some((h, self.connections.get(&h)?.auth.clone()))
+    }
+
+    /// Both sides hold the pairing values: wait for the host's yes or no to `numeric_value`.
+    fn ask_confirmation(
+        &mut self,
+        handle: u16,
+        addr: BdAddr,
+        initiator: bool,
+        link_key: [u8; 16],
+        key_type: u8,
+        numeric_value: u32,
+    ) {
+        self.set_auth(
+            handle,
+            Auth::Confirm {
+                initiator,
+                link_key,
+                key_type,
+                mine: None,
+                theirs: None,
+            },
+        );
+        self.push_event(HciEvent::UserConfirmationRequest(
+            w::UserConfirmationRequest {
+                bd_addr: addr,
+                numeric_value,
+            },
+        ));
     }
 
     fn set_auth(&mut self, handle: u16, auth: Auth) {

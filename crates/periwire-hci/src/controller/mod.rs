@@ -771,25 +771,12 @@ impl Controller {
                 self.send(Dest::Broadcast, LinkPdu::Inquiry);
             }
         }
-        let expired: Vec<BdAddr> = self
-            .pages
-            .iter()
-            .filter(|(_, t)| **t <= now)
-            .map(|(a, _)| *a)
-            .collect();
-        for addr in expired {
-            self.pages.remove(&addr);
+        for (addr, _) in take_due(&mut self.pages, |t| *t <= now) {
             self.send(Dest::BrEdr(addr), LinkPdu::PageCancel);
             self.connection_complete_failed(ErrorCode::PageTimeout, addr);
         }
-        let expired: Vec<(BdAddr, AdapterId)> = self
-            .incoming
-            .iter()
-            .filter(|(_, i)| i.deadline <= now)
-            .map(|(a, i)| (*a, i.from))
-            .collect();
-        for (addr, from) in expired {
-            self.incoming.remove(&addr);
+        for (addr, incoming) in take_due(&mut self.incoming, |i| i.deadline <= now) {
+            let from = incoming.from;
             let reason = ErrorCode::ConnectionAcceptTimeoutExceeded;
             self.send(
                 Dest::Adapter(from),
@@ -800,14 +787,7 @@ impl Controller {
             );
             self.connection_complete_failed(reason, addr);
         }
-        let expired: Vec<BdAddr> = self
-            .name_requests
-            .iter()
-            .filter(|(_, t)| **t <= now)
-            .map(|(a, _)| *a)
-            .collect();
-        for addr in expired {
-            self.name_requests.remove(&addr);
+        for (addr, _) in take_due(&mut self.name_requests, |t| *t <= now) {
             self.push_event(HciEvent::RemoteNameRequestComplete(
                 crate::wire::RemoteNameRequestComplete {
                     status: ErrorCode::PageTimeout,
@@ -1030,4 +1010,16 @@ pub const INQUIRY_PROBE_INTERVAL: Duration = Duration::from_millis(1280);
 /// Baseband slots (0.625 ms) as a duration.
 fn slots(n: u16) -> Duration {
     Duration::from_micros(625 * u64::from(n))
+}
+
+/// Removes and returns the entries of `map` that are `due`, in key order.
+fn take_due<V>(map: &mut BTreeMap<BdAddr, V>, due: impl Fn(&V) -> bool) -> Vec<(BdAddr, V)> {
+    let keys: Vec<BdAddr> = map
+        .iter()
+        .filter(|(_, v)| due(v))
+        .map(|(k, _)| *k)
+        .collect();
+    keys.into_iter()
+        .filter_map(|k| map.remove(&k).map(|v| (k, v)))
+        .collect()
 }
