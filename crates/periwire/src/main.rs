@@ -29,7 +29,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the USB/IP server exporting the configured virtual devices.
+    /// Run the USB/IP server exporting the configured devices (virtual and host).
     Serve(serve::ServeArgs),
     /// List the devices a USB/IP server exports, or (--local) this machine's USB devices.
     List {
