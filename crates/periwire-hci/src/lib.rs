@@ -20,9 +20,11 @@
 #![warn(missing_docs)]
 
 pub mod controller;
+pub mod medium;
 pub mod radio;
 pub mod wire;
 
 pub use controller::{Controller, ControllerConfig, ToHost};
-pub use radio::{AdapterId, Radio};
+pub use medium::AdapterId;
+pub use radio::Radio;
 pub use wire::{BdAddr, HciCommand, HciEvent};

@@ -9,7 +9,7 @@ use super::{
     slots, Auth, Connection, Controller, Inquiry, LeConnecting, LeEnc, PendingLeConnection, Role,
     Scanning, FILTER_ACCEPT_LIST_SIZE, INQUIRY_PROBE_INTERVAL,
 };
-use crate::radio::{Advertisement, Dest, LinkPdu, Transport};
+use crate::medium::{Advertisement, Dest, LinkPdu, Transport};
 use crate::wire::{self as w, BdAddr, ErrorCode, Field, HciCommand, HciEvent, Opcode};
 
 /// A handler: synchronous (answered by Command Complete) or asynchronous (Command Status).

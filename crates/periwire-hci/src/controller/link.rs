@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use super::handlers::HCI_VERSION;
 use super::{slots, Auth, Connection, Controller, Incoming, LeConnecting, LeEnc, Role};
-use crate::radio::{AdapterId, Advertisement, Dest, LinkPdu, Transport};
+use crate::medium::{AdapterId, Advertisement, Dest, LinkPdu, Transport};
 use crate::wire::{self as w, BdAddr, ClassOfDevice, Counted, ErrorCode, HciEvent, LenBytes};
 
 /// RSSI reported for every simulated peer, in dBm.

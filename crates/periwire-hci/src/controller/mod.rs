@@ -18,7 +18,7 @@ pub mod supported;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use crate::radio::{AdapterId, Dest, LinkPdu, Transmit, Transport};
+use crate::medium::{AdapterId, Dest, LinkPdu, Transmit, Transport};
 use crate::wire::{
     AclRepr, BdAddr, ClassOfDevice, CommandPacket, ErrorCode, HciCommand, HciEvent, LeMetaEvent,
     Opcode, PacketBoundary, PacketError,
