@@ -20,6 +20,8 @@
 #![warn(missing_docs)]
 
 pub mod controller;
+pub mod host_link;
+pub mod l2cap;
 pub mod medium;
 pub mod radio;
 pub mod wire;

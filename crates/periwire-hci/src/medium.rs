@@ -3,7 +3,7 @@
 //! A controller talks to the world only through [`LinkPdu`]s: it hands [`Transmit`]s out of
 //! `poll_transmit` and takes PDUs in through `handle_link`. Two media implement the other
 //! side: the simulated [`Radio`](crate::radio::Radio), which routes PDUs between
-//! controllers, and the host link (`host_link`), which answers them for the remote
+//! controllers, and the host link ([`crate::host_link`]), which answers them for the remote
 //! devices the host's own Bluetooth stack reaches. This module sits below all three, so none
 //! of them imports another (quinn-proto's `shared.rs` plays the same role).
 

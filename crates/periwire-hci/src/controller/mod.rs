@@ -55,6 +55,10 @@ pub struct ControllerConfig {
     pub max_events_to_host: usize,
     /// Company_Identifier reported by Read Local Version Information.
     pub company_identifier: u16,
+    /// Mixed into the seed of the controller's random numbers (link keys, numeric values).
+    /// Zero keeps a simulation reproducible; a controller whose keys protect something real
+    /// (a proxy key on the host link) gets entropy from the runtime.
+    pub entropy: u64,
 }
 
 impl ControllerConfig {
@@ -74,6 +78,7 @@ impl ControllerConfig {
             max_events_to_host: 1024,
             // The Linux Foundation: a neutral identifier that triggers no vendor quirk.
             company_identifier: 0x05f1,
+            entropy: 0,
         }
     }
 }
@@ -432,7 +437,9 @@ const LE_META_EVENT_BIT: u32 = 61;
 impl Controller {
     /// A controller in its power-on state.
     pub fn new(id: AdapterId, config: ControllerConfig) -> Self {
-        let seed = config.address.to_u64() ^ (id.0.wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1;
+        let seed =
+            config.address.to_u64() ^ (id.0.wrapping_mul(0x9e37_79b9_7f4a_7c15)) ^ config.entropy
+                | 1;
         let host = HostState::new(&config);
         let mut c = Self {
             id,

@@ -8,7 +8,7 @@ use super::*;
 use crate::controller::supported::SUPPORTED_COMMAND_BITS;
 use crate::medium::*;
 use crate::wire::{self as w, HciCommand, HciEvent, LeMetaEvent};
-use crate::wire::{BdAddr, ClassOfDevice, ErrorCode};
+use crate::wire::{BdAddr, ErrorCode};
 
 /// The hosts' view: events and ACL each adapter's host received, not yet consumed.
 struct Bed {
