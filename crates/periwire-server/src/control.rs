@@ -249,8 +249,8 @@ impl ControlState {
                                 handle: l.handle,
                                 peer: l.peer_address.to_string(),
                                 transport: match l.transport {
-                                    periwire_hci::radio::Transport::BrEdr => "BR/EDR",
-                                    periwire_hci::radio::Transport::Le => "LE",
+                                    periwire_hci::medium::Transport::BrEdr => "BR/EDR",
+                                    periwire_hci::medium::Transport::Le => "LE",
                                 }
                                 .to_owned(),
                                 role: format!("{:?}", l.role).to_lowercase(),
