@@ -390,3 +390,267 @@ disk_at() {
 }
 no_disk_at() { ! disk_at "$1" >/dev/null; }
 "#;
+
+// ---------------------------------------------------------------------------------------------
+// Host-linked ("socket-backed") Bluetooth guests: BlueZ's btvirt makes two BR/EDR controllers
+// on one emulated radio inside the guest; hci0 plays the host's physical adapter, hci1 a
+// remote device. bluetoothd (on a private D-Bus system bus) runs the SDP server and stores
+// link keys.
+// ---------------------------------------------------------------------------------------------
+
+/// Kernel modules of a host-linked Bluetooth guest: the core, `/dev/vhci` (btvirt's and
+/// periwire's way in), RFCOMM (rctest) and the ciphers the kernel's SMP asks for by name.
+/// Their dependencies (rfkill, ecdh_generic, ...) come from `modules.dep`.
+pub const BT_HOST_MODULES: &[&str] = &["bluetooth", "hci_vhci", "rfcomm", "cmac", "ecb"];
+
+/// BlueZ and D-Bus programs a host-linked Bluetooth guest gets besides the harness's own
+/// (`btmgmt`, `hciconfig`, `hcitool`, `l2ping`, `l2test`).
+pub const BT_HOST_BINARIES: &[&str] = &[
+    "/usr/bin/btvirt",
+    "/usr/bin/rctest",
+    "/usr/bin/rfcomm",
+    "/usr/bin/sdptool",
+    "/usr/bin/bluetoothctl",
+    "/usr/libexec/bluetooth/bluetoothd",
+    "/usr/bin/dbus-daemon",
+];
+
+/// The guest's D-Bus system bus: root only, everything allowed (the default Debian policy
+/// needs the `messagebus` user and the per-service files; none of that matters in a guest).
+const GUEST_DBUS_CONF: &str = r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <listen>unix:path=/run/dbus/system_bus_socket</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <allow own="*"/>
+    <allow send_type="method_call"/>
+    <allow send_destination="*"/>
+    <allow receive_sender="*"/>
+  </policy>
+</busconfig>
+"#;
+
+/// `config` with the host binaries `binaries` at the same paths in the guest, and the shared
+/// libraries they load (each library once).
+pub fn with_host_binaries(
+    mut config: periwire_guest::GuestConfig,
+    binaries: &[&str],
+) -> periwire_guest::GuestConfig {
+    let mut libs = std::collections::BTreeSet::new();
+    for &binary in binaries {
+        let bytes = std::fs::read(binary).unwrap_or_else(|e| {
+            panic!("{binary}: {e}; run scripts/install-test-deps (bluez, bluez-test-tools, dbus-daemon)")
+        });
+        config = config.file(binary, 0o755, bytes);
+        for lib in shared_libraries(binary) {
+            if libs.insert(lib.clone()) {
+                let bytes = std::fs::read(&lib).expect("library");
+                config = config.file(lib, 0o755, bytes);
+            }
+        }
+    }
+    config
+}
+
+/// `config` made a host-linked Bluetooth guest: [`BT_HOST_MODULES`], [`BT_HOST_BINARIES`] and
+/// the files bluetoothd and dbus-daemon need (`/etc/passwd`, `/etc/group`,
+/// `/etc/machine-id`, `/etc/periwire/dbus.conf`). The scenario brings it up with the shell
+/// functions of [`BT_HOST_HELPERS`]. Add [`with_periwire`] to run periwire in it too.
+pub fn with_bt_host(config: periwire_guest::GuestConfig) -> periwire_guest::GuestConfig {
+    with_host_binaries(config.modules(BT_HOST_MODULES.iter().copied()), BT_HOST_BINARIES)
+        .file("/etc/periwire/dbus.conf", 0o644, GUEST_DBUS_CONF)
+        .file("/etc/passwd", 0o644, "root:x:0:0:root:/root:/bin/sh\n")
+        .file("/etc/group", 0o644, "root:x:0:\n")
+        .file(
+            "/etc/machine-id",
+            0o644,
+            "7065726977697265677565737400000a\n",
+        )
+}
+
+/// Shell functions of a host-linked Bluetooth guest ([`with_bt_host`]); needs
+/// [`GUEST_WAIT_HELPERS`] before it. Logs go to `/tmp/bt/`.
+///
+/// - `bt_host_up [nodaemon]`: starts `btvirt -B -l2` (hci0, hci1), the D-Bus system bus and
+///   `bluetoothd -n -C` (unless `nodaemon`), sets both controllers to NoInputNoOutput
+///   (`io-cap 3`), bondable, powered; hci1 connectable and discoverable (page and inquiry
+///   scan). Sets `$BT_HCI0` and `$BT_HCI1` to their addresses and prints
+///   `BT-ADDR hci0 <addr>` and `BT-ADDR hci1 <addr>`. Call it before periwire registers its
+///   own vhci adapter, so that btvirt's two are hci0 and hci1.
+/// - `bt_start_receivers`: on hci1, `l2test -r` on PSM `$BT_L2_PSM` (4113 = 0x1011),
+///   `l2test -w` (sends `$BT_L2_FRAMES` frames of `$BT_L2_FRAME` bytes to whoever connects)
+///   on `$BT_L2_PSM_W`, `rctest -r` on channel `$BT_RC_CH`, `rctest -w` on `$BT_RC_CH_W`;
+///   registers a Serial Port SDP record for `$BT_RC_CH`; waits until all listen; prints
+///   `BT-RECEIVERS-READY`. Logs: `l2r.log`, `l2w.log`, `rcr.log`, `rcw.log`.
+/// - `bt_sum_bytes LOG`: the sum of the `N bytes in T sec, R kB/s` lines of an l2test or
+///   rctest log.
+/// - `bt_wait_bytes SECONDS LOG TOTAL`: waits until `bt_sum_bytes LOG` reaches `TOTAL`.
+/// - `bt_uptime`: seconds since boot (`/proc/uptime`, centiseconds).
+/// - `bt_dump PREFIX LOG`: prints `LOG` with each line prefixed.
+///
+/// Receivers print one line per `$BT_L2_CHUNK` / `$BT_RC_CHUNK` bytes (their `-b`, ten frames),
+/// so a transfer of a multiple of ten frames is counted exactly. l2test checks each frame's
+/// sequence number, length and pattern (`seq missmatch`, `size missmatch`,
+/// `data missmatch` otherwise; BlueZ 5.66 spells it so); rctest checks nothing (its checks are
+/// compiled out), so RFCOMM content is compared with `cmp` where possible (`rctest -a`, see
+/// [`rctest_stream`]).
+pub const BT_HOST_HELPERS: &str = r#"
+BT_L2_PSM=${BT_L2_PSM:-4113}
+BT_L2_PSM_W=${BT_L2_PSM_W:-4115}
+BT_L2_FRAME=${BT_L2_FRAME:-600}
+BT_L2_FRAMES=${BT_L2_FRAMES:-300}
+BT_L2_CHUNK=$((BT_L2_FRAME * 10))
+BT_RC_CH=${BT_RC_CH:-11}
+BT_RC_CH_W=${BT_RC_CH_W:-12}
+BT_RC_FRAME=${BT_RC_FRAME:-1000}
+BT_RC_FRAMES=${BT_RC_FRAMES:-200}
+BT_RC_CHUNK=$((BT_RC_FRAME * 10))
+mkdir -p /tmp/bt
+bt_uptime() { read -r _bt_up _ </proc/uptime; echo "$_bt_up"; }
+bt_dump() { sed "s/^/$1 /" "$2"; }
+bt_addr() { btmgmt --index "$1" info | sed -n 's/.*addr \([0-9A-F:]*\) .*/\1/p'; }
+bt_sum_bytes() {
+    awk '{ for (i = 2; i < NF; i++) if ($i == "bytes" && $(i + 1) == "in") s += $(i - 1) }
+         END { print s + 0 }' "$1" 2>/dev/null || echo 0
+}
+bt_has_bytes() { [ "$(bt_sum_bytes "$1")" -ge "$2" ]; }
+bt_wait_bytes() {
+    wait_until "$1" "$3 bytes in $2" bt_has_bytes "$2" "$3" || { bt_dump FAILED-LOG "$2"; return 1; }
+}
+bt_logged() { grep -q "$2" "$1" 2>/dev/null; }
+bt_mgmt_has() { btmgmt --index "$1" info 2>/dev/null | grep -q "$2"; }
+bt_host_up() {
+    btvirt -B -l2 >/tmp/bt/btvirt.log 2>&1 &
+    wait_until 60 "btvirt's hci0 and hci1" test -e /sys/class/bluetooth/hci1 -a -e /sys/class/bluetooth/hci0
+    wait_until 60 "mgmt index 0" bt_mgmt_has 0 "addr "
+    wait_until 60 "mgmt index 1" bt_mgmt_has 1 "addr "
+    if [ "${1:-}" != nodaemon ]; then
+        mkdir -p /run/dbus /var/lib/bluetooth
+        dbus-daemon --config-file=/etc/periwire/dbus.conf --nofork --nopidfile --nosyslog \
+            >/tmp/bt/dbus.log 2>&1 &
+        wait_until 60 "the D-Bus system bus" test -S /run/dbus/system_bus_socket
+        # -C: the deprecated SDP socket /run/sdp, for `sdptool add`.
+        /usr/libexec/bluetooth/bluetoothd -n -C >/tmp/bt/bluetoothd.log 2>&1 &
+        # bluetoothd sets the name once it has taken the adapter over (it powers nothing
+        # itself: no main.conf, so no AutoEnable).
+        wait_until 60 "bluetoothd on hci0" bt_mgmt_has 0 "name BlueZ"
+        wait_until 60 "bluetoothd on hci1" bt_mgmt_has 1 "name BlueZ"
+    fi
+    for _bt_i in 0 1; do
+        btmgmt --index $_bt_i io-cap 3 >/dev/null
+        btmgmt --index $_bt_i bondable on >/dev/null
+        btmgmt --index $_bt_i ssp on >/dev/null
+        btmgmt --index $_bt_i power on >/dev/null
+    done
+    btmgmt --index 1 connectable on >/dev/null
+    btmgmt --index 1 discov on >/dev/null
+    BT_HCI0=$(bt_addr 0)
+    BT_HCI1=$(bt_addr 1)
+    export BT_HCI0 BT_HCI1
+    echo "BT-ADDR hci0 $BT_HCI0"
+    echo "BT-ADDR hci1 $BT_HCI1"
+}
+bt_start_receivers() {
+    l2test -r -i hci1 -P "$BT_L2_PSM" -b "$BT_L2_CHUNK" >/tmp/bt/l2r.log 2>&1 &
+    l2test -w -i hci1 -P "$BT_L2_PSM_W" -b "$BT_L2_FRAME" -N "$BT_L2_FRAMES" -g 600000 \
+        >/tmp/bt/l2w.log 2>&1 &
+    rctest -r -i hci1 -P "$BT_RC_CH" -b "$BT_RC_CHUNK" >/tmp/bt/rcr.log 2>&1 &
+    rctest -w -i hci1 -P "$BT_RC_CH_W" -b "$BT_RC_FRAME" -N "$BT_RC_FRAMES" -L 30 \
+        >/tmp/bt/rcw.log 2>&1 &
+    for _bt_l in l2r l2w rcr rcw; do
+        wait_until 60 "$_bt_l listening" bt_logged /tmp/bt/$_bt_l.log "Waiting for connection"
+    done
+    if [ -S /run/sdp ]; then
+        sdptool add --channel="$BT_RC_CH" SP >/dev/null
+    fi
+    echo BT-RECEIVERS-READY
+}
+"#;
+
+/// What an l2test or rctest receiver reported: the sum of its `N bytes in T sec, R kB/s`
+/// lines.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TransferRate {
+    /// Bytes the lines count.
+    pub bytes: u64,
+    /// Receiving time, in seconds: each line's bytes over its rate (more precise than its
+    /// `T sec`, which has two decimals).
+    pub secs: f64,
+    /// Lines found.
+    pub lines: usize,
+}
+
+impl TransferRate {
+    /// The rate over all lines, in kB/s as l2test counts them (1 kB = 1024 bytes).
+    pub fn kb_per_sec(&self) -> f64 {
+        if self.secs > 0.0 {
+            self.bytes as f64 / 1024.0 / self.secs
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Sums the `N bytes in T sec, R kB/s` lines of an l2test or rctest receiver log (any line
+/// prefix, such as `l2test[174]: ` or a scenario's `L2R `, is skipped).
+pub fn parse_transfer_rate(log: &str) -> TransferRate {
+    let mut rate = TransferRate {
+        bytes: 0,
+        secs: 0.0,
+        lines: 0,
+    };
+    for line in log.lines() {
+        let Some(pos) = line.find(" bytes in ") else {
+            continue;
+        };
+        let Some(bytes) = line[..pos]
+            .rsplit(|c: char| !c.is_ascii_digit())
+            .next()
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        let rest = &line[pos + " bytes in ".len()..];
+        let mut words = rest.split_whitespace();
+        let secs: Option<f64> = words.next().and_then(|s| s.parse().ok());
+        // "sec," then "R" then "kB/s"
+        let kbps: Option<f64> = words.nth(1).and_then(|s| s.parse().ok());
+        let line_secs = match (kbps, secs) {
+            (Some(r), _) if r > 0.0 && r.is_finite() => bytes as f64 / 1024.0 / r,
+            (_, Some(s)) => s,
+            _ => continue,
+        };
+        rate.bytes += bytes;
+        rate.secs += line_secs;
+        rate.lines += 1;
+    }
+    rate
+}
+
+/// The overall rate in kB/s (1024 bytes) of an l2test receiver log; see
+/// [`parse_transfer_rate`]. rctest logs have the same format.
+pub fn parse_l2test_rate(log: &str) -> f64 {
+    parse_transfer_rate(log).kb_per_sec()
+}
+
+/// Whether an l2test receiver log reports a corrupted frame (sequence, size or data; BlueZ
+/// 5.66 writes `missmatch`, later versions `mismatch`).
+pub fn l2test_reports_mismatch(log: &str) -> bool {
+    log.contains("missmatch") || log.contains("mismatch")
+}
+
+/// The byte stream `rctest -s`/`-w`/`-a` sends with `-b frame -N frames` (no `-B`): each frame
+/// is its sequence number (le32), its size (le16), then 0x7f bytes.
+pub fn rctest_stream(frame: usize, frames: u32) -> Vec<u8> {
+    assert!(frame >= 6, "rctest frames hold a 6-byte header");
+    let mut out = Vec::with_capacity(frame * frames as usize);
+    for seq in 0..frames {
+        out.extend_from_slice(&seq.to_le_bytes());
+        out.extend_from_slice(&(frame as u16).to_le_bytes());
+        out.resize(out.len() + frame - 6, 0x7f);
+    }
+    out
+}
