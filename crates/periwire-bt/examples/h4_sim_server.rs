@@ -7,7 +7,7 @@
 //!
 //! Every client that connects gets its own adapter (00:50:57:00:00:00 + n) on one radio.
 
-use periwire_bt::{AdapterPlan, BdAddr, H4Server, SharedRadio};
+use periwire_bt::{AdapterPlan, BdAddr, H4Server, Medium, SharedRadio};
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
@@ -21,13 +21,18 @@ async fn main() -> std::io::Result<()> {
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     let base = BdAddr::parse_str("00:50:57:00:00:00").unwrap_or_default();
     let radio = SharedRadio::new();
-    let server = H4Server::bind_tcp(tcp, radio.clone(), AdapterPlan::new(base, "periwire")).await?;
+    let server = H4Server::bind_tcp(
+        tcp,
+        Medium::Simulated(radio.clone()),
+        AdapterPlan::new(base, "periwire"),
+    )
+    .await?;
     println!("listening on tcp {}", server.local_addr().unwrap_or(tcp));
     let unix = match args.next() {
         Some(path) => {
             let s = H4Server::bind_unix(
                 path.as_ref(),
-                radio.clone(),
+                Medium::Simulated(radio.clone()),
                 AdapterPlan::new(base, "periwire-unix"),
             )?;
             println!("listening on unix {path}");

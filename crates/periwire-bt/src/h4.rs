@@ -13,7 +13,7 @@ use periwire_hci::{BdAddr, ControllerConfig};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixListener};
 
-use crate::{AdapterHandle, SharedRadio};
+use crate::{AdapterHandle, Medium};
 
 /// Why an H4 session ended with an error.
 #[derive(Debug, thiserror::Error)]
@@ -160,40 +160,36 @@ enum Listener {
 }
 
 /// Accepts H4 clients over TCP or a Unix socket; each client drives its own controller on
-/// the shared radio for as long as it stays connected.
+/// the medium for as long as it stays connected.
 #[derive(Debug)]
 pub struct H4Server {
     listener: Listener,
-    radio: SharedRadio,
+    medium: Medium,
     plan: Arc<AdapterPlan>,
     slots: Arc<Mutex<BTreeSet<usize>>>,
 }
 
 impl H4Server {
     /// Listens on a TCP address (use port 0 for any free port).
-    pub async fn bind_tcp(
-        addr: SocketAddr,
-        radio: SharedRadio,
-        plan: AdapterPlan,
-    ) -> io::Result<Self> {
+    pub async fn bind_tcp(addr: SocketAddr, medium: Medium, plan: AdapterPlan) -> io::Result<Self> {
         let l = TcpListener::bind(addr).await?;
-        Ok(Self::new(Listener::Tcp(l), radio, plan))
+        Ok(Self::new(Listener::Tcp(l), medium, plan))
     }
 
     /// Listens on a Unix socket path (removed again when the server is dropped).
-    pub fn bind_unix(path: &Path, radio: SharedRadio, plan: AdapterPlan) -> io::Result<Self> {
+    pub fn bind_unix(path: &Path, medium: Medium, plan: AdapterPlan) -> io::Result<Self> {
         let l = UnixListener::bind(path)?;
         Ok(Self::new(
             Listener::Unix(l, path.to_path_buf()),
-            radio,
+            medium,
             plan,
         ))
     }
 
-    fn new(listener: Listener, radio: SharedRadio, plan: AdapterPlan) -> Self {
+    fn new(listener: Listener, medium: Medium, plan: AdapterPlan) -> Self {
         Self {
             listener,
-            radio,
+            medium,
             plan: Arc::new(plan),
             slots: Arc::default(),
         }
@@ -246,7 +242,7 @@ impl H4Server {
             );
             return;
         };
-        let adapter = self.radio.attach(self.plan.config(slot));
+        let adapter = self.medium.attach(self.plan.config(slot));
         let slots = self.slots.clone();
         tokio::spawn(async move {
             match serve_h4(&adapter, stream).await {

@@ -9,6 +9,8 @@ use periwire_hci::radio::RadioError;
 use periwire_hci::{AdapterId, ControllerConfig, Radio};
 use tokio::sync::Notify;
 
+use crate::AdapterHandle;
+
 struct State {
     radio: Radio,
     wakers: HashMap<AdapterId, Arc<Notify>>,
@@ -55,6 +57,10 @@ impl SharedRadio {
 
     /// Attaches a new controller with `config` and returns its handle.
     pub fn attach(&self, config: ControllerConfig) -> AdapterHandle {
+        AdapterHandle::from(self.attach_radio(config))
+    }
+
+    pub(crate) fn attach_radio(&self, config: ControllerConfig) -> RadioAdapter {
         let notify = Arc::new(Notify::new());
         let id = {
             let mut st = self.lock();
@@ -63,7 +69,7 @@ impl SharedRadio {
             id
         };
         tracing::info!(adapter = %id, "Bluetooth adapter attached");
-        AdapterHandle {
+        RadioAdapter {
             radio: self.clone(),
             id,
             notify,
@@ -149,29 +155,24 @@ async fn timer_task(inner: Weak<Inner>, timer: Arc<Notify>) {
 
 /// One controller attached to the shared radio. Dropping it detaches the adapter: its peers
 /// see their links to it drop (Connection Timeout).
-pub struct AdapterHandle {
+pub(crate) struct RadioAdapter {
     radio: SharedRadio,
     id: AdapterId,
     notify: Arc<Notify>,
 }
 
-impl std::fmt::Debug for AdapterHandle {
+impl std::fmt::Debug for RadioAdapter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AdapterHandle")
+        f.debug_struct("RadioAdapter")
             .field("id", &self.id)
             .finish()
     }
 }
 
-impl AdapterHandle {
+impl RadioAdapter {
     /// The adapter's id on the radio.
     pub fn id(&self) -> AdapterId {
         self.id
-    }
-
-    /// The radio it is attached to.
-    pub fn radio(&self) -> &SharedRadio {
-        &self.radio
     }
 
     /// Hands an HCI command packet (no transport framing) to the controller.
@@ -206,7 +207,7 @@ impl AdapterHandle {
     }
 }
 
-impl Drop for AdapterHandle {
+impl Drop for RadioAdapter {
     fn drop(&mut self) {
         let id = self.id;
         self.radio.with(|r| {

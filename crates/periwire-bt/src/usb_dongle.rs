@@ -26,7 +26,7 @@ use periwire_usb::{
 };
 use tokio::sync::Notify;
 
-use crate::{AdapterHandle, ControllerConfig, SharedRadio};
+use crate::{AdapterHandle, ControllerConfig, Medium};
 
 /// Event endpoint (interrupt IN).
 pub const EP_EVENTS: u8 = 0x81;
@@ -191,12 +191,12 @@ pub fn descriptors(address: BdAddr) -> DeviceDescriptors {
 const HCI_RESET: [u8; 3] = [0x03, 0x0c, 0x00];
 
 impl UsbDongle {
-    /// A dongle whose controller has `config`, attached to `radio`.
-    pub fn new(radio: &SharedRadio, config: ControllerConfig) -> Self {
+    /// A dongle whose controller has `config`, attached to `medium`.
+    pub fn new(medium: &Medium, config: ControllerConfig) -> Self {
         let standard = StandardRequests::new(descriptors(config.address));
         Self {
             standard,
-            adapter: radio.attach(config),
+            adapter: medium.attach(config),
             demux: Mutex::new(Demux::default()),
             changed: Notify::new(),
             puller: tokio::sync::Mutex::new(()),
@@ -402,7 +402,7 @@ mod tests {
 
     #[tokio::test]
     async fn reset_is_answered_on_the_event_endpoint_in_16_byte_pieces() {
-        let radio = SharedRadio::new();
+        let radio = crate::Medium::Simulated(crate::SharedRadio::new());
         let dongle = UsbDongle::new(&radio, config(1));
         dongle.attached().unwrap();
         dongle.submit(hci_command(&HCI_RESET)).await.unwrap();
@@ -435,7 +435,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_pending_acl_in_does_not_hold_up_events() {
-        let radio = SharedRadio::new();
+        let radio = crate::Medium::Simulated(crate::SharedRadio::new());
         let dongle = std::sync::Arc::new(UsbDongle::new(&radio, config(2)));
         // An ACL IN URB waits, as btusb keeps one pending (it may be the one pulling).
         let waiting = dongle.clone();
@@ -456,7 +456,7 @@ mod tests {
 
     #[tokio::test]
     async fn malformed_commands_stall_instead_of_panicking() {
-        let radio = SharedRadio::new();
+        let radio = crate::Medium::Simulated(crate::SharedRadio::new());
         let dongle = UsbDongle::new(&radio, config(3));
         for bad in [vec![], vec![0x03], vec![0x03, 0x0c, 0x05, 0x00]] {
             let r = dongle.submit(hci_command(&bad)).await;
@@ -516,7 +516,7 @@ mod timer_tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn inquiry_completes_on_time() {
-        let radio = SharedRadio::new();
+        let radio = crate::Medium::Simulated(crate::SharedRadio::new());
         let a = std::sync::Arc::new(UsbDongle::new(
             &radio,
             ControllerConfig::new(BdAddr([1, 0, 0, 0, 0, 0])),

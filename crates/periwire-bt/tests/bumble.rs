@@ -10,7 +10,7 @@ use std::process::Stdio;
 use std::sync::Once;
 use std::time::Duration;
 
-use periwire_bt::{AdapterPlan, BdAddr, H4Server, SharedRadio};
+use periwire_bt::{AdapterPlan, BdAddr, H4Server, Medium, SharedRadio};
 use tokio::process::Command;
 
 const BASE: &str = "00:50:57:AA:00:00";
@@ -52,9 +52,13 @@ fn ensure_bumble() {
 async fn tcp_server() -> (SharedRadio, u16) {
     let radio = SharedRadio::new();
     let plan = AdapterPlan::new(BdAddr::parse_str(BASE).unwrap(), "periwire-test");
-    let server = H4Server::bind_tcp("127.0.0.1:0".parse().unwrap(), radio.clone(), plan)
-        .await
-        .expect("bind");
+    let server = H4Server::bind_tcp(
+        "127.0.0.1:0".parse().unwrap(),
+        Medium::Simulated(radio.clone()),
+        plan,
+    )
+    .await
+    .expect("bind");
     let port = server.local_addr().unwrap().port();
     tokio::spawn(server.run());
     (radio, port)
@@ -129,7 +133,7 @@ async fn bumble_over_a_unix_socket() {
     let path = dir.path().join("hci.sock");
     let radio = SharedRadio::new();
     let plan = AdapterPlan::new(BdAddr::parse_str("00:50:57:BB:00:00").unwrap(), "unix");
-    let server = H4Server::bind_unix(&path, radio.clone(), plan).unwrap();
+    let server = H4Server::bind_unix(&path, Medium::Simulated(radio.clone()), plan).unwrap();
     tokio::spawn(server.run());
     let transport = format!("unix:{}", path.display());
     let out = python(

@@ -36,6 +36,15 @@ pub enum RadioError {
     Acl(#[from] AclError),
 }
 
+impl From<crate::host_link::HostLinkError> for RadioError {
+    fn from(e: crate::host_link::HostLinkError) -> Self {
+        match e {
+            crate::host_link::HostLinkError::Command(c) => Self::Command(c),
+            crate::host_link::HostLinkError::Acl(a) => Self::Acl(a),
+        }
+    }
+}
+
 /// The most PDUs routed in one call before the radio assumes a loop and drops the rest.
 const MAX_ROUTED_PER_CALL: usize = 1 << 20;
 

@@ -120,8 +120,29 @@ pub struct AdapterStatus {
     pub address: String,
     /// Local name (as the host last set it).
     pub name: String,
+    /// Its medium: `simulated` or `host:hciN`.
+    #[serde(default)]
+    pub link: String,
     /// Its links.
     pub links: Vec<LinkStatus>,
+    /// Its L2CAP channels, each one host socket (host-linked adapters only).
+    #[serde(default)]
+    pub channels: Vec<ChannelStatus>,
+}
+
+/// One L2CAP channel of a host-linked adapter in an adapters reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelStatus {
+    /// The remote device.
+    pub remote: String,
+    /// The PSM.
+    pub psm: u16,
+    /// Whether it carries data yet.
+    pub open: bool,
+    /// Payload bytes from the guest to the remote.
+    pub bytes_to_remote: u64,
+    /// Payload bytes from the remote to the guest.
+    pub bytes_to_guest: u64,
 }
 
 /// A response on the control socket.
@@ -137,7 +158,7 @@ pub enum ControlResponse {
     },
     /// The Bluetooth adapters.
     Adapters {
-        /// Every adapter on the simulated radio.
+        /// Every adapter, simulated and host-linked.
         adapters: Vec<AdapterStatus>,
     },
     /// The request failed.
@@ -169,8 +190,27 @@ pub struct ControlState {
     pub keyboards: Vec<NamedInput<KeyboardHandle>>,
     /// Mice.
     pub mice: Vec<NamedInput<MouseHandle>>,
-    /// The simulated Bluetooth radio, if any adapter is configured.
+    /// The simulated Bluetooth radio, if any adapter is configured on it.
     pub radio: Option<periwire_bt::SharedRadio>,
+    /// The host links of host-linked adapters, one per host controller.
+    pub host_media: Vec<periwire_bt::host::HostMedium>,
+}
+
+fn link_statuses(links: Vec<periwire_hci::controller::LinkInfo>) -> Vec<LinkStatus> {
+    links
+        .into_iter()
+        .map(|l| LinkStatus {
+            handle: l.handle,
+            peer: l.peer_address.to_string(),
+            transport: match l.transport {
+                periwire_hci::medium::Transport::BrEdr => "BR/EDR",
+                periwire_hci::medium::Transport::Le => "LE",
+            }
+            .to_owned(),
+            role: format!("{:?}", l.role).to_lowercase(),
+            encrypted: l.encrypted,
+        })
+        .collect()
 }
 
 fn pick<'a, H>(
@@ -234,7 +274,7 @@ impl ControlState {
                 return ControlResponse::Status { devices };
             }
             ControlRequest::Adapters => {
-                let adapters = self
+                let mut adapters: Vec<AdapterStatus> = self
                     .radio
                     .as_ref()
                     .map(|r| r.adapters())
@@ -243,22 +283,32 @@ impl ControlState {
                     .map(|(_, address, name, links)| AdapterStatus {
                         address: address.to_string(),
                         name,
-                        links: links
-                            .into_iter()
-                            .map(|l| LinkStatus {
-                                handle: l.handle,
-                                peer: l.peer_address.to_string(),
-                                transport: match l.transport {
-                                    periwire_hci::medium::Transport::BrEdr => "BR/EDR",
-                                    periwire_hci::medium::Transport::Le => "LE",
-                                }
-                                .to_owned(),
-                                role: format!("{:?}", l.role).to_lowercase(),
-                                encrypted: l.encrypted,
-                            })
-                            .collect(),
+                        link: "simulated".to_owned(),
+                        links: link_statuses(links),
+                        channels: Vec::new(),
                     })
                     .collect();
+                for medium in &self.host_media {
+                    adapters.extend(medium.adapters().into_iter().map(|a| {
+                        AdapterStatus {
+                            address: a.address.to_string(),
+                            name: a.name,
+                            link: format!("host:hci{}", a.host.index),
+                            links: link_statuses(a.links),
+                            channels: a
+                                .channels
+                                .into_iter()
+                                .map(|c| ChannelStatus {
+                                    remote: c.remote.to_string(),
+                                    psm: c.psm,
+                                    open: c.open,
+                                    bytes_to_remote: c.bytes_to_remote,
+                                    bytes_to_guest: c.bytes_to_guest,
+                                })
+                                .collect(),
+                        }
+                    }));
+                }
                 return ControlResponse::Adapters { adapters };
             }
             ControlRequest::WaitReleased { busid, timeout_ms } => {
@@ -449,6 +499,7 @@ mod tests {
             }],
             mice: Vec::new(),
             radio: None,
+            host_media: Vec::new(),
         };
         let typed = |device: Option<&str>| ControlRequest::Type {
             device: device.map(str::to_owned),

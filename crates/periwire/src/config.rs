@@ -28,6 +28,12 @@
 //! transport = "usb"                   # usb (a dongle over USB/IP) | tcp | unix (HCI H4) | vhci
 //! busid = "1-5"
 //! address = "00:50:57:00:00:01"       # optional; derived from the name otherwise
+//!
+//! [[adapter]]                         # a virtual adapter whose remotes are the host's
+//! name = "vm2-bt"
+//! transport = "vhci"
+//! link = "host"                       # simulated (the default) | host
+//! host_adapter = "hci0"               # hciN or the host controller's BD_ADDR
 //! ```
 
 use std::net::SocketAddr;
@@ -75,8 +81,8 @@ pub struct Config {
     pub adapters: Vec<AdapterConfig>,
 }
 
-/// A virtual Bluetooth adapter: an emulated controller on periwire's simulated radio, reached
-/// through one transport.
+/// A virtual Bluetooth adapter: an emulated controller on one medium (periwire's simulated
+/// radio or the host's Bluetooth stack), reached through one transport.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(try_from = "RawAdapter")]
 pub struct AdapterConfig {
@@ -87,6 +93,20 @@ pub struct AdapterConfig {
     pub address: Option<BdAddr>,
     /// How hosts reach it.
     pub transport: AdapterTransport,
+    /// Where its remote devices are.
+    pub link: AdapterLink,
+}
+
+/// The medium of a virtual Bluetooth adapter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdapterLink {
+    /// periwire's simulated radio, shared with the other simulated adapters.
+    Simulated,
+    /// The host's Bluetooth stack: each channel is one socket on this host controller.
+    Host {
+        /// `hciN` or the controller's BD_ADDR.
+        adapter: String,
+    },
 }
 
 /// How a host reaches a virtual Bluetooth adapter.
@@ -140,6 +160,8 @@ struct RawAdapter {
     busid: Option<String>,
     listen: Option<SocketAddr>,
     path: Option<PathBuf>,
+    link: Option<String>,
+    host_adapter: Option<String>,
 }
 
 impl TryFrom<RawAdapter> for AdapterConfig {
@@ -187,10 +209,30 @@ impl TryFrom<RawAdapter> for AdapterConfig {
                     .unwrap_or_else(|| periwire_bt::vhci::DEFAULT_PATH.into()),
             },
         };
+        let link = match (raw.link.as_deref().unwrap_or("simulated"), raw.host_adapter) {
+            ("simulated", None) => AdapterLink::Simulated,
+            ("host", Some(adapter)) => AdapterLink::Host { adapter },
+            ("host", None) => {
+                return Err(format!(
+                    "adapter {name}: link \"host\" needs `host_adapter` (hciN or a BD_ADDR)"
+                ))
+            }
+            ("simulated", Some(_)) => {
+                return Err(format!(
+                    "adapter {name}: `host_adapter` only applies to link \"host\""
+                ))
+            }
+            (other, _) => {
+                return Err(format!(
+                    "adapter {name}: unknown link {other:?} (simulated, host)"
+                ))
+            }
+        };
         Ok(AdapterConfig {
             name,
             address: raw.address,
             transport,
+            link,
         })
     }
 }
@@ -529,6 +571,28 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("invalid Bluetooth address"));
+        let host: Config = toml::from_str(
+            "[[adapter]]\nname = \"h\"\ntransport = \"vhci\"\nlink = \"host\"\nhost_adapter = \"hci0\"",
+        )
+        .unwrap();
+        assert_eq!(
+            host.adapters[0].link,
+            AdapterLink::Host {
+                adapter: "hci0".to_owned()
+            }
+        );
+        for (text, error) in [
+            ("link = \"host\"", "needs `host_adapter`"),
+            ("host_adapter = \"hci0\"", "only applies to link"),
+            ("link = \"radio\"", "unknown link"),
+        ] {
+            let e = toml::from_str::<Config>(&format!(
+                "[[adapter]]\nname = \"h\"\ntransport = \"vhci\"\n{text}"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains(error), "{text}: {e}");
+        }
     }
 
     #[test]

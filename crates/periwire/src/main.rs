@@ -121,12 +121,19 @@ fn print_adapters(
         println!("no Bluetooth adapters");
     }
     for a in adapters {
-        println!("{}  {}", a.address, a.name);
+        println!("{}  {}  ({})", a.address, a.name, a.link);
         for l in &a.links {
             let encrypted = if l.encrypted { ", encrypted" } else { "" };
             println!(
                 "    handle {:#06x}  {} {} as {}{}",
                 l.handle, l.transport, l.peer, l.role, encrypted
+            );
+        }
+        for c in &a.channels {
+            let state = if c.open { "open" } else { "opening" };
+            println!(
+                "    channel psm {:#06x} to {}  {}  {} B sent, {} B received",
+                c.psm, c.remote, state, c.bytes_to_remote, c.bytes_to_guest
             );
         }
     }

@@ -4,8 +4,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use periwire_bt::host::{HostAdapter, HostMedium};
 use periwire_bt::usb_dongle::UsbDongle;
-use periwire_bt::{AdapterPlan, ControllerConfig, H4Server, SharedRadio};
+use periwire_bt::{AdapterPlan, ControllerConfig, H4Server, Medium, SharedRadio};
 use periwire_host::HostDevice;
 use periwire_server::control::{ControlState, NamedInput};
 use periwire_server::{Export, Registry, ServerConfig};
@@ -16,11 +17,16 @@ use periwire_usb::UsbDevice;
 use periwire_wire::usbip::{BusId, USBIP_PORT};
 use tokio::net::TcpListener;
 
-use crate::config::{AdapterConfig, AdapterTransport, ByteSize, Config, DeviceConfig, DeviceKind};
+use crate::config::{
+    AdapterConfig, AdapterLink, AdapterTransport, ByteSize, Config, DeviceConfig, DeviceKind,
+};
 use crate::AnyError;
 
 /// File name of the control socket inside the data directory.
 pub const CONTROL_SOCKET: &str = "control.sock";
+/// Directory under the data directory that holds the proxy link keys of host-linked
+/// Bluetooth adapters, one file per emulated controller.
+pub const BT_KEYS_DIR: &str = "bt-keys";
 
 /// Size of the demo disk image.
 const DEMO_DISK_SIZE: u64 = 64 * 1024 * 1024;
@@ -95,6 +101,7 @@ fn demo_adapters() -> Vec<AdapterConfig> {
         transport: AdapterTransport::Usb {
             busid: "1-5".into(),
         },
+        link: AdapterLink::Simulated,
     }]
 }
 
@@ -229,15 +236,43 @@ pub async fn run(args: ServeArgs, data_dir_arg: Option<PathBuf>) -> Result<(), A
         control.kinds.push((d.busid.clone(), kind.to_owned()));
     }
 
-    let radio = (!config.adapters.is_empty()).then(SharedRadio::new);
+    let simulated = config
+        .adapters
+        .iter()
+        .any(|a| a.link == AdapterLink::Simulated)
+        .then(SharedRadio::new);
+    // One medium per host controller named, shared by the adapters on it.
+    let mut host_media: Vec<(String, HostMedium)> = Vec::new();
     for a in &config.adapters {
-        let Some(radio) = &radio else { break };
+        let medium = match &a.link {
+            AdapterLink::Simulated => match &simulated {
+                Some(radio) => Medium::Simulated(radio.clone()),
+                None => continue,
+            },
+            AdapterLink::Host { adapter } => {
+                let host = HostAdapter::resolve(adapter)
+                    .map_err(|e| format!("adapter {}: host adapter {adapter}: {e}", a.name))?;
+                let medium = match host_media.iter().find(|(_, m)| m.host() == host) {
+                    Some((_, m)) => m.clone(),
+                    None => {
+                        let m = HostMedium::new(host, data_dir.join(BT_KEYS_DIR));
+                        host_media.push((adapter.clone(), m.clone()));
+                        m
+                    }
+                };
+                println!(
+                    "periwire: adapter {} links through host adapter hci{} ({})",
+                    a.name, host.index, host.address
+                );
+                Medium::Host(medium)
+            }
+        };
         let address = a.address.map_or_else(|| address_for(&a.name), |a| a.0);
         match &a.transport {
             AdapterTransport::Usb { busid } => {
                 let mut controller = ControllerConfig::new(address);
                 controller.name = a.name.clone();
-                let dongle = UsbDongle::new(radio, controller);
+                let dongle = UsbDongle::new(&medium, controller);
                 registry
                     .add(Export {
                         busid: BusId::new(busid)?,
@@ -251,7 +286,7 @@ pub async fn run(args: ServeArgs, data_dir_arg: Option<PathBuf>) -> Result<(), A
             }
             AdapterTransport::Tcp { listen } => {
                 let server =
-                    H4Server::bind_tcp(*listen, radio.clone(), AdapterPlan::new(address, &a.name))
+                    H4Server::bind_tcp(*listen, medium, AdapterPlan::new(address, &a.name))
                         .await
                         .map_err(|e| format!("adapter {}: listening on {listen}: {e}", a.name))?;
                 if let Some(addr) = server.local_addr() {
@@ -266,7 +301,7 @@ pub async fn run(args: ServeArgs, data_dir_arg: Option<PathBuf>) -> Result<(), A
                 controller.name = a.name.clone();
                 let vhci = periwire_bt::vhci::Vhci::open(path)
                     .map_err(|e| format!("adapter {}: {}: {e}", a.name, path.display()))?;
-                let adapter = radio.attach(controller);
+                let adapter = medium.attach(controller);
                 let (name, path) = (a.name.clone(), path.clone());
                 bridges.push(tokio::spawn(async move {
                     let registered =
@@ -278,12 +313,8 @@ pub async fn run(args: ServeArgs, data_dir_arg: Option<PathBuf>) -> Result<(), A
             }
             AdapterTransport::Unix { path } => {
                 let path = resolve(&data_dir, path);
-                let server = H4Server::bind_unix(
-                    &path,
-                    radio.clone(),
-                    AdapterPlan::new(address, &a.name),
-                )
-                .map_err(|e| format!("adapter {}: socket {}: {e}", a.name, path.display()))?;
+                let server = H4Server::bind_unix(&path, medium, AdapterPlan::new(address, &a.name))
+                    .map_err(|e| format!("adapter {}: socket {}: {e}", a.name, path.display()))?;
                 println!(
                     "periwire: adapter {} HCI H4 on unix {}",
                     a.name,
@@ -295,7 +326,8 @@ pub async fn run(args: ServeArgs, data_dir_arg: Option<PathBuf>) -> Result<(), A
             }
         }
     }
-    control.radio = radio;
+    control.radio = simulated;
+    control.host_media = host_media.into_iter().map(|(_, m)| m).collect();
 
     let socket = data_dir.join(CONTROL_SOCKET);
     let control_listener = periwire_server::control::bind(&socket)

@@ -460,15 +460,18 @@ pub fn with_host_binaries(
 /// `/etc/machine-id`, `/etc/periwire/dbus.conf`). The scenario brings it up with the shell
 /// functions of [`BT_HOST_HELPERS`]. Add [`with_periwire`] to run periwire in it too.
 pub fn with_bt_host(config: periwire_guest::GuestConfig) -> periwire_guest::GuestConfig {
-    with_host_binaries(config.modules(BT_HOST_MODULES.iter().copied()), BT_HOST_BINARIES)
-        .file("/etc/periwire/dbus.conf", 0o644, GUEST_DBUS_CONF)
-        .file("/etc/passwd", 0o644, "root:x:0:0:root:/root:/bin/sh\n")
-        .file("/etc/group", 0o644, "root:x:0:\n")
-        .file(
-            "/etc/machine-id",
-            0o644,
-            "7065726977697265677565737400000a\n",
-        )
+    with_host_binaries(
+        config.modules(BT_HOST_MODULES.iter().copied()),
+        BT_HOST_BINARIES,
+    )
+    .file("/etc/periwire/dbus.conf", 0o644, GUEST_DBUS_CONF)
+    .file("/etc/passwd", 0o644, "root:x:0:0:root:/root:/bin/sh\n")
+    .file("/etc/group", 0o644, "root:x:0:\n")
+    .file(
+        "/etc/machine-id",
+        0o644,
+        "7065726977697265677565737400000a\n",
+    )
 }
 
 /// Shell functions of a host-linked Bluetooth guest ([`with_bt_host`]); needs

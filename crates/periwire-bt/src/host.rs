@@ -1,0 +1,753 @@
+//! The host link's runtime: each emulated controller whose medium is the host's own Bluetooth
+//! stack, with every L2CAP channel it opens carried by one host `SOCK_SEQPACKET` socket.
+//!
+//! [`periwire_hci::HostLinkedAdapter`] holds the protocol; this module executes the
+//! [`HostAction`]s it asks for with real sockets bound to the chosen host controller, and feeds
+//! their outcomes back. One driver task per adapter owns every socket task of that adapter, so
+//! dropping the adapter (a VM shut down, an H4 client gone) closes exactly its own sockets.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use bluer::l2cap::{SeqPacket, Socket, SocketAddr};
+use periwire_hci::controller::{LinkInfo, ToHost};
+use periwire_hci::host_link::{
+    ChannelInfo, ConnectFailure, HostAction, HostLinkedAdapter, SecurityLevel, SocketId,
+};
+use periwire_hci::radio::RadioError;
+use periwire_hci::wire::ErrorCode;
+use periwire_hci::{AdapterId, BdAddr, ControllerConfig};
+use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinSet;
+
+use crate::sys;
+
+/// The PSM every BR/EDR device answers or refuses at once: SDP (Assigned Numbers, 5.2). A
+/// connection to it is how the host checks a remote is reachable and raises a link's
+/// security, without opening anything the remote's user would notice.
+const PSM_SDP: u16 = 0x0001;
+/// How long a page or a channel connection may take before the remote counts as unreachable
+/// (the kernel's own L2CAP connect timeout is 40 s).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long pairing through the host may take (a user may be confirming a passkey).
+const SECURE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a remote name request may take.
+const NAME_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a host inquiry runs for the guest (the guest's own inquiry length is not known to
+/// the link; this is what `hcitool scan` uses).
+const INQUIRY_LENGTH: Duration = Duration::from_millis(10_240);
+/// Adapter ids of host-linked adapters: far from the simulated radio's counter, which starts
+/// at 1, so the two never name the same adapter in logs.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1 << 40);
+
+/// The host controller a host link rides on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostAdapter {
+    /// Its index, the N of `hciN`.
+    pub index: u16,
+    /// Its BD_ADDR, which every socket of the link binds to.
+    pub address: BdAddr,
+}
+
+impl HostAdapter {
+    /// The host controller named `spec`: `hciN`, or its BD_ADDR.
+    pub fn resolve(spec: &str) -> io::Result<Self> {
+        let found = if let Some(n) = spec.strip_prefix("hci") {
+            let index: u16 = n.parse().map_err(|_| {
+                io::Error::new(io::ErrorKind::InvalidInput, format!("{spec:?} is not hciN"))
+            })?;
+            sys::controller(index)?
+        } else if let Some(address) = BdAddr::parse_str(spec) {
+            sys::controllers()?
+                .into_iter()
+                .find(|c| c.address == address)
+        } else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("host adapter {spec:?} is neither hciN nor a BD_ADDR"),
+            ));
+        };
+        let c = found.ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("the host has no Bluetooth controller {spec}"),
+            )
+        })?;
+        if !c.up {
+            tracing::warn!(
+                adapter = spec,
+                "host Bluetooth controller is down: connections through it fail until it is powered"
+            );
+        }
+        Ok(Self {
+            index: c.index,
+            address: c.address,
+        })
+    }
+}
+
+/// What `periwire adapters` shows of one host-linked adapter.
+#[derive(Debug, Clone)]
+pub struct HostAdapterStatus {
+    /// The emulated controller's id.
+    pub id: AdapterId,
+    /// Its BD_ADDR.
+    pub address: BdAddr,
+    /// Its local name.
+    pub name: String,
+    /// The host controller it rides on.
+    pub host: HostAdapter,
+    /// Its links as the guest sees them.
+    pub links: Vec<LinkInfo>,
+    /// Its channels, each one host socket.
+    pub channels: Vec<ChannelInfo>,
+}
+
+/// The host's Bluetooth stack as a medium: attaches host-linked adapters on one host
+/// controller. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct HostMedium {
+    inner: Arc<MediumInner>,
+}
+
+#[derive(Debug)]
+struct MediumInner {
+    host: HostAdapter,
+    keys_dir: PathBuf,
+    adapters: Mutex<Vec<Weak<Shared>>>,
+}
+
+impl HostMedium {
+    /// A medium on host controller `host`; proxy link keys are kept in `keys_dir`, one file
+    /// per emulated controller.
+    pub fn new(host: HostAdapter, keys_dir: PathBuf) -> Self {
+        Self {
+            inner: Arc::new(MediumInner {
+                host,
+                keys_dir,
+                adapters: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    /// The host controller.
+    pub fn host(&self) -> HostAdapter {
+        self.inner.host
+    }
+
+    /// Attaches a controller with `config` to the host link and starts its driver task (so
+    /// must be called inside a tokio runtime). Its proxy keys are read from the key store; a
+    /// store that cannot be read is reported and the guest pairs again.
+    pub fn attach(&self, mut config: ControllerConfig) -> HostAdapterHandle {
+        let keys = KeyStore::new(&self.inner.keys_dir, config.address);
+        let stored = keys.load().unwrap_or_else(|e| {
+            tracing::warn!(path = %keys.path.display(), error = %e, "proxy link keys not read: guests pair again");
+            BTreeMap::new()
+        });
+        config.entropy = entropy();
+        let id = AdapterId(NEXT_ID.fetch_add(1, Ordering::Relaxed));
+        let shared = Arc::new(Shared {
+            adapter: Mutex::new(HostLinkedAdapter::new(id, config, stored.clone())),
+            to_host: Notify::new(),
+            work: Notify::new(),
+        });
+        {
+            let mut list = lock(&self.inner.adapters);
+            list.retain(|w| w.strong_count() > 0);
+            list.push(Arc::downgrade(&shared));
+        }
+        let driver = Driver {
+            shared: shared.clone(),
+            host: self.inner.host,
+            keys,
+            stored,
+        };
+        let task = tokio::spawn(driver.run());
+        tracing::info!(adapter = %id, host = %self.inner.host.address, "host-linked Bluetooth adapter attached");
+        HostAdapterHandle { id, shared, task }
+    }
+
+    /// Every live adapter of this medium.
+    pub fn adapters(&self) -> Vec<HostAdapterStatus> {
+        let list: Vec<_> = lock(&self.inner.adapters)
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        list.iter()
+            .map(|s| {
+                let a = lock(&s.adapter);
+                let c = a.controller();
+                HostAdapterStatus {
+                    id: c.id(),
+                    address: c.bd_addr(),
+                    name: c.local_name(),
+                    host: self.inner.host,
+                    links: c.links(),
+                    channels: a.link().channels(),
+                }
+            })
+            .collect()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock would be a bug in the state machine; keep serving with
+    // the state as it is rather than poisoning the adapter.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// 64 bits from the kernel's random pool, for the proxy keys the controller draws.
+fn entropy() -> u64 {
+    use std::io::Read;
+    let mut b = [0u8; 8];
+    match std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)) {
+        Ok(()) => u64::from_le_bytes(b),
+        Err(e) => {
+            // Without the pool, the time still differs per adapter and run; the keys only
+            // have to be unguessable to a guest, which cannot read this clock.
+            tracing::warn!(error = %e, "/dev/urandom unreadable: proxy keys drawn from the clock");
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    adapter: Mutex<HostLinkedAdapter>,
+    /// Wakes the transport: packets wait for the guest's host.
+    to_host: Notify,
+    /// Wakes the driver: actions may wait, or the next deadline moved.
+    work: Notify,
+}
+
+impl Shared {
+    fn with<T>(&self, f: impl FnOnce(&mut HostLinkedAdapter) -> T) -> T {
+        let mut a = lock(&self.adapter);
+        let out = f(&mut a);
+        let ready = a.has_to_host();
+        drop(a);
+        if ready {
+            self.to_host.notify_one();
+        }
+        self.work.notify_one();
+        out
+    }
+}
+
+/// One host-linked controller. Dropping it stops its driver, which closes its sockets; the
+/// remotes see its channels and links go.
+#[derive(Debug)]
+pub struct HostAdapterHandle {
+    id: AdapterId,
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HostAdapterHandle {
+    /// The adapter's id.
+    pub fn id(&self) -> AdapterId {
+        self.id
+    }
+
+    /// Hands an HCI command packet to the controller.
+    pub fn send_command(&self, packet: &[u8]) -> Result<(), RadioError> {
+        self.shared
+            .with(|a| a.handle_command(Instant::now(), packet))
+            .map_err(RadioError::from)
+    }
+
+    /// Hands an HCI ACL data packet to the controller.
+    pub fn send_acl(&self, packet: &[u8]) -> Result<(), RadioError> {
+        self.shared
+            .with(|a| a.handle_acl(Instant::now(), packet))
+            .map_err(RadioError::from)
+    }
+
+    /// The next packet for the host, if one is queued.
+    pub fn try_recv(&self) -> Option<ToHost> {
+        // Taking a packet may let the link read its sockets again: wake the driver.
+        self.shared.with(|a| a.poll_to_host(Instant::now()))
+    }
+
+    /// Waits for the next packet for the host. Cancel-safe.
+    pub async fn recv(&self) -> ToHost {
+        loop {
+            if let Some(p) = self.try_recv() {
+                return p;
+            }
+            self.shared.to_host.notified().await;
+        }
+    }
+}
+
+impl Drop for HostAdapterHandle {
+    fn drop(&mut self) {
+        // Aborting the driver drops its JoinSet, which aborts every socket task: their sockets
+        // close with them.
+        self.task.abort();
+        tracing::info!(adapter = %self.id, "host-linked Bluetooth adapter detached");
+    }
+}
+
+/// What a socket or helper task reports to the driver.
+#[derive(Debug)]
+enum Event {
+    Paged(BdAddr, Result<(), ErrorCode>, Option<SeqPacket>),
+    Connected(SocketId, u16),
+    ConnectFailed(SocketId, ConnectFailure),
+    Sent(SocketId),
+    Received(SocketId, Vec<u8>),
+    Closed(SocketId),
+    Secured(BdAddr, bool),
+    Name(BdAddr, Option<String>),
+    Found(sys::InquiryResult),
+    InquiryDone,
+}
+
+#[derive(Debug)]
+enum SocketCmd {
+    Send(Vec<u8>),
+    Read,
+}
+
+struct Driver {
+    shared: Arc<Shared>,
+    host: HostAdapter,
+    keys: KeyStore,
+    stored: BTreeMap<BdAddr, [u8; 16]>,
+}
+
+impl Driver {
+    async fn run(mut self) {
+        // Every message on `events` answers one action the link issued, and the link issues at
+        // most one Send and one Read per socket at a time: the queue is bounded by the link's
+        // own state, so it needs no bound of its own.
+        let (events_tx, mut events) = mpsc::unbounded_channel();
+        let mut tasks = JoinSet::new();
+        let mut sockets: HashMap<SocketId, mpsc::UnboundedSender<SocketCmd>> = HashMap::new();
+        let mut socket_tasks: HashMap<SocketId, tokio::task::AbortHandle> = HashMap::new();
+        // The SDP connection that holds each remote's ACL link up while the guest's is.
+        let mut held: HashMap<BdAddr, SeqPacket> = HashMap::new();
+        loop {
+            let (actions, deadline) = {
+                let mut a = lock(&self.shared.adapter);
+                let actions: Vec<_> = std::iter::from_fn(|| a.poll_action()).collect();
+                (actions, a.poll_timeout())
+            };
+            for action in actions {
+                match action {
+                    HostAction::Page { remote } => {
+                        let tx = events_tx.clone();
+                        let local = self.host.address;
+                        tasks.spawn(async move {
+                            let (result, socket) = page(local, remote).await;
+                            let _ = tx.send(Event::Paged(remote, result, socket));
+                        });
+                    }
+                    HostAction::ReleaseLink { remote } => {
+                        held.remove(&remote);
+                    }
+                    HostAction::Connect {
+                        socket,
+                        remote,
+                        psm,
+                        imtu,
+                        security,
+                    } => {
+                        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+                        sockets.insert(socket, cmd_tx);
+                        let tx = events_tx.clone();
+                        let local = self.host.address;
+                        let handle = tasks.spawn(async move {
+                            channel(local, remote, psm, imtu, security, socket, cmd_rx, tx).await
+                        });
+                        socket_tasks.insert(socket, handle);
+                    }
+                    HostAction::Send { socket, sdu } => {
+                        if let Some(tx) = sockets.get(&socket) {
+                            let _ = tx.send(SocketCmd::Send(sdu));
+                        }
+                    }
+                    HostAction::Read { socket } => {
+                        if let Some(tx) = sockets.get(&socket) {
+                            let _ = tx.send(SocketCmd::Read);
+                        }
+                    }
+                    HostAction::Close { socket } => {
+                        sockets.remove(&socket);
+                        if let Some(h) = socket_tasks.remove(&socket) {
+                            h.abort();
+                        }
+                    }
+                    HostAction::Secure { remote, level } => {
+                        let tx = events_tx.clone();
+                        let local = self.host.address;
+                        tasks.spawn(async move {
+                            let ok = secure(local, remote, level).await;
+                            let _ = tx.send(Event::Secured(remote, ok));
+                        });
+                    }
+                    HostAction::StoreKey { remote, key } => {
+                        match key {
+                            Some(k) => self.stored.insert(remote, k),
+                            None => self.stored.remove(&remote),
+                        };
+                        if let Err(e) = self.keys.save(&self.stored) {
+                            tracing::error!(path = %self.keys.path.display(), error = %e, "proxy link key not stored: the guest pairs again next time");
+                        }
+                    }
+                    HostAction::RemoteName { remote } => {
+                        let tx = events_tx.clone();
+                        let index = self.host.index;
+                        tasks.spawn(async move {
+                            let name = sys::remote_name(index, remote, NAME_TIMEOUT)
+                                .await
+                                .unwrap_or_else(|e| {
+                                    tracing::debug!(%remote, error = %e, "host name request failed");
+                                    None
+                                });
+                            let _ = tx.send(Event::Name(remote, name));
+                        });
+                    }
+                    HostAction::Inquiry => {
+                        let tx = events_tx.clone();
+                        let index = self.host.index;
+                        tasks.spawn(async move {
+                            let found_tx = tx.clone();
+                            let r = sys::inquiry(index, INQUIRY_LENGTH, |found| {
+                                let _ = found_tx.send(Event::Found(found));
+                            })
+                            .await;
+                            if let Err(e) = r {
+                                tracing::warn!(error = %e, "host inquiry failed");
+                            }
+                            let _ = tx.send(Event::InquiryDone);
+                        });
+                    }
+                }
+            }
+            let sleep = async {
+                match deadline {
+                    Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = sleep => self.shared.with(|a| a.handle_timeout(Instant::now())),
+                () = self.shared.work.notified() => {}
+                Some(event) = events.recv() => {
+                    let event = match event {
+                        Event::Paged(remote, result, socket) => {
+                            if let Some(s) = socket {
+                                held.insert(remote, s);
+                            }
+                            Event::Paged(remote, result, None)
+                        }
+                        Event::Closed(socket) => {
+                            sockets.remove(&socket);
+                            socket_tasks.remove(&socket);
+                            Event::Closed(socket)
+                        }
+                        Event::ConnectFailed(socket, f) => {
+                            sockets.remove(&socket);
+                            socket_tasks.remove(&socket);
+                            Event::ConnectFailed(socket, f)
+                        }
+                        other => other,
+                    };
+                    self.shared.with(|a| a.with_link(Instant::now(), |l| match event {
+                        Event::Paged(remote, result, _) => l.handle_page_result(remote, result),
+                        Event::Connected(s, omtu) => l.handle_connected(s, omtu),
+                        Event::ConnectFailed(s, f) => l.handle_connect_failed(s, f),
+                        Event::Sent(s) => l.handle_sent(s),
+                        Event::Received(s, sdu) => l.handle_received(s, &sdu),
+                        Event::Closed(s) => l.handle_closed(s),
+                        Event::Secured(remote, ok) => l.handle_secured(remote, ok),
+                        Event::Name(remote, name) => l.handle_remote_name(remote, name),
+                        Event::Found(r) => l.handle_inquiry_result(r.address, r.class_of_device, r.name),
+                        Event::InquiryDone => l.handle_inquiry_complete(),
+                    }));
+                }
+                Some(_) = tasks.join_next() => {}
+            }
+        }
+    }
+}
+
+fn l2cap_addr(addr: BdAddr, psm: u16) -> SocketAddr {
+    let mut msb_first = addr.0;
+    msb_first.reverse();
+    SocketAddr::new(bluer::Address(msb_first), bluer::AddressType::BrEdr, psm)
+}
+
+/// A SeqPacket socket bound to the host controller, not yet connected.
+fn socket_on(
+    local: BdAddr,
+    imtu: Option<u16>,
+    security: SecurityLevel,
+) -> io::Result<Socket<SeqPacket>> {
+    let s = Socket::<SeqPacket>::new_seq_packet()?;
+    s.bind(l2cap_addr(local, 0))?;
+    if let Some(mtu) = imtu {
+        s.set_recv_mtu(mtu)?;
+    }
+    if security == SecurityLevel::Medium {
+        s.set_security(bluer::l2cap::Security {
+            level: bluer::l2cap::SecurityLevel::Medium,
+            key_size: 0,
+        })?;
+    }
+    Ok(s)
+}
+
+async fn connect(
+    local: BdAddr,
+    remote: BdAddr,
+    psm: u16,
+    imtu: Option<u16>,
+    security: SecurityLevel,
+) -> io::Result<SeqPacket> {
+    let s = socket_on(local, imtu, security)?;
+    match tokio::time::timeout(CONNECT_TIMEOUT, s.connect(l2cap_addr(remote, psm))).await {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::from(io::ErrorKind::TimedOut)),
+    }
+}
+
+/// Whether `remote` answers, and the SDP connection that keeps its link up if it has one.
+async fn page(local: BdAddr, remote: BdAddr) -> (Result<(), ErrorCode>, Option<SeqPacket>) {
+    match connect(local, remote, PSM_SDP, None, SecurityLevel::Low).await {
+        Ok(s) => (Ok(()), Some(s)),
+        // The remote answered the page and refused the channel: it is there.
+        Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => (Ok(()), None),
+        Err(e) => {
+            tracing::debug!(%remote, error = %e, "page through the host failed");
+            let reason = match e.raw_os_error() {
+                Some(libc::EHOSTDOWN | libc::ETIMEDOUT | libc::EHOSTUNREACH) => {
+                    ErrorCode::PageTimeout
+                }
+                _ if e.kind() == io::ErrorKind::TimedOut => ErrorCode::PageTimeout,
+                Some(libc::EACCES | libc::EPERM) => ErrorCode::AuthenticationFailure,
+                _ => ErrorCode::RejectedLimitedResources,
+            };
+            (Err(reason), None)
+        }
+    }
+}
+
+/// Raises the host link to `remote` to `level`: an SDP connection that asks for it makes the
+/// kernel authenticate and encrypt first, pairing through the host's agent if it must.
+async fn secure(local: BdAddr, remote: BdAddr, level: SecurityLevel) -> bool {
+    let attempt = async {
+        let s = socket_on(local, None, level)?;
+        s.connect(l2cap_addr(remote, PSM_SDP)).await
+    };
+    match tokio::time::timeout(SECURE_TIMEOUT, attempt).await {
+        Ok(Ok(_)) => true,
+        Ok(Err(e)) => {
+            tracing::warn!(%remote, error = %e, "host could not secure the link");
+            false
+        }
+        Err(_) => {
+            tracing::warn!(%remote, "host did not secure the link in time");
+            false
+        }
+    }
+}
+
+fn classify(e: &io::Error) -> ConnectFailure {
+    match e.raw_os_error() {
+        Some(libc::ECONNREFUSED) => ConnectFailure::NoListener,
+        Some(libc::EACCES | libc::EPERM) => ConnectFailure::Security,
+        Some(libc::EHOSTDOWN | libc::EHOSTUNREACH | libc::ETIMEDOUT | libc::ECONNRESET) => {
+            ConnectFailure::Unreachable
+        }
+        _ if e.kind() == io::ErrorKind::TimedOut => ConnectFailure::Unreachable,
+        _ => ConnectFailure::Resources,
+    }
+}
+
+/// One channel: connects, then sends and reads SDUs as the link asks, until the link closes it
+/// (the task is aborted) or the socket ends.
+#[allow(clippy::too_many_arguments)]
+async fn channel(
+    local: BdAddr,
+    remote: BdAddr,
+    psm: u16,
+    imtu: u16,
+    security: SecurityLevel,
+    id: SocketId,
+    mut cmds: mpsc::UnboundedReceiver<SocketCmd>,
+    events: mpsc::UnboundedSender<Event>,
+) {
+    let s = match connect(local, remote, psm, Some(imtu), security).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(%remote, psm, error = %e, "host channel refused");
+            let _ = events.send(Event::ConnectFailed(id, classify(&e)));
+            return;
+        }
+    };
+    let omtu = s
+        .send_mtu()
+        .ok()
+        .and_then(|m| u16::try_from(m).ok())
+        .unwrap_or(periwire_hci::l2cap::MIN_MTU);
+    tracing::debug!(%remote, psm, omtu, "host channel open");
+    if events.send(Event::Connected(id, omtu)).is_err() {
+        return;
+    }
+    let mut buf = vec![0u8; usize::from(imtu.max(periwire_hci::l2cap::MIN_MTU))];
+    let mut pending: Option<Vec<u8>> = None;
+    let mut reading = false;
+    loop {
+        // Both socket futures are cancel-safe: a SOCK_SEQPACKET send takes the whole SDU or
+        // nothing, and recv only consumes a packet when it returns.
+        tokio::select! {
+            cmd = cmds.recv() => match cmd {
+                Some(SocketCmd::Send(sdu)) => pending = Some(sdu),
+                Some(SocketCmd::Read) => reading = true,
+                None => return,
+            },
+            r = async { s.send(pending.as_deref().unwrap_or_default()).await }, if pending.is_some() => {
+                if let Err(e) = r {
+                    tracing::debug!(%remote, psm, error = %e, "host channel send failed");
+                    let _ = events.send(Event::Closed(id));
+                    return;
+                }
+                pending = None;
+                let _ = events.send(Event::Sent(id));
+            }
+            r = s.recv(&mut buf), if reading => match r {
+                Ok(n) if n > 0 => {
+                    reading = false;
+                    let _ = events.send(Event::Received(id, buf[..n].to_vec()));
+                }
+                other => {
+                    if let Err(e) = other {
+                        tracing::debug!(%remote, psm, error = %e, "host channel ended");
+                    }
+                    let _ = events.send(Event::Closed(id));
+                    return;
+                }
+            },
+        }
+    }
+}
+
+/// The proxy link keys of one emulated controller, one `REMOTE KEY` line each, in a file only
+/// periwire's user can read.
+#[derive(Debug)]
+struct KeyStore {
+    path: PathBuf,
+}
+
+impl KeyStore {
+    fn new(dir: &Path, controller: BdAddr) -> Self {
+        let name = controller.to_string().replace(':', "-");
+        Self {
+            path: dir.join(format!("{name}.keys")),
+        }
+    }
+
+    fn load(&self) -> io::Result<BTreeMap<BdAddr, [u8; 16]>> {
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+            Err(e) => return Err(e),
+        };
+        let mut keys = BTreeMap::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let parsed = line
+                .split_once(' ')
+                .and_then(|(addr, key)| Some((BdAddr::parse_str(addr)?, parse_key(key.trim())?)));
+            match parsed {
+                Some((addr, key)) => {
+                    keys.insert(addr, key);
+                }
+                None => {
+                    tracing::warn!(path = %self.path.display(), line = n + 1, "unreadable proxy key line skipped")
+                }
+            }
+        }
+        Ok(keys)
+    }
+
+    /// Replaces the file with `keys`, atomically: a crash leaves the old file or the new one.
+    fn save(&self, keys: &BTreeMap<BdAddr, [u8; 16]>) -> io::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = self.path.with_extension("keys.tmp");
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        writeln!(
+            f,
+            "# periwire proxy link keys: remote BD_ADDR, key the guest holds"
+        )?;
+        for (addr, key) in keys {
+            let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+            writeln!(f, "{addr} {hex}")?;
+        }
+        f.sync_all()?;
+        std::fs::rename(&tmp, &self.path)
+    }
+}
+
+fn parse_key(hex: &str) -> Option<[u8; 16]> {
+    if hex.len() != 32 || !hex.is_ascii() {
+        return None;
+    }
+    let mut key = [0u8; 16];
+    for (i, b) in key.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex[i * 2..i * 2 + 2], 16).ok()?;
+    }
+    Some(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_store_round_trips_and_skips_bad_lines() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = KeyStore::new(dir.path(), BdAddr([1, 2, 3, 4, 5, 6]));
+        assert!(store.load().expect("empty").is_empty());
+        let mut keys = BTreeMap::new();
+        keys.insert(BdAddr([9, 8, 7, 6, 5, 4]), [0xab; 16]);
+        keys.insert(BdAddr([1, 1, 1, 1, 1, 1]), [0x01; 16]);
+        store.save(&keys).expect("save");
+        assert_eq!(store.load().expect("load"), keys);
+        let mode = std::fs::metadata(&store.path).expect("meta");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(mode.permissions().mode() & 0o777, 0o600);
+        let mut text = std::fs::read_to_string(&store.path).expect("read");
+        text.push_str("garbage\n00:11:22:33:44:55 zz\n");
+        std::fs::write(&store.path, text).expect("write");
+        assert_eq!(store.load().expect("load"), keys);
+    }
+
+    #[test]
+    fn l2cap_addresses_are_most_significant_octet_first() {
+        let a = l2cap_addr(BdAddr([0x66, 0x55, 0x44, 0x33, 0x22, 0x11]), 3);
+        assert_eq!(a.addr.to_string(), "11:22:33:44:55:66");
+        assert_eq!(a.psm, 3);
+    }
+}
