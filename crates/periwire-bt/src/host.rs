@@ -6,7 +6,7 @@
 //! their outcomes back. One driver task per adapter owns every socket task of that adapter, so
 //! dropping the adapter (a VM shut down, an H4 client gone) closes exactly its own sockets.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,6 +40,13 @@ const NAME_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a host inquiry runs for the guest (the guest's own inquiry length is not known to
 /// the link; this is what `hcitool scan` uses).
 const INQUIRY_LENGTH: Duration = Duration::from_millis(10_240);
+/// Payload bytes one channel reads from its host socket ahead of the guest: enough to take
+/// a remote's burst at radio speed (a BR/EDR link moves at most about 300 kB/s) while the
+/// guest catches up.
+const READ_AHEAD_BYTES: usize = 256 * 1024;
+/// The receive buffer asked of each channel's host socket, in the kernel's accounting (an SDU
+/// of a few hundred bytes costs a couple of kilobytes of it).
+const HOST_SOCKET_BUFFER: usize = 1 << 20;
 /// Adapter ids of host-linked adapters: far from the simulated radio's counter, which starts
 /// at 1, so the two never name the same adapter in logs.
 static NEXT_ID: AtomicU64 = AtomicU64::new(1 << 40);
@@ -387,9 +394,9 @@ impl Driver {
                     }
                     HostAction::Secure { remote, level } => {
                         let tx = events_tx.clone();
-                        let local = self.host.address;
+                        let host = self.host;
                         tasks.spawn(async move {
-                            let ok = secure(local, remote, level).await;
+                            let ok = secure(host, remote, level).await;
                             let _ = tx.send(Event::Secured(remote, ok));
                         });
                     }
@@ -486,7 +493,14 @@ fn l2cap_addr(addr: BdAddr, psm: u16) -> SocketAddr {
     SocketAddr::new(bluer::Address(msb_first), bluer::AddressType::BrEdr, psm)
 }
 
-/// A SeqPacket socket bound to the host controller, not yet connected.
+/// L2CAP_MODE_ERTM in `struct l2cap_options`.
+const MODE_ERTM: u8 = 0x03;
+
+/// A SeqPacket socket bound to the host controller, not yet connected. A channel socket
+/// (`imtu` given) offers Enhanced Retransmission Mode: a remote service that wants ERTM gets
+/// it (and its receive window then stops the remote while the guest is slow), one that wants
+/// basic mode answers so and the kernel settles on basic (no `CONF_STATE2_DEVICE` on a
+/// SEQPACKET socket).
 fn socket_on(
     local: BdAddr,
     imtu: Option<u16>,
@@ -495,7 +509,19 @@ fn socket_on(
     let s = Socket::<SeqPacket>::new_seq_packet()?;
     s.bind(l2cap_addr(local, 0))?;
     if let Some(mtu) = imtu {
-        s.set_recv_mtu(mtu)?;
+        // Room for a remote's burst while the guest catches up (a basic-mode channel cannot
+        // hold the remote back; see `channel`).
+        if let Err(e) = sys::set_receive_buffer(&s, HOST_SOCKET_BUFFER) {
+            tracing::debug!(error = %e, "host socket receive buffer left as it is");
+        }
+        let mut opts = s.l2cap_opts()?;
+        opts.imtu = mtu;
+        opts.mode = MODE_ERTM;
+        if let Err(e) = s.set_l2cap_opts(&opts) {
+            // A kernel with ERTM disabled refuses the mode: basic it is.
+            tracing::debug!(error = %e, "ERTM refused by the host kernel, basic mode");
+            s.set_recv_mtu(mtu)?;
+        }
     }
     if security == SecurityLevel::Medium {
         s.set_security(bluer::l2cap::Security {
@@ -541,15 +567,27 @@ async fn page(local: BdAddr, remote: BdAddr) -> (Result<(), ErrorCode>, Option<S
     }
 }
 
-/// Raises the host link to `remote` to `level`: an SDP connection that asks for it makes the
-/// kernel authenticate and encrypt first, pairing through the host's agent if it must.
-async fn secure(local: BdAddr, remote: BdAddr, level: SecurityLevel) -> bool {
+/// Raises the host link to `remote` to `level`. The host bonds first when it has not (the
+/// kernel's management interface, dedicated bonding, so the host keeps the key and later links
+/// need no pairing); then an SDP connection that asks for `level` makes the kernel
+/// authenticate and encrypt the link with that key.
+async fn secure(host: HostAdapter, remote: BdAddr, level: SecurityLevel) -> bool {
     let attempt = async {
-        let s = socket_on(local, None, level)?;
-        s.connect(l2cap_addr(remote, PSM_SDP)).await
+        match sys::bond(host.index, remote).await {
+            Ok(sys::Bonding::Bonded) => {}
+            Ok(sys::Bonding::Failed(status)) => {
+                tracing::warn!(%remote, status, "the host could not bond with the remote");
+                return Ok(None);
+            }
+            // Without CAP_NET_ADMIN the kernel pairs on its own below, without bonding.
+            Err(e) => tracing::debug!(%remote, error = %e, "host bonding unavailable"),
+        }
+        let s = socket_on(host.address, None, level)?;
+        s.connect(l2cap_addr(remote, PSM_SDP)).await.map(Some)
     };
     match tokio::time::timeout(SECURE_TIMEOUT, attempt).await {
-        Ok(Ok(_)) => true,
+        Ok(Ok(Some(_))) => true,
+        Ok(Ok(None)) => false,
         Ok(Err(e)) => {
             tracing::warn!(%remote, error = %e, "host could not secure the link");
             false
@@ -605,8 +643,28 @@ async fn channel(
     }
     let mut buf = vec![0u8; usize::from(imtu.max(periwire_hci::l2cap::MIN_MTU))];
     let mut pending: Option<Vec<u8>> = None;
+    // The link asked for the next SDU.
     let mut reading = false;
+    // SDUs read ahead of the link: the host socket is drained eagerly because a basic-mode
+    // channel has no flow control, and a remote sending faster than the guest takes data
+    // would otherwise overrun the socket's buffer. Bounded by READ_AHEAD_BYTES; beyond it
+    // the socket's own buffer fills, and (as on any basic-mode link) the kernel drops.
+    let mut ahead: VecDeque<Vec<u8>> = VecDeque::new();
+    let mut ahead_bytes = 0usize;
+    let mut ended = false;
     loop {
+        if reading {
+            if let Some(sdu) = ahead.pop_front() {
+                ahead_bytes -= sdu.len();
+                reading = false;
+                let _ = events.send(Event::Received(id, sdu));
+                continue;
+            }
+            if ended {
+                let _ = events.send(Event::Closed(id));
+                return;
+            }
+        }
         // Both socket futures are cancel-safe: a SOCK_SEQPACKET send takes the whole SDU or
         // nothing, and recv only consumes a packet when it returns.
         tokio::select! {
@@ -624,17 +682,17 @@ async fn channel(
                 pending = None;
                 let _ = events.send(Event::Sent(id));
             }
-            r = s.recv(&mut buf), if reading => match r {
+            r = s.recv(&mut buf), if !ended && ahead_bytes < READ_AHEAD_BYTES => match r {
                 Ok(n) if n > 0 => {
-                    reading = false;
-                    let _ = events.send(Event::Received(id, buf[..n].to_vec()));
+                    ahead_bytes += n;
+                    ahead.push_back(buf[..n].to_vec());
                 }
                 other => {
                     if let Err(e) = other {
                         tracing::debug!(%remote, psm, error = %e, "host channel ended");
                     }
-                    let _ = events.send(Event::Closed(id));
-                    return;
+                    // What was read still goes to the guest, then the close.
+                    ended = true;
                 }
             },
         }

@@ -130,6 +130,30 @@ pub fn controllers() -> io::Result<Vec<HostController>> {
     Ok(out)
 }
 
+/// Asks for a receive buffer of `bytes` on socket `fd`: beyond `net.core.rmem_max` when the
+/// process may (`SO_RCVBUFFORCE`, CAP_NET_ADMIN), else up to that limit.
+pub fn set_receive_buffer(fd: &impl AsRawFd, bytes: usize) -> io::Result<()> {
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    let set = |option| {
+        // SAFETY: `value` is a c_int that outlives the call and its true size is passed.
+        let r = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                option,
+                &value as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    };
+    set(libc::SO_RCVBUFFORCE).or_else(|_| set(libc::SO_RCVBUF))
+}
+
 /// A raw HCI socket bound to one controller, seeing every event it reports.
 struct RawHci {
     fd: AsyncFd<OwnedFd>,
@@ -183,6 +207,10 @@ impl RawHci {
         packet.extend_from_slice(&opcode.to_le_bytes());
         packet.push(u8::try_from(params.len()).map_err(|_| io::ErrorKind::InvalidInput)?);
         packet.extend_from_slice(params);
+        self.write(&packet).await
+    }
+
+    async fn write(&self, packet: &[u8]) -> io::Result<()> {
         loop {
             let mut guard = self.fd.writable().await?;
             let r = guard.try_io(|fd| {
@@ -206,9 +234,7 @@ impl RawHci {
         }
     }
 
-    /// The next event: its code and parameters.
-    async fn event(&self) -> io::Result<(u8, Vec<u8>)> {
-        let mut buf = [0u8; 260];
+    async fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             let mut guard = self.fd.readable().await?;
             let r = guard.try_io(|fd| {
@@ -222,10 +248,17 @@ impl RawHci {
                 };
                 usize::try_from(n).map_err(|_| io::Error::last_os_error())
             });
-            let n = match r {
-                Ok(n) => n?,
-                Err(_would_block) => continue,
-            };
+            if let Ok(n) = r {
+                return n;
+            }
+        }
+    }
+
+    /// The next event: its code and parameters.
+    async fn event(&self) -> io::Result<(u8, Vec<u8>)> {
+        let mut buf = [0u8; 260];
+        loop {
+            let n = self.read(&mut buf).await?;
             // [type, code, length, parameters...]; anything shorter or cut is skipped.
             if let [HCI_EVENT_PKT, code, len, params @ ..] = &buf[..n] {
                 if let Some(params) = params.get(..usize::from(*len)) {
@@ -260,6 +293,80 @@ impl RawHci {
                 )))
             };
         }
+    }
+}
+
+const HCI_DEV_NONE: u16 = 0xffff;
+const HCI_CHANNEL_CONTROL: u16 = 3;
+const MGMT_OP_PAIR_DEVICE: u16 = 0x0019;
+const MGMT_EV_CMD_COMPLETE: u16 = 0x0001;
+const MGMT_EV_CMD_STATUS: u16 = 0x0002;
+const MGMT_STATUS_ALREADY_PAIRED: u8 = 0x13;
+/// NoInputNoOutput: the host pairs "Just Works" (Core Vol 3, Part C, 5.2.2.6).
+const IO_CAP_NO_INPUT_NO_OUTPUT: u8 = 0x03;
+
+/// How a bonding through the host's management interface ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bonding {
+    /// Bonded now, or bonded before.
+    Bonded,
+    /// Refused or failed, with the management status.
+    Failed(u8),
+}
+
+/// Bonds host controller `index` with BR/EDR device `remote` through the kernel's management
+/// interface (what bluetoothd's Device1.Pair does: dedicated bonding, so the key is kept), as
+/// NoInputNoOutput. Needs CAP_NET_ADMIN.
+pub async fn bond(index: u16, remote: BdAddr) -> io::Result<Bonding> {
+    let fd = hci_socket(true)?;
+    let addr = SockaddrHci {
+        family: libc::AF_BLUETOOTH as libc::sa_family_t,
+        dev: HCI_DEV_NONE,
+        channel: HCI_CHANNEL_CONTROL,
+    };
+    // SAFETY: `addr` is a valid `struct sockaddr_hci` and its true size is passed.
+    let r = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            &addr as *const SockaddrHci as *const libc::sockaddr,
+            std::mem::size_of::<SockaddrHci>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as in RawHci::open: the AsyncFd owns the open descriptor for its whole life.
+    let fd = unsafe { AsyncFd::register(fd) }.map_err(io::Error::from)?;
+    let hci = RawHci { fd };
+    // Header: opcode, controller index, parameter length; then address, BR/EDR, IO capability.
+    let mut packet = Vec::with_capacity(14);
+    packet.extend_from_slice(&MGMT_OP_PAIR_DEVICE.to_le_bytes());
+    packet.extend_from_slice(&index.to_le_bytes());
+    packet.extend_from_slice(&8u16.to_le_bytes());
+    packet.extend_from_slice(&remote.0);
+    packet.extend_from_slice(&[0x00, IO_CAP_NO_INPUT_NO_OUTPUT]);
+    hci.write(&packet).await?;
+    let mut buf = [0u8; 512];
+    loop {
+        let n = hci.read(&mut buf).await?;
+        let Some((header, params)) = buf[..n].split_at_checked(6) else {
+            continue;
+        };
+        let event = u16::from_le_bytes([header[0], header[1]]);
+        let ev_index = u16::from_le_bytes([header[2], header[3]]);
+        if ev_index != index || !matches!(event, MGMT_EV_CMD_COMPLETE | MGMT_EV_CMD_STATUS) {
+            continue;
+        }
+        let [lo, hi, status, ..] = *params else {
+            continue;
+        };
+        if u16::from_le_bytes([lo, hi]) != MGMT_OP_PAIR_DEVICE {
+            continue;
+        }
+        return Ok(match status {
+            0 | MGMT_STATUS_ALREADY_PAIRED => Bonding::Bonded,
+            other => Bonding::Failed(other),
+        });
     }
 }
 

@@ -1,0 +1,306 @@
+//! Host-linked ("socket-backed") Bluetooth adapters against the Linux kernel's Bluetooth stack.
+//!
+//! The guest plays the host: BlueZ's `btvirt` makes two BR/EDR controllers on one emulated
+//! radio, hci0 standing for the host's physical adapter and hci1 for a remote device, with
+//! bluetoothd on both. periwire runs in the same guest with `link = "host"` adapters on
+//! `/dev/vhci` (hci2 and up): the "VM's" stack on hci2 talks to the remote on hci1 while every
+//! channel it opens is a socket periwire holds on hci0. The remote's tools (`l2test`,
+//! `rctest`, the SDP server) are BlueZ's, so every check is against software periwire did not
+//! write.
+
+mod common;
+
+use common::{
+    l2test_reports_mismatch, parse_transfer_rate, prefixed_lines, with_bt_host, with_periwire,
+    BT_HOST_HELPERS, GUEST_WAIT_HELPERS, STEP,
+};
+use periwire_guest::{Guest, GuestConfig, GuestOutcome};
+
+/// Frames each l2test transfer moves, and their size.
+const L2_FRAMES: u64 = 300;
+const L2_FRAME: u64 = 600;
+/// Frames each rctest transfer moves, and their size.
+const RC_FRAMES: u64 = 200;
+const RC_FRAME: u64 = 1000;
+
+/// PSMs and RFCOMM channels of the receivers this file adds to [`BT_HOST_HELPERS`]' own.
+const SCENARIO_SETUP: &str = r#"
+# Receivers for the proxied transfers, beside bt_start_receivers' ones (used direct from hci0).
+BT_L2_PSM_P=4121
+BT_RC_CH_P=13
+PSM_NO_LISTENER=4125
+PSM_CLOSING=4127
+pw_adapters() { periwire adapters --data-dir /tmp/pw; }
+pw_has_channel() { pw_adapters | grep -q "channel psm $1 .* open"; }
+pw_no_channel() { ! pw_adapters | grep -q "channel psm $1 "; }
+guest_adapter_up() {
+    wait_until 120 "hci$1 from periwire" bt_mgmt_has "$1" "addr "
+    btmgmt --index "$1" io-cap 3 >/dev/null
+    btmgmt --index "$1" bondable on >/dev/null
+    btmgmt --index "$1" ssp on >/dev/null
+    btmgmt --index "$1" power on >/dev/null
+    wait_until 60 "hci$1 powered" bt_mgmt_has "$1" "current settings: .*powered"
+}
+start_periwire() {
+    mkdir -p /tmp/pw
+    cat >/tmp/pw/periwire.toml
+    RUST_LOG=periwire_bt=debug,info periwire serve --config /tmp/pw/periwire.toml --data-dir /tmp/pw >/tmp/pw/log 2>&1 &
+    PW_PID=$!
+}
+"#;
+
+fn boot(scenario: String) -> Guest {
+    let config = with_periwire(with_bt_host(GuestConfig::new(scenario)))
+        .memory_mib(768)
+        .timeout(std::time::Duration::from_secs(900));
+    Guest::boot(config).expect("boot the host guest")
+}
+
+fn text(outcome: &GuestOutcome, prefix: &str) -> String {
+    prefixed_lines(&outcome.transcript, prefix).join("\n")
+}
+
+/// Asserts `log` (an l2test receiver log) counted `bytes` exactly and returns its rate in
+/// kB/s.
+fn received(log: &str, bytes: u64, what: &str) -> f64 {
+    let rate = parse_transfer_rate(log);
+    assert_eq!(rate.bytes, bytes, "{what}: every byte arrived:\n{log}");
+    assert!(
+        !l2test_reports_mismatch(log),
+        "{what}: frames arrived corrupted:\n{log}"
+    );
+    rate.kb_per_sec()
+}
+
+/// Asserts `log` (an rctest receiver log, of a sender that was stopped once enough had
+/// arrived) counted at least `bytes` and returns its rate in kB/s.
+fn received_at_least(log: &str, bytes: u64, what: &str) -> f64 {
+    let rate = parse_transfer_rate(log);
+    assert!(rate.bytes >= bytes, "{what}: {bytes} bytes arrived:\n{log}");
+    assert!(
+        !l2test_reports_mismatch(log),
+        "{what}: frames arrived corrupted:\n{log}"
+    );
+    rate.kb_per_sec()
+}
+
+/// One host-linked adapter carries l2test and rctest both ways and an SDP query, refuses a PSM
+/// nobody listens on, follows the remote's and the guest's closes, and pairs through the host
+/// with a proxy key that a second connection reuses.
+#[test]
+fn host_linked_adapter_carries_l2cap_rfcomm_sdp_and_pairing() {
+    let l2_total = L2_FRAMES * L2_FRAME;
+    let rc_total = RC_FRAMES * RC_FRAME;
+    let scenario = format!(
+        r#"{GUEST_WAIT_HELPERS}{BT_HOST_HELPERS}{SCENARIO_SETUP}
+        BT_L2_FRAMES={L2_FRAMES}; BT_L2_FRAME={L2_FRAME}; BT_L2_CHUNK=$((BT_L2_FRAME * 10))
+        # RFCOMM senders run until the receiver has {rc_total} bytes, then are killed: an
+        # rctest that ends by itself may reset the session before its last frames are out.
+        BT_RC_FRAMES=1000000; BT_RC_FRAME={RC_FRAME}; BT_RC_CHUNK=$((BT_RC_FRAME * 10))
+        bt_host_up
+        bt_start_receivers
+        l2test -r -i hci1 -P "$BT_L2_PSM_P" -b "$BT_L2_CHUNK" >/tmp/bt/l2p.log 2>&1 &
+        rctest -r -i hci1 -P "$BT_RC_CH_P" -b "$BT_RC_CHUNK" >/tmp/bt/rcp.log 2>&1 &
+        l2test -w -i hci1 -P "$PSM_CLOSING" -b 100 -N 5 >/tmp/bt/l2close.log 2>&1 &
+        for l in l2p rcp l2close; do
+            wait_until 60 "$l listening" bt_logged /tmp/bt/$l.log "Waiting for connection"
+        done
+
+        # The baseline: the same transfers straight from hci0, before periwire runs.
+        l2test -s -i hci0 -P "$BT_L2_PSM" -b "$BT_L2_FRAME" -N "$BT_L2_FRAMES" -g 600000 "$BT_HCI1" >/tmp/bt/direct-l2s.log 2>&1 &
+        s=$!
+        bt_wait_bytes 200 /tmp/bt/l2r.log {l2_total}
+        kill $s
+        rctest -s -i hci0 -P "$BT_RC_CH" -b "$BT_RC_FRAME" -N "$BT_RC_FRAMES" -L 30 "$BT_HCI1" >/tmp/bt/direct-rcs.log 2>&1 &
+        s=$!
+        bt_wait_bytes 200 /tmp/bt/rcr.log {rc_total}
+        kill $s 2>/dev/null || true
+        l2test -u -i hci0 -P "$BT_L2_PSM_W" -b "$BT_L2_CHUNK" "$BT_HCI1" >/tmp/bt/direct-l2u.log 2>&1 &
+        s=$!
+        bt_wait_bytes 200 /tmp/bt/direct-l2u.log {l2_total}
+        kill $s
+        rctest -u -i hci0 -P "$BT_RC_CH_W" -b "$BT_RC_CHUNK" "$BT_HCI1" >/tmp/bt/direct-rcu.log 2>&1 &
+        s=$!
+        bt_wait_bytes 200 /tmp/bt/direct-rcu.log {rc_total}
+        kill $s 2>/dev/null || true
+        mark DIRECT-DONE
+
+        start_periwire <<EOF
+[[adapter]]
+name = "vm-a"
+transport = "vhci"
+address = "00:50:57:00:02:0A"
+link = "host"
+host_adapter = "hci0"
+EOF
+        guest_adapter_up 2
+        sed 's/^/SERVE /' /tmp/pw/log
+
+        # 1. l2test to the remote and back, through periwire.
+        l2test -s -i hci2 -P "$BT_L2_PSM_P" -b "$BT_L2_FRAME" -N "$BT_L2_FRAMES" -g 600000 "$BT_HCI1" >/tmp/bt/l2s.log 2>&1 &
+        s=$!
+        bt_wait_bytes 200 /tmp/bt/l2p.log {l2_total} || {{ bt_dump L2S /tmp/bt/l2s.log; sed 's/^/SERVE /' /tmp/pw/log; exit 1; }}
+        pw_adapters | sed 's/^/ADAPTERS-L2 /'
+        kill $s
+        l2test -u -i hci2 -P "$BT_L2_PSM_W" -b "$BT_L2_CHUNK" "$BT_HCI1" >/tmp/bt/l2u.log 2>&1 &
+        s=$!
+        bt_wait_bytes 200 /tmp/bt/l2u.log {l2_total} || {{ pw_adapters | sed 's/^/ADAPTERS-U /'; bt_dump L2W /tmp/bt/l2w.log; sed 's/^/SERVE /' /tmp/pw/log; exit 1; }}
+        kill $s
+        mark L2CAP-DONE
+
+        # RFCOMM rides in the guest's own PSM 3 channel.
+        rctest -s -i hci2 -P "$BT_RC_CH_P" -b "$BT_RC_FRAME" -N "$BT_RC_FRAMES" -L 30 "$BT_HCI1" >/tmp/bt/rcs.log 2>&1 &
+        s=$!
+        bt_wait_bytes 200 /tmp/bt/rcp.log {rc_total} || {{ bt_dump RCS /tmp/bt/rcs.log; exit 1; }}
+        kill $s 2>/dev/null || true
+        rctest -u -i hci2 -P "$BT_RC_CH_W" -b "$BT_RC_CHUNK" "$BT_HCI1" >/tmp/bt/rcu.log 2>&1 &
+        s=$!
+        bt_wait_bytes 200 /tmp/bt/rcu.log {rc_total}
+        kill $s 2>/dev/null || true
+        mark RFCOMM-DONE
+
+        sdptool -i hci2 browse "$BT_HCI1" 2>&1 | sed 's/^/SDP /'
+
+        # 2. No listener; the remote closing; the guest closing.
+        l2test -n -i hci2 -P "$PSM_NO_LISTENER" "$BT_HCI1" 2>&1 | sed 's/^/NO-LISTENER /' || true
+        l2test -u -i hci2 -P "$PSM_CLOSING" -b 100 "$BT_HCI1" >/tmp/bt/l2closed.log 2>&1 &
+        s=$!
+        wait_until 120 "the guest's l2test to end when the remote closes" exited $s
+        bt_dump REMOTE-CLOSED /tmp/bt/l2closed.log
+        l2test -n -i hci2 -P "$BT_L2_PSM" "$BT_HCI1" >/tmp/bt/l2n.log 2>&1 &
+        s=$!
+        wait_until 120 "a channel to psm 0x1011 in periwire" pw_has_channel 0x1011
+        pw_adapters | sed 's/^/ADAPTERS-HELD /'
+        kill $s
+        wait_until 120 "periwire to close the host socket" pw_no_channel 0x1011
+        pw_adapters | sed 's/^/ADAPTERS-RELEASED /'
+        mark CLOSES-DONE
+
+        # 4. Pairing through the host (BlueZ bonds, as for any device it pairs); the proxy key
+        # serves a second connection.
+        # The link the transfers left up holds a key of their own (Secure Simple Pairing
+        # encrypts every channel but SDP); BlueZ bonds on a fresh link.
+        hcitool -i hci2 dc "$BT_HCI1" || true
+        wait_until 60 "the guest's link to drop" sh -c '! hcitool -i hci2 con | grep -q "$BT_HCI1"'
+        btmgmt --timeout 30 --index 2 pair -c 3 -t 0 "$BT_HCI1" 2>&1 | sed 's/^/PAIR /'
+        pw_adapters | sed 's/^/ADAPTERS-PAIRED /' 
+        sed 's/^/KEYS-1 /' /tmp/pw/bt-keys/00-50-57-00-02-0A.keys
+        sed 's/^/SERVE /' /tmp/pw/log
+        guest_key() {{ sed -n 's/^Key=//p' "/var/lib/bluetooth/00:50:57:00:02:0A/$BT_HCI1/info"; }}
+        host_key() {{ sed -n 's/^Key=//p' "/var/lib/bluetooth/$BT_HCI0/$BT_HCI1/info"; }}
+        find /var/lib/bluetooth -type f | sed 's/^/BTSTORE /'
+        echo "GUEST-KEY-1 $(guest_key)"
+        echo "HOST-KEY $(host_key)"
+        # The guest's link goes; a new one authenticates with the stored proxy key.
+        hcitool -i hci2 dc "$BT_HCI1" || true
+        wait_until 60 "the guest's link to drop" sh -c '! hcitool -i hci2 con | grep -q "$BT_HCI1"'
+        l2test -n -E -i hci2 -P "$BT_L2_PSM" "$BT_HCI1" >/tmp/bt/l2e2.log 2>&1 &
+        s=$!
+        wait_until 180 "an encrypted channel again" pw_has_channel 0x1011 || {{ bt_dump L2E2 /tmp/bt/l2e2.log; sed 's/^/SERVE /' /tmp/pw/log; exit 1; }}
+        pw_adapters | sed 's/^/ADAPTERS-REAUTH /'
+        kill $s
+        echo "GUEST-KEY-2 $(guest_key)"
+        sed 's/^/KEYS-2 /' /tmp/pw/bt-keys/00-50-57-00-02-0A.keys
+        mark PAIRED
+
+        for l in l2r rcr direct-l2u direct-rcu l2p l2u rcp rcu; do bt_dump "LOG-$l" /tmp/bt/$l.log; done
+        "#
+    );
+    let mut guest = boot(scenario);
+    guest
+        .expect_line("DIRECT-DONE", STEP * 3)
+        .expect("direct transfers");
+    guest
+        .expect_line("L2CAP-DONE", STEP * 2)
+        .expect("l2test through periwire");
+    guest
+        .expect_line("RFCOMM-DONE", STEP * 2)
+        .expect("rctest through periwire");
+    guest.expect_line("CLOSES-DONE", STEP * 2).expect("closes");
+    guest.expect_line("PAIRED", STEP * 2).expect("pairing");
+    let outcome = guest.wait_success(STEP).expect("scenario succeeds");
+    let log = |name: &str| text(&outcome, &format!("LOG-{name} "));
+
+    // 1. Every byte both ways: l2test checks each frame's sequence number, size and pattern;
+    // rctest only counts (its checks are compiled out), but its RFCOMM frames ride in an
+    // L2CAP channel carried the same way as l2test's.
+    let direct_l2 = received(&log("l2r"), l2_total, "l2test hci0 -> remote");
+    let direct_l2u = received(&log("direct-l2u"), l2_total, "l2test remote -> hci0");
+    let direct_rc = received_at_least(&log("rcr"), rc_total, "rctest hci0 -> remote");
+    let direct_rcu = received_at_least(&log("direct-rcu"), rc_total, "rctest remote -> hci0");
+    let proxied_l2 = received(&log("l2p"), l2_total, "l2test guest -> remote via periwire");
+    let proxied_l2u = received(&log("l2u"), l2_total, "l2test remote -> guest via periwire");
+    let proxied_rc =
+        received_at_least(&log("rcp"), rc_total, "rctest guest -> remote via periwire");
+    let proxied_rcu =
+        received_at_least(&log("rcu"), rc_total, "rctest remote -> guest via periwire");
+    let held = text(&outcome, "ADAPTERS-L2 ");
+    assert!(
+        held.contains("(host:hci0)")
+            && held.contains("channel psm 0x1019")
+            && held.contains("180000 B sent"),
+        "periwire adapters shows the link and the live channel:\n{held}"
+    );
+    let sdp = text(&outcome, "SDP ");
+    assert!(
+        sdp.contains("Service Name: Serial Port") && sdp.contains("Channel: 11"),
+        "the remote's SDP records reach the guest:\n{sdp}"
+    );
+
+    // 2. Refusal and closes.
+    let refused = text(&outcome, "NO-LISTENER ");
+    assert!(
+        refused.contains("Connection refused"),
+        "a PSM without listener is refused (PSM not supported):\n{refused}"
+    );
+    let closed = text(&outcome, "REMOTE-CLOSED ");
+    assert!(
+        closed.contains("Receiving"),
+        "the channel opened:\n{closed}"
+    );
+    let released = text(&outcome, "ADAPTERS-RELEASED ");
+    assert!(
+        !released.contains("channel psm 0x1011"),
+        "the guest's close closed the host socket:\n{released}"
+    );
+
+    // 4. Pairing through the host: the guest holds periwire's proxy key, not the host's, and
+    // the second link authenticates with it.
+    let first = text(&outcome, "GUEST-KEY-1 ");
+    let second = text(&outcome, "GUEST-KEY-2 ");
+    let host_key = text(&outcome, "HOST-KEY ");
+    let stored = text(&outcome, "KEYS-1 ");
+    assert!(
+        first.len() == 32,
+        "the guest stored a link key: {first:?}\n{}\n{}\n{}",
+        text(&outcome, "BTSTORE "),
+        text(&outcome, "PAIR "),
+        text(&outcome, "SERVE ")
+    );
+    // The host's own key is not compared: whether bluetoothd keeps it depends on how the
+    // kernel paired (see the closing note of issue 7).
+    let _ = host_key;
+    assert!(
+        stored.to_lowercase().contains(&first.to_lowercase()),
+        "periwire stored the proxy key the guest holds:\n{stored}\nguest: {first}"
+    );
+    assert_eq!(first, second, "no new pairing for the second link");
+    assert_eq!(
+        stored,
+        text(&outcome, "KEYS-2 "),
+        "the key store is unchanged"
+    );
+    let reauth = text(&outcome, "ADAPTERS-REAUTH ");
+    assert!(
+        reauth.contains("encrypted"),
+        "the second link is encrypted:\n{reauth}"
+    );
+
+    println!(
+        "throughput (kB/s), straight from hci0 | through periwire:\n\
+         l2test to remote   {direct_l2:8.1} | {proxied_l2:8.1}\n\
+         l2test from remote {direct_l2u:8.1} | {proxied_l2u:8.1}\n\
+         rctest to remote   {direct_rc:8.1} | {proxied_rc:8.1}\n\
+         rctest from remote {direct_rcu:8.1} | {proxied_rcu:8.1}"
+    );
+}
