@@ -14,6 +14,10 @@
 use crate::Reader;
 use thiserror::Error;
 
+pub mod connection;
+
+pub use connection::{Event, ReplySink, ServerConnection, SubmitError, UrbDone};
+
 /// The protocol version this codec speaks (v1.1.1).
 pub const USBIP_VERSION: u16 = 0x0111;
 /// The IANA-registered USB/IP TCP port.
