@@ -2,6 +2,7 @@
 //!
 //! - [`server`]: the USB/IP server (operation phase, URB phase, caps, shutdown).
 //! - [`urb_stream`]: the URB phase's reads and writes, with a payload copied once.
+//! - [`usbip_map`]: the USB model's types in USB/IP's encodings.
 //! - [`registry`]: the exported devices and who holds each.
 //! - [`client`]: a USB/IP client for listing and importing devices.
 //! - [`control`]: the local control socket that `periwire input` and friends talk to.
@@ -18,6 +19,7 @@ pub mod serial;
 pub mod server;
 pub mod urb_stream;
 pub mod urb_tracker;
+pub mod usbip_map;
 
 pub use registry::{Export, Registry};
 pub use server::{serve, ServerConfig};

@@ -19,10 +19,10 @@ use std::sync::Arc;
 use bytes::BytesMut;
 
 use crate::framing::{read_message, FrameError};
-use periwire_usb::{SetupPacket, TransferError, Urb, UrbResult, UsbDevice};
+use periwire_usb::{TransferError, Urb, UrbResult, UsbDevice};
 use periwire_wire::usbip::{
-    encode_iso_packets, Direction, IsoPacket, Limits, OpReply, OpRequest, OpStatus, RetSubmit,
-    RetUnlink, SubmitHeader, UrbCommandHeader,
+    encode_iso_packets, Direction, Limits, OpReply, OpRequest, OpStatus, RetSubmit, RetUnlink,
+    UrbCommandHeader,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedReadHalf;
@@ -34,6 +34,7 @@ use tracing::{debug, info, warn};
 use crate::registry::{Claim, ImportError, Registry};
 use crate::urb_stream::{CommandReader, Outbox};
 use crate::urb_tracker::{InFlight, Unlinked, UrbTracker};
+use crate::usbip_map;
 
 /// Caps that bound what one client can make the server hold.
 #[derive(Debug, Clone, Copy)]
@@ -312,7 +313,7 @@ impl Session {
                 self.tracker.submitted(
                     seqnum,
                     InFlight {
-                        direction: urb.direction,
+                        direction: usbip_map::direction_to_wire(urb.direction),
                         requested: urb.length,
                         cancel: cancel_tx,
                     },
@@ -368,7 +369,7 @@ impl Session {
             Ok(c) => c,
             Err(e) => {
                 self.device_gone |= e == TransferError::Disconnected;
-                header.status = e.errno();
+                header.status = usbip_map::errno(e);
                 header.encode_header(self.outbox.bytes());
                 return;
             }
@@ -393,7 +394,8 @@ impl Session {
                 header.encode_header(self.outbox.bytes());
             }
         }
-        encode_iso_packets(&c.iso_packets, self.outbox.bytes());
+        let iso: Vec<_> = c.iso_packets.iter().map(usbip_map::iso_to_wire).collect();
+        encode_iso_packets(&iso, self.outbox.bytes());
     }
 
     /// Cancels everything in flight and waits until the device has dropped every URB, so
@@ -463,7 +465,7 @@ async fn read_commands(
                 let (data, iso_packets) = reader.read_payload(&header).await?;
                 Command::Submit {
                     seqnum: header.seqnum,
-                    urb: urb_from_submit(&header, data, iso_packets),
+                    urb: usbip_map::urb_from_submit(&header, data, &iso_packets),
                     permit,
                 }
             }
@@ -477,18 +479,4 @@ async fn read_commands(
         }
     }
     Ok(())
-}
-
-fn urb_from_submit(h: &SubmitHeader, data: Vec<u8>, iso_packets: Vec<IsoPacket>) -> Urb {
-    Urb {
-        endpoint: h.ep,
-        direction: h.direction,
-        setup: SetupPacket::from_bytes(h.setup),
-        transfer_flags: h.transfer_flags,
-        length: h.transfer_buffer_length,
-        data,
-        iso_packets,
-        start_frame: h.start_frame,
-        interval: h.interval,
-    }
 }

@@ -275,19 +275,6 @@ impl Speed {
             Self::Other(n) => n,
         }
     }
-
-    /// Short human-readable name, as `lsusb` prints it.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Unknown | Self::Other(_) => "unknown",
-            Self::Low => "1.5 Mb/s",
-            Self::Full => "12 Mb/s",
-            Self::High => "480 Mb/s",
-            Self::Wireless => "wireless",
-            Self::Super => "5 Gb/s",
-            Self::SuperPlus => "10 Gb/s",
-        }
-    }
 }
 
 /// Transfer direction of a URB.
