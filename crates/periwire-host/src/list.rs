@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use nusb::MaybeFuture;
-use periwire_usb::device::{InterfaceRecord, Speed};
+use periwire_usb::device::{InterfaceClass, Speed};
 
 use crate::HostError;
 
@@ -31,7 +31,7 @@ pub struct HostDeviceSummary {
     /// Serial number string, if the device has one.
     pub serial: Option<String>,
     /// The interfaces of the active configuration.
-    pub interfaces: Vec<InterfaceRecord>,
+    pub interfaces: Vec<InterfaceClass>,
     /// The drivers bound to its interfaces (`usb-storage`, `usbhid`; `usbfs` while a program
     /// such as periwire holds the interface), without repeats.
     pub drivers: Vec<String>,
@@ -69,9 +69,9 @@ pub fn list_devices() -> Result<Vec<HostDeviceSummary>, HostError> {
 }
 
 /// The interfaces of a device's active configuration, as the OS lists them.
-pub(crate) fn interface_records(info: &nusb::DeviceInfo) -> Vec<InterfaceRecord> {
+pub(crate) fn interface_records(info: &nusb::DeviceInfo) -> Vec<InterfaceClass> {
     info.interfaces()
-        .map(|i| InterfaceRecord {
+        .map(|i| InterfaceClass {
             class: i.class(),
             subclass: i.subclass(),
             protocol: i.protocol(),

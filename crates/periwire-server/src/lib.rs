@@ -1,6 +1,9 @@
 //! The periwire runtime: tokio glue around the sans-IO codecs and device models.
 //!
-//! - [`server`]: the USB/IP server (operation phase, URB phase, caps, shutdown).
+//! - [`server`]: the USB/IP server (operation phase, URB phase, caps, shutdown) over any
+//!   byte stream.
+//! - [`session`]: one claimed device and its endpoint queues, for any wire protocol.
+//! - [`usbip_map`]: the USB model's types in USB/IP's encodings.
 //! - [`urb_stream`]: the URB phase's reads and writes, with a payload copied once.
 //! - [`registry`]: the exported devices and who holds each.
 //! - [`client`]: a USB/IP client for listing and importing devices.
@@ -16,8 +19,10 @@ pub mod framing;
 pub mod registry;
 pub mod serial;
 pub mod server;
+pub mod session;
 pub mod urb_stream;
-pub mod urb_tracker;
+pub mod usbip_map;
 
 pub use registry::{Export, Registry};
-pub use server::{serve, ServerConfig};
+pub use server::{serve, serve_stream, ServerConfig};
+pub use session::DeviceSession;

@@ -6,6 +6,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use periwire_usb::{AttachError, UsbDevice};
 use periwire_wire::usbip::{BusId, DeviceRecord, ExportedDevice};
 
+use crate::usbip_map;
+
 /// One exported device.
 #[derive(Clone)]
 pub struct Export {
@@ -44,7 +46,7 @@ impl Export {
             busid: self.busid.clone(),
             busnum: self.busnum,
             devnum: self.devnum,
-            speed: info.speed,
+            speed: usbip_map::speed_to_wire(info.speed),
             id_vendor: info.vendor_id,
             id_product: info.product_id,
             bcd_device: info.device_version,
@@ -61,7 +63,9 @@ impl Export {
     pub fn listing(&self) -> ExportedDevice {
         ExportedDevice {
             device: self.record(),
-            interfaces: self.device.info().interfaces,
+            interfaces: (self.device.info().interfaces.into_iter())
+                .map(usbip_map::interface_to_wire)
+                .collect(),
         }
     }
 }

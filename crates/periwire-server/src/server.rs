@@ -1,39 +1,43 @@
 //! The USB/IP server: accepts clients, answers the operation phase, and drives imported
 //! devices through the URB phase.
 //!
-//! Per imported device there is one session task that owns the socket's write half and the
-//! [`UrbTracker`], one reader task that decodes the client's commands, and one task per active
-//! endpoint that feeds the device its URBs in order. Completions of all endpoints meet in the
-//! session task, which coalesces whatever is ready into one write.
+//! The URB phase of an imported device joins three parts: the sans-IO
+//! [`ServerConnection`] (which URBs are in flight, the unlink rules, the RET_* bytes), the
+//! protocol-neutral [`DeviceSession`] (the device's endpoint queues), and this driver, which
+//! moves bytes and events between them. One reader task decodes the client's commands; the
+//! session task feeds them in, takes completions from the device, and coalesces whatever
+//! replies are ready into one write.
 //!
-//! Payloads are copied once between the socket and the device: the reader reads an OUT
+//! Payloads are copied once between the stream and the device: the reader reads an OUT
 //! payload straight into the buffer the device is handed, and an IN payload is written from
 //! the buffer the device returned, next to the other replies of the same (vectored) write
 //! (see [`crate::urb_stream`]).
+//!
+//! The URB phase runs over any byte stream ([`serve_stream`]): TCP from [`serve`], or TLS or
+//! a Unix socket from whoever accepted it.
 
-use std::collections::HashMap;
+use std::fmt::Display;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::BytesMut;
 
 use crate::framing::{read_message, FrameError};
-use periwire_usb::{SetupPacket, TransferError, Urb, UrbResult, UsbDevice};
+use periwire_usb::{TransferError, Urb};
 use periwire_wire::usbip::{
-    encode_iso_packets, Direction, IsoPacket, Limits, OpReply, OpRequest, OpStatus, RetSubmit,
-    RetUnlink, SubmitHeader, UrbCommandHeader,
+    CmdUnlink, Event, Limits, OpReply, OpRequest, OpStatus, ServerConnection, SubmitError,
+    SubmitHeader, UrbCommandHeader,
 };
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedReadHalf;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
-use crate::registry::{Claim, ImportError, Registry};
+use crate::registry::{ImportError, Registry};
+use crate::session::{Completed, DeviceSession};
 use crate::urb_stream::{CommandReader, Outbox};
-use crate::urb_tracker::{InFlight, Unlinked, UrbTracker};
+use crate::usbip_map;
 
 /// Caps that bound what one client can make the server hold.
 #[derive(Debug, Clone, Copy)]
@@ -67,9 +71,9 @@ pub enum ConnectionError {
     /// Reading a message failed.
     #[error(transparent)]
     Frame(#[from] FrameError),
-    /// The client reused a sequence number still in flight.
+    /// The client submitted against the protocol's rules (a sequence number in flight).
     #[error("protocol violation: {0}")]
-    Tracking(#[from] crate::urb_tracker::TrackError),
+    Submit(#[from] SubmitError),
     /// The connection is being torn down.
     #[error("connection closing")]
     Closing,
@@ -98,9 +102,17 @@ pub async fn serve(
                     }
                 };
                 let registry = registry.clone();
-                let stop = stop_rx.clone();
+                let mut stop = stop_rx.clone();
                 connections.spawn(async move {
-                    match handle_connection(stream, peer, registry, config, stop).await {
+                    let stopped = async move {
+                        // An error means the server is gone: stop as well.
+                        let _ = stop.wait_for(|stopping| *stopping).await;
+                    };
+                    let result = match stream.set_nodelay(true) {
+                        Ok(()) => serve_stream(stream, peer, &registry, config, stopped).await,
+                        Err(e) => Err(e.into()),
+                    };
+                    match result {
                         Ok(()) => debug!(%peer, "connection closed"),
                         Err(e) => warn!(%peer, reason = %e, "dropped client"),
                     }
@@ -117,14 +129,20 @@ pub async fn serve(
     Ok(())
 }
 
-async fn handle_connection(
-    mut stream: TcpStream,
-    peer: SocketAddr,
-    registry: Registry,
+/// Serves one USB/IP client on `stream`, any connected byte stream (TCP, TLS, a Unix
+/// socket), from its operation request to the end of the URB phase of the device it imports.
+/// `peer` names the client in logs. An imported device is released when the client goes away
+/// or `stop` resolves.
+pub async fn serve_stream<S>(
+    mut stream: S,
+    peer: impl Display,
+    registry: &Registry,
     config: ServerConfig,
-    stop: watch::Receiver<bool>,
-) -> Result<(), ConnectionError> {
-    stream.set_nodelay(true)?;
+    stop: impl Future<Output = ()>,
+) -> Result<(), ConnectionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let Some(request) = read_message(&mut stream, &mut buf, OpRequest::decode).await? else {
         return Ok(());
@@ -154,9 +172,9 @@ async fn handle_connection(
                 info!(%peer, %busid, name = %claim.export().name, "imported");
                 OpReply::Import(Ok(claim.export().record())).encode(&mut out);
                 stream.write_all(&out).await?;
-                let result = run_urb_phase(stream, buf, &claim, config, stop).await;
+                let session = DeviceSession::new(claim);
+                let result = run_urb_phase(stream, buf, session, config, stop).await;
                 info!(%peer, %busid, "released");
-                drop(claim);
                 result
             }
         },
@@ -166,14 +184,11 @@ async fn handle_connection(
 /// A command from the reader task to the session task.
 enum Command {
     Submit {
-        seqnum: u32,
+        header: SubmitHeader,
         urb: Urb,
         permit: Permit,
     },
-    Unlink {
-        seqnum: u32,
-        unlink_seqnum: u32,
-    },
+    Unlink(CmdUnlink),
 }
 
 /// Holds a URB's share of the in-flight caps until it is answered or cancelled.
@@ -182,67 +197,42 @@ struct Permit {
     _bytes: OwnedSemaphorePermit,
 }
 
-/// Work for an endpoint task.
-struct EndpointWork {
-    seqnum: u32,
-    urb: Urb,
-    permit: Permit,
-    /// Fires (or is dropped) when the URB is unlinked or the connection ends.
-    cancel: oneshot::Receiver<()>,
-}
-
-/// A finished URB, from an endpoint task to the session task.
-struct Done {
-    seqnum: u32,
-    result: UrbResult,
-    _permit: Permit,
-}
-
-/// Endpoint 0 carries control transfers in both directions, in one order; other endpoints
-/// are queued per direction.
-fn queue_key(urb: &Urb) -> u8 {
-    if urb.endpoint == 0 {
-        0
-    } else {
-        urb.endpoint_address()
-    }
-}
-
-async fn run_urb_phase(
-    stream: TcpStream,
+/// The URB phase of one imported device, with the stream split into the reader task's half
+/// and the write half here.
+async fn run_urb_phase<S>(
+    stream: S,
     buf: BytesMut,
-    claim: &Claim,
+    session: DeviceSession<u32, Permit>,
     config: ServerConfig,
-    mut stop: watch::Receiver<bool>,
-) -> Result<(), ConnectionError> {
-    let device = claim.export().device.clone();
-    let watched = Arc::clone(&device);
-    let mut gone = watched.gone();
-    let (rd, mut wr) = stream.into_split();
+    stop: impl Future<Output = ()>,
+) -> Result<(), ConnectionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::pin!(stop);
+    let device = Arc::clone(session.device());
+    let mut gone = device.gone();
+    let (rd, mut wr) = tokio::io::split(stream);
     let (cmd_tx, mut cmd_rx) = mpsc::channel(64);
     let mut reader = tokio::spawn(read_commands(rd, buf, config, cmd_tx));
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
-    let mut session = Session {
-        device,
-        tracker: UrbTracker::new(),
-        endpoints: HashMap::new(),
-        tasks: JoinSet::new(),
-        done_tx,
+    let mut phase = UrbPhase {
+        connection: ServerConnection::new(),
+        session,
         outbox: Outbox::new(),
         device_gone: false,
     };
     let result = loop {
         tokio::select! {
             biased;
-            _ = stop.changed() => break Ok(()),
+            () = &mut stop => break Ok(()),
             () = &mut gone => {
                 info!("the device is gone; closing the connection");
                 break Ok(());
             }
-            Some(done) = done_rx.recv() => session.finish(done),
+            done = phase.session.next_completion() => phase.finish(done),
             cmd = cmd_rx.recv() => match cmd {
                 Some(cmd) => {
-                    if let Err(e) = session.command(cmd) {
+                    if let Err(e) = phase.command(cmd) {
                         break Err(e);
                     }
                 }
@@ -252,11 +242,11 @@ async fn run_urb_phase(
         }
         // Take whatever else is ready, completions first, so their replies share one write.
         let mut failed = None;
-        while !session.outbox.is_full() {
-            if let Ok(done) = done_rx.try_recv() {
-                session.finish(done);
+        while !phase.outbox.is_full() {
+            if let Some(done) = phase.session.try_completion() {
+                phase.finish(done);
             } else if let Ok(cmd) = cmd_rx.try_recv() {
-                if let Err(e) = session.command(cmd) {
+                if let Err(e) = phase.command(cmd) {
                     failed = Some(e);
                     break;
                 }
@@ -267,12 +257,12 @@ async fn run_urb_phase(
         if let Some(e) = failed {
             break Err(e);
         }
-        if !session.outbox.is_empty() {
-            if let Err(e) = session.outbox.flush(&mut wr).await {
+        if !phase.outbox.is_empty() {
+            if let Err(e) = phase.outbox.flush(&mut wr).await {
                 break Err(e.into());
             }
         }
-        if session.device_gone {
+        if phase.device_gone {
             // As usbip-host does when its device is unplugged: closing the connection makes
             // the client's vhci port detach, rather than leaving a device that fails every
             // transfer.
@@ -280,159 +270,80 @@ async fn run_urb_phase(
             break Ok(());
         }
     };
-    session.close().await;
+    phase.connection.close().for_each(drop);
+    phase.session.close().await;
     reader.abort();
     let read_result = match (&mut reader).await {
         Ok(r) => r,
         Err(_) => Ok(()),
     };
+    // An orderly end (a TCP FIN, a TLS close_notify) before the stream is dropped: the client
+    // reads the end of the stream rather than a reset. The client may be gone already, so a
+    // failure says nothing new.
+    let _ = wr.shutdown().await;
     result.and(read_result)
 }
 
-struct Session {
-    device: Arc<dyn UsbDevice>,
-    tracker: UrbTracker<oneshot::Sender<()>>,
-    endpoints: HashMap<u8, mpsc::UnboundedSender<EndpointWork>>,
-    tasks: JoinSet<()>,
-    done_tx: mpsc::UnboundedSender<Done>,
+/// What the session task holds: the protocol's state, the device's, and the replies that
+/// wait to be written.
+struct UrbPhase {
+    connection: ServerConnection,
+    session: DeviceSession<u32, Permit>,
     outbox: Outbox,
     /// A URB failed because the device went away (a host device unplugged).
     device_gone: bool,
 }
 
-impl Session {
+impl UrbPhase {
     fn command(&mut self, cmd: Command) -> Result<(), ConnectionError> {
         match cmd {
             Command::Submit {
-                seqnum,
+                header,
                 urb,
                 permit,
             } => {
-                let (cancel_tx, cancel) = oneshot::channel();
-                self.tracker.submitted(
-                    seqnum,
-                    InFlight {
-                        direction: urb.direction,
-                        requested: urb.length,
-                        cancel: cancel_tx,
-                    },
-                )?;
-                let key = queue_key(&urb);
-                let queue = self.endpoints.entry(key).or_insert_with(|| {
-                    let (tx, rx) = mpsc::unbounded_channel();
-                    self.tasks
-                        .spawn(run_endpoint(self.device.clone(), rx, self.done_tx.clone()));
-                    tx
-                });
-                // The endpoint task lives as long as the session, so this cannot fail; if it
-                // did, dropping the work cancels the URB like an unlink would.
-                let _ = queue.send(EndpointWork {
-                    seqnum,
-                    urb,
-                    permit,
-                    cancel,
-                });
+                self.connection.handle_submit(&header)?;
+                self.session.submit(header.seqnum, urb, permit);
             }
-            Command::Unlink {
-                seqnum,
-                unlink_seqnum,
-            } => {
-                let outcome = self.tracker.unlink(unlink_seqnum);
-                let status = outcome.status();
-                if let Unlinked::Cancelled(urb) = outcome {
-                    let _ = urb.cancel.send(());
+            Command::Unlink(unlink) => {
+                self.connection.handle_unlink(&unlink);
+                let mut cancelled = false;
+                while let Some(event) = self.connection.poll_event() {
+                    match event {
+                        Event::Cancel { seqnum } => cancelled |= self.session.cancel(seqnum),
+                    }
                 }
-                debug!(seqnum, unlink_seqnum, status, "unlink");
-                RetUnlink { seqnum, status }.encode(self.outbox.bytes());
+                debug!(
+                    seqnum = unlink.seqnum,
+                    unlink_seqnum = unlink.unlink_seqnum,
+                    cancelled,
+                    "unlink"
+                );
+                self.transmit();
             }
         }
         Ok(())
     }
 
-    fn finish(&mut self, done: Done) {
-        let Some(urb) = self.tracker.completed(done.seqnum) else {
-            // Unlinked meanwhile: the client was told ECONNRESET and expects nothing more.
-            return;
-        };
-        let mut header = RetSubmit {
-            seqnum: done.seqnum,
-            status: 0,
-            actual_length: 0,
-            start_frame: 0,
-            number_of_packets: 0,
-            error_count: 0,
-            data: &[],
-            iso_packets: Vec::new(),
-        };
-        let c = match done.result {
-            Ok(c) => c,
-            Err(e) => {
-                self.device_gone |= e == TransferError::Disconnected;
-                header.status = e.errno();
-                header.encode_header(self.outbox.bytes());
-                return;
-            }
-        };
-        header.start_frame = c.start_frame;
-        header.number_of_packets = u32::try_from(c.iso_packets.len()).unwrap_or(u32::MAX);
-        header.error_count = c.error_count;
-        match urb.direction {
-            Direction::In => {
-                // A device must not return more than asked: cut, as a host controller would.
-                let limit = (urb.requested as usize).min(c.data.len());
-                header.actual_length = if c.iso_packets.is_empty() {
-                    limit as u32
-                } else {
-                    c.actual_length
-                };
-                header.encode_header(self.outbox.bytes());
-                self.outbox.payload(c.data, limit);
-            }
-            Direction::Out => {
-                header.actual_length = c.actual_length.min(urb.requested);
-                header.encode_header(self.outbox.bytes());
-            }
-        }
-        encode_iso_packets(&c.iso_packets, self.outbox.bytes());
-    }
-
-    /// Cancels everything in flight and waits until the device has dropped every URB, so
-    /// that the release that follows sees a quiet device.
-    async fn close(mut self) {
-        for urb in self.tracker.drain() {
-            drop(urb.cancel);
-        }
-        self.endpoints.clear();
-        self.tasks.shutdown().await;
-    }
-}
-
-async fn run_endpoint(
-    device: Arc<dyn UsbDevice>,
-    mut queue: mpsc::UnboundedReceiver<EndpointWork>,
-    done: mpsc::UnboundedSender<Done>,
-) {
-    while let Some(mut work) = queue.recv().await {
-        let result = tokio::select! {
-            biased;
-            _ = &mut work.cancel => continue,
-            r = device.submit(work.urb) => r,
-        };
-        if done
-            .send(Done {
-                seqnum: work.seqnum,
-                result,
-                _permit: work.permit,
-            })
-            .is_err()
+    fn finish(&mut self, done: Completed<u32, Permit>) {
+        let disconnected = done.result == Err(TransferError::Disconnected);
+        // A URB unlinked meanwhile is dropped here: the client was told ECONNRESET.
+        if self
+            .connection
+            .handle_completion(done.id, usbip_map::urb_done(done.result))
         {
-            return;
+            self.device_gone |= disconnected;
+            self.transmit();
         }
+    }
+
+    fn transmit(&mut self) {
+        while self.connection.poll_transmit(&mut self.outbox) {}
     }
 }
 
-async fn read_commands(
-    rd: OwnedReadHalf,
+async fn read_commands<S: AsyncRead>(
+    rd: ReadHalf<S>,
     buf: BytesMut,
     config: ServerConfig,
     commands: mpsc::Sender<Command>,
@@ -462,33 +373,16 @@ async fn read_commands(
                 };
                 let (data, iso_packets) = reader.read_payload(&header).await?;
                 Command::Submit {
-                    seqnum: header.seqnum,
-                    urb: urb_from_submit(&header, data, iso_packets),
+                    header,
+                    urb: usbip_map::urb_from_submit(&header, data, &iso_packets),
                     permit,
                 }
             }
-            UrbCommandHeader::Unlink(u) => Command::Unlink {
-                seqnum: u.seqnum,
-                unlink_seqnum: u.unlink_seqnum,
-            },
+            UrbCommandHeader::Unlink(u) => Command::Unlink(u),
         };
         if commands.send(cmd).await.is_err() {
             return Ok(());
         }
     }
     Ok(())
-}
-
-fn urb_from_submit(h: &SubmitHeader, data: Vec<u8>, iso_packets: Vec<IsoPacket>) -> Urb {
-    Urb {
-        endpoint: h.ep,
-        direction: h.direction,
-        setup: SetupPacket::from_bytes(h.setup),
-        transfer_flags: h.transfer_flags,
-        length: h.transfer_buffer_length,
-        data,
-        iso_packets,
-        start_frame: h.start_frame,
-        interval: h.interval,
-    }
 }

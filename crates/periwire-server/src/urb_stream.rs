@@ -10,7 +10,9 @@
 use std::io::{self, IoSlice};
 
 use bytes::BufMut;
-use periwire_wire::usbip::{Limits, SubmitHeader, UrbCommandHeader, WireError, URB_HEADER_LEN};
+use periwire_wire::usbip::{
+    Limits, ReplySink, SubmitHeader, UrbCommandHeader, WireError, URB_HEADER_LEN,
+};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::framing::FrameError;
@@ -155,23 +157,15 @@ pub struct Outbox {
     payload_bytes: usize,
 }
 
-impl Outbox {
-    /// An empty outbox.
-    pub fn new() -> Self {
-        Self {
-            bytes: Vec::with_capacity(64 * 1024),
-            payloads: Vec::with_capacity(MAX_PAYLOADS),
-            payload_bytes: 0,
-        }
-    }
-
+impl ReplySink for Outbox {
     /// Where headers and small payloads are encoded.
-    pub fn bytes(&mut self) -> &mut Vec<u8> {
+    fn bytes(&mut self) -> &mut Vec<u8> {
         &mut self.bytes
     }
 
-    /// Appends `data[..len]` as the payload of the reply whose header was just encoded.
-    pub fn payload(&mut self, data: Vec<u8>, len: usize) {
+    /// Appends `data[..len]` as the payload of the reply whose header was just encoded:
+    /// copied if small, else kept for a vectored write.
+    fn payload(&mut self, data: Vec<u8>, len: usize) {
         let len = len.min(data.len());
         if len < COPY_BELOW {
             self.bytes.extend_from_slice(&data[..len]);
@@ -182,6 +176,17 @@ impl Outbox {
                 data,
                 len,
             });
+        }
+    }
+}
+
+impl Outbox {
+    /// An empty outbox.
+    pub fn new() -> Self {
+        Self {
+            bytes: Vec::with_capacity(64 * 1024),
+            payloads: Vec::with_capacity(MAX_PAYLOADS),
+            payload_bytes: 0,
         }
     }
 

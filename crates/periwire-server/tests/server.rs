@@ -472,3 +472,87 @@ async fn a_refused_attach_is_a_device_error_and_an_unplug_ends_an_idle_session()
         ))
     ));
 }
+
+/// The server over an in-memory stream rather than TCP: what a TLS or Unix-socket listener
+/// hands it.
+#[tokio::test]
+async fn serves_any_byte_stream() {
+    use periwire_wire::usbip::{Limits, OpReply, OpRequest, PendingUrb, SubmitHeader, UrbReply};
+    let server = start(1, ServerConfig::default()).await;
+    let (mut client, stream) = tokio::io::duplex(64 * 1024);
+    let registry = server.registry.clone();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        periwire_server::serve_stream(
+            stream,
+            "duplex",
+            &registry,
+            ServerConfig::default(),
+            async {
+                let _ = stopped.await;
+            },
+        )
+        .await
+    });
+    let mut out = Vec::new();
+    OpRequest::Import {
+        busid: busid("1-1"),
+    }
+    .encode(&mut out);
+    SubmitHeader {
+        seqnum: 1,
+        devid: 0x0001_0002,
+        direction: Direction::In,
+        ep: EP_SOURCE & 0x0f,
+        transfer_flags: 0,
+        transfer_buffer_length: 100,
+        start_frame: 0,
+        number_of_packets: 0,
+        non_iso_marker: false,
+        interval: 0,
+        setup: [0; 8],
+    }
+    .with_payload(&[], Vec::new())
+    .encode(&mut out);
+    client.write_all(&out).await.unwrap();
+    let mut got = Vec::new();
+    let limits = Limits::default();
+    let pending = |_| {
+        Some(PendingUrb {
+            direction: Direction::In,
+            transfer_buffer_length: 100,
+        })
+    };
+    let (reply, used) = loop {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(TIMEOUT, client.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "the server closed early");
+        got.extend_from_slice(&chunk[..n]);
+        let Some((op, op_len)) = OpReply::decode(&got, &limits).unwrap() else {
+            continue;
+        };
+        assert!(matches!(op, OpReply::Import(Ok(_))));
+        if let Some((reply, n)) = UrbReply::decode(&got[op_len..], &limits, pending).unwrap() {
+            let UrbReply::Submit(r) = reply else {
+                panic!("RET_SUBMIT expected, got {reply:?}")
+            };
+            break ((r.seqnum, r.status, r.data.to_vec()), op_len + n);
+        }
+    };
+    assert_eq!(used, got.len(), "nothing but the two replies");
+    assert_eq!(reply, (1, 0, periwire_usb::source_sink::pattern(100)));
+    assert!(server.registry.is_claimed(&busid("1-1")));
+    stop.send(()).unwrap();
+    tokio::time::timeout(TIMEOUT, task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(
+        !server.registry.is_claimed(&busid("1-1")),
+        "released on stop"
+    );
+}

@@ -4,7 +4,7 @@
 //! host reads, and the [`DeviceInfo`](crate::DeviceInfo) the device list shows, both derive
 //! from it, so they cannot disagree.
 
-use crate::device::{DeviceInfo, InterfaceRecord, Speed};
+use crate::device::{DeviceInfo, InterfaceClass, Speed};
 
 /// Descriptor type codes (USB 2.0 table 9-5).
 pub mod kind {
@@ -259,7 +259,7 @@ impl DeviceDescriptors {
                 .interfaces
                 .iter()
                 .filter(|i| i.alternate == 0)
-                .map(|i| InterfaceRecord {
+                .map(|i| InterfaceClass {
                     class: i.class,
                     subclass: i.subclass,
                     protocol: i.protocol,

@@ -3,9 +3,76 @@
 use std::future::Future;
 use std::pin::Pin;
 
-pub use periwire_wire::usbip::{Direction, InterfaceRecord, IsoPacket, Speed};
-
 use crate::SetupPacket;
+
+/// The speed a device runs at. Each wire protocol maps it to its own numbering (USB/IP uses
+/// Linux `enum usb_device_speed`, usbredir its own), so none of them leaks into the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Speed {
+    /// Not known (a host device whose OS does not say).
+    Unknown,
+    /// Low speed, 1.5 Mbit/s.
+    Low,
+    /// Full speed, 12 Mbit/s.
+    Full,
+    /// High speed, 480 Mbit/s.
+    High,
+    /// Wireless USB.
+    Wireless,
+    /// SuperSpeed, 5 Gbit/s.
+    Super,
+    /// SuperSpeed+, 10 Gbit/s and up.
+    SuperPlus,
+}
+
+impl Speed {
+    /// Short human-readable name, as `lsusb` prints it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Unknown => "unknown",
+            Self::Low => "1.5 Mb/s",
+            Self::Full => "12 Mb/s",
+            Self::High => "480 Mb/s",
+            Self::Wireless => "wireless",
+            Self::Super => "5 Gb/s",
+            Self::SuperPlus => "10 Gb/s",
+        }
+    }
+}
+
+/// The direction of a transfer's data stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// Host to device.
+    Out,
+    /// Device to host.
+    In,
+}
+
+/// The class triple of one interface (alternate setting 0), as device lists show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InterfaceClass {
+    /// bInterfaceClass.
+    pub class: u8,
+    /// bInterfaceSubClass.
+    pub subclass: u8,
+    /// bInterfaceProtocol.
+    pub protocol: u8,
+}
+
+/// One packet of an isochronous transfer: where it lies in the transfer buffer, and (in a
+/// completion) what became of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IsoPacket {
+    /// Offset of the packet in the transfer buffer.
+    pub offset: u32,
+    /// Length requested.
+    pub length: u32,
+    /// Length transferred.
+    pub actual_length: u32,
+    /// The packet's outcome; a submitted packet carries `Ok(())`.
+    pub status: Result<(), TransferError>,
+}
 
 /// A boxed, sendable future: what [`UsbDevice::submit`] returns.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -84,8 +151,8 @@ impl Completion {
     }
 }
 
-/// Why a URB failed. One mapping, [`TransferError::errno`], gives the status that goes on the
-/// wire; passthrough backends map their OS errors into this enum.
+/// Why a URB failed. Each wire protocol maps it to its own status codes (USB/IP to negative
+/// Linux errnos); passthrough backends map their OS errors into this enum.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum TransferError {
     /// The endpoint stalled (or the control request is not supported).
@@ -109,21 +176,6 @@ pub enum TransferError {
     /// Any other failure.
     #[error("transfer fault")]
     Fault,
-}
-
-impl TransferError {
-    /// The negative Linux errno USB/IP sends for this error.
-    pub fn errno(self) -> i32 {
-        match self {
-            Self::Stall => -32,         // EPIPE
-            Self::Cancelled => -104,    // ECONNRESET
-            Self::Disconnected => -108, // ESHUTDOWN
-            Self::Overflow => -75,      // EOVERFLOW
-            Self::Protocol => -71,      // EPROTO
-            Self::Timeout => -62,       // ETIME
-            Self::Fault => -121,        // EREMOTEIO
-        }
-    }
 }
 
 /// Why a device cannot be imported right now.
@@ -156,7 +208,7 @@ pub struct DeviceInfo {
     /// bNumConfigurations.
     pub num_configurations: u8,
     /// Interfaces of that configuration (alternate setting 0).
-    pub interfaces: Vec<InterfaceRecord>,
+    pub interfaces: Vec<InterfaceClass>,
 }
 
 /// A USB device that periwire can export.

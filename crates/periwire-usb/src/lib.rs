@@ -18,7 +18,8 @@ pub mod setup;
 pub mod standard;
 
 pub use device::{
-    AttachError, BoxFuture, Completion, DeviceInfo, TransferError, Urb, UrbResult, UsbDevice,
+    AttachError, BoxFuture, Completion, DeviceInfo, Direction, InterfaceClass, IsoPacket, Speed,
+    TransferError, Urb, UrbResult, UsbDevice,
 };
 pub use setup::SetupPacket;
 

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use periwire_server::control::{ControlRequest, ControlResponse, MouseButton};
-use periwire_wire::usbip::InterfaceRecord;
+use periwire_server::usbip_map;
+use periwire_usb::InterfaceClass;
 
 /// Share USB devices with virtual machines over USB/IP.
 #[derive(Debug, Parser)]
@@ -296,10 +297,17 @@ async fn control(
 }
 
 /// Interfaces as `class/subclass/protocol` in hex, as `usbip list` prints them.
-fn interface_triples(interfaces: &[InterfaceRecord]) -> Vec<String> {
+fn interface_triples(interfaces: &[InterfaceClass]) -> Vec<String> {
     interfaces
         .iter()
         .map(|i| format!("{:02x}/{:02x}/{:02x}", i.class, i.subclass, i.protocol))
+        .collect()
+}
+
+/// The interfaces of a remote device list entry, in the model's terms.
+fn remote_interfaces(interfaces: &[periwire_wire::usbip::InterfaceRecord]) -> Vec<InterfaceClass> {
+    (interfaces.iter().copied())
+        .map(usbip_map::interface_from_wire)
         .collect()
 }
 
@@ -360,9 +368,9 @@ async fn list(remote: &str, json: bool) -> Result<(), AnyError> {
                     "busid": d.device.busid.as_str(),
                     "vendor_id": format!("{:04x}", d.device.id_vendor),
                     "product_id": format!("{:04x}", d.device.id_product),
-                    "speed": d.device.speed.name(),
+                    "speed": usbip_map::speed_from_wire(d.device.speed).name(),
                     "class": d.device.device_class,
-                    "interfaces": interface_triples(&d.interfaces),
+                    "interfaces": interface_triples(&remote_interfaces(&d.interfaces)),
                 })
             })
             .collect();
@@ -379,7 +387,7 @@ async fn list(remote: &str, json: bool) -> Result<(), AnyError> {
             r.busid,
             r.id_vendor,
             r.id_product,
-            r.speed.name()
+            usbip_map::speed_from_wire(r.speed).name()
         );
         for (n, i) in d.interfaces.iter().enumerate() {
             println!(

@@ -14,6 +14,10 @@
 use crate::Reader;
 use thiserror::Error;
 
+pub mod connection;
+
+pub use connection::{Event, ReplySink, ServerConnection, SubmitError, UrbDone};
+
 /// The protocol version this codec speaks (v1.1.1).
 pub const USBIP_VERSION: u16 = 0x0111;
 /// The IANA-registered USB/IP TCP port.
@@ -269,19 +273,6 @@ impl Speed {
             Self::Super => 5,
             Self::SuperPlus => 6,
             Self::Other(n) => n,
-        }
-    }
-
-    /// Short human-readable name, as `lsusb` prints it.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Unknown | Self::Other(_) => "unknown",
-            Self::Low => "1.5 Mb/s",
-            Self::Full => "12 Mb/s",
-            Self::High => "480 Mb/s",
-            Self::Wireless => "wireless",
-            Self::Super => "5 Gb/s",
-            Self::SuperPlus => "10 Gb/s",
         }
     }
 }

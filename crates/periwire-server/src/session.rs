@@ -1,0 +1,291 @@
+//! One claimed device and the URBs a client has asked of it, whatever protocol that client
+//! speaks: per-endpoint queues, submit, complete, cancel and release.
+//!
+//! A protocol driver (the USB/IP server today, usbredir next) owns one [`DeviceSession`]. It
+//! submits URBs under ids of its own protocol (USB/IP sequence numbers, usbredir packet ids),
+//! awaits their completions with [`DeviceSession::next_completion`], cancels them by id, and
+//! ends with [`DeviceSession::close`], which waits until the device has dropped every URB
+//! and then releases the device for the next client.
+//!
+//! Each active endpoint gets a task that hands the device its URBs one at a time, in
+//! submission order (the [`UsbDevice`] contract), so a slow endpoint (an interrupt IN that
+//! waits for a key press) never holds up another. Completions of all endpoints meet in one
+//! channel, in the order they finish.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::Arc;
+
+use periwire_usb::{Urb, UrbResult, UsbDevice};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+
+use crate::registry::{Claim, Export};
+
+/// A finished URB.
+#[derive(Debug)]
+pub struct Completed<K, H> {
+    /// The id it was submitted under.
+    pub id: K,
+    /// What the device made of it.
+    pub result: UrbResult,
+    /// What the driver handed in with it (an in-flight permit, say), kept alive until now.
+    pub hold: H,
+}
+
+/// Work for an endpoint task.
+struct Work<K, H> {
+    id: K,
+    urb: Urb,
+    hold: H,
+    /// Fires, or is dropped, when the URB is cancelled or the session closes.
+    cancel: oneshot::Receiver<()>,
+}
+
+/// One device held by one client: see the [module documentation](self).
+///
+/// `K` is the protocol's URB id; ids must be unique among the URBs in flight. `H` is whatever
+/// the driver wants kept alive exactly as long as the URB: it comes back with the completion,
+/// or is dropped when a cancelled URB leaves the device.
+pub struct DeviceSession<K, H> {
+    claim: Claim,
+    device: Arc<dyn UsbDevice>,
+    /// URBs handed to an endpoint task and not yet completed or cancelled.
+    cancels: HashMap<K, oneshot::Sender<()>>,
+    endpoints: HashMap<u8, mpsc::UnboundedSender<Work<K, H>>>,
+    tasks: JoinSet<()>,
+    done_tx: mpsc::UnboundedSender<Completed<K, H>>,
+    done_rx: mpsc::UnboundedReceiver<Completed<K, H>>,
+}
+
+/// Endpoint 0 carries control transfers in both directions, in one order; other endpoints
+/// are queued per direction.
+fn queue_key(urb: &Urb) -> u8 {
+    if urb.endpoint == 0 {
+        0
+    } else {
+        urb.endpoint_address()
+    }
+}
+
+impl<K, H> DeviceSession<K, H>
+where
+    K: Copy + Eq + Hash + Send + 'static,
+    H: Send + 'static,
+{
+    /// A session on the device `claim` holds; the claim is released by [`close`](Self::close).
+    pub fn new(claim: Claim) -> Self {
+        let device = Arc::clone(&claim.export().device);
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        Self {
+            claim,
+            device,
+            cancels: HashMap::new(),
+            endpoints: HashMap::new(),
+            tasks: JoinSet::new(),
+            done_tx,
+            done_rx,
+        }
+    }
+
+    /// The export this session holds.
+    pub fn export(&self) -> &Export {
+        self.claim.export()
+    }
+
+    /// The device.
+    pub fn device(&self) -> &Arc<dyn UsbDevice> {
+        &self.device
+    }
+
+    /// Number of URBs submitted and neither completed (as seen by
+    /// [`next_completion`](Self::next_completion)) nor cancelled.
+    pub fn in_flight(&self) -> usize {
+        self.cancels.len()
+    }
+
+    /// Queues `urb` on its endpoint. Its completion comes back under `id`, with `hold`.
+    pub fn submit(&mut self, id: K, urb: Urb, hold: H) {
+        let (cancel_tx, cancel) = oneshot::channel();
+        // A reused id replaces (and so cancels) the URB before it; drivers refuse reuse
+        // before it gets here.
+        self.cancels.insert(id, cancel_tx);
+        let queue = self.endpoints.entry(queue_key(&urb)).or_insert_with(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            self.tasks.spawn(run_endpoint(
+                Arc::clone(&self.device),
+                rx,
+                self.done_tx.clone(),
+            ));
+            tx
+        });
+        // The endpoint task lives as long as the session, so this cannot fail; if it did,
+        // dropping the work cancels the URB as `cancel` would.
+        let _ = queue.send(Work {
+            id,
+            urb,
+            hold,
+            cancel,
+        });
+    }
+
+    /// Cancels URB `id`: a URB still queued is never handed to the device, one the device
+    /// works on has its future dropped. Returns `false` if `id` is not in flight. A URB that
+    /// finished just before may still come out of [`next_completion`](Self::next_completion);
+    /// the driver's protocol rules say what becomes of it.
+    pub fn cancel(&mut self, id: K) -> bool {
+        match self.cancels.remove(&id) {
+            Some(cancel) => {
+                let _ = cancel.send(());
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The next URB to finish, on any endpoint. Cancel-safe (use it in `select!`); pending
+    /// while nothing is in flight.
+    pub async fn next_completion(&mut self) -> Completed<K, H> {
+        // The session holds a sender itself, so the channel never closes.
+        let Some(done) = self.done_rx.recv().await else {
+            return std::future::pending().await;
+        };
+        self.cancels.remove(&done.id);
+        done
+    }
+
+    /// A URB that has finished already, if any.
+    pub fn try_completion(&mut self) -> Option<Completed<K, H>> {
+        let done = self.done_rx.try_recv().ok()?;
+        self.cancels.remove(&done.id);
+        Some(done)
+    }
+
+    /// Cancels everything in flight, waits until the device has dropped every URB, and then
+    /// releases the device, so that the release (and the next client) sees a quiet device.
+    pub async fn close(mut self) {
+        self.cancels.clear();
+        self.endpoints.clear();
+        self.tasks.shutdown().await;
+        drop(self.claim);
+    }
+}
+
+async fn run_endpoint<K, H>(
+    device: Arc<dyn UsbDevice>,
+    mut queue: mpsc::UnboundedReceiver<Work<K, H>>,
+    done: mpsc::UnboundedSender<Completed<K, H>>,
+) {
+    while let Some(mut work) = queue.recv().await {
+        let result = tokio::select! {
+            biased;
+            _ = &mut work.cancel => continue,
+            r = device.submit(work.urb) => r,
+        };
+        let completed = Completed {
+            id: work.id,
+            result,
+            hold: work.hold,
+        };
+        if done.send(completed).is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use periwire_usb::source_sink::{SourceSink, EP_INTERRUPT, EP_SOURCE};
+    use periwire_usb::{Direction, SetupPacket};
+    use periwire_wire::usbip::BusId;
+
+    use super::*;
+    use crate::registry::Registry;
+
+    fn session() -> (
+        DeviceSession<u32, Arc<()>>,
+        Registry,
+        periwire_usb::source_sink::SourceSinkHandle,
+    ) {
+        let registry = Registry::new();
+        let (device, handle) = SourceSink::new();
+        let busid = BusId::new("1-1").unwrap();
+        registry
+            .add(Export {
+                busid: busid.clone(),
+                busnum: 1,
+                devnum: 2,
+                name: "ss".into(),
+                device: Arc::new(device),
+            })
+            .unwrap();
+        let claim = registry.claim(&busid).unwrap();
+        (DeviceSession::new(claim), registry, handle)
+    }
+
+    fn urb_in(address: u8, length: u32) -> Urb {
+        Urb {
+            endpoint: address & 0x0f,
+            direction: Direction::In,
+            setup: SetupPacket::from_bytes([0; 8]),
+            transfer_flags: 0,
+            length,
+            data: Vec::new(),
+            iso_packets: Vec::new(),
+            start_frame: 0,
+            interval: 0,
+        }
+    }
+
+    async fn next(s: &mut DeviceSession<u32, Arc<()>>) -> Completed<u32, Arc<()>> {
+        tokio::time::timeout(Duration::from_secs(5), s.next_completion())
+            .await
+            .expect("a completion")
+    }
+
+    #[tokio::test]
+    async fn a_pending_endpoint_does_not_hold_up_another() {
+        let (mut s, _registry, handle) = session();
+        let hold = Arc::new(());
+        s.submit(1, urb_in(EP_INTERRUPT, 8), Arc::clone(&hold));
+        s.submit(2, urb_in(EP_SOURCE, 16), Arc::clone(&hold));
+        let done = next(&mut s).await;
+        assert_eq!(done.id, 2);
+        assert_eq!(done.result.map(|c| c.data.len()), Ok(16));
+        assert_eq!(s.in_flight(), 1);
+        handle.send_interrupt(vec![7; 8]).await.unwrap();
+        let done = next(&mut s).await;
+        assert_eq!((done.id, done.result.map(|c| c.data)), (1, Ok(vec![7; 8])));
+        assert_eq!(s.in_flight(), 0);
+        s.close().await;
+    }
+
+    #[tokio::test]
+    async fn cancel_drops_the_urb_and_what_it_holds() {
+        let (mut s, registry, _handle) = session();
+        let hold = Arc::new(());
+        s.submit(1, urb_in(EP_INTERRUPT, 8), Arc::clone(&hold));
+        // Queued behind the first on the same endpoint: never reaches the device.
+        s.submit(2, urb_in(EP_INTERRUPT, 8), Arc::clone(&hold));
+        assert!(s.cancel(1));
+        assert!(s.cancel(2));
+        assert!(!s.cancel(2), "already cancelled");
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while Arc::strong_count(&hold) > 1 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("both URBs dropped");
+        assert!(
+            s.try_completion().is_none(),
+            "a cancelled URB does not complete"
+        );
+        let busid = s.export().busid.clone();
+        assert!(registry.is_claimed(&busid));
+        s.close().await;
+        assert!(!registry.is_claimed(&busid), "close releases the device");
+    }
+}
