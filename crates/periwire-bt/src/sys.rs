@@ -96,6 +96,28 @@ fn hci_socket(nonblocking: bool) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// A non-blocking HCI socket bound to controller `dev` (or HCI_DEV_NONE) on `channel`.
+fn bound_hci_socket(dev: u16, channel: u16) -> io::Result<OwnedFd> {
+    let fd = hci_socket(true)?;
+    let addr = SockaddrHci {
+        family: libc::AF_BLUETOOTH as libc::sa_family_t,
+        dev,
+        channel,
+    };
+    // SAFETY: `addr` is a valid `struct sockaddr_hci` and its true size is passed.
+    let r = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            &addr as *const SockaddrHci as *const libc::sockaddr,
+            std::mem::size_of::<SockaddrHci>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
 /// The host controller `hci{index}`, or `None` when there is none.
 pub fn controller(index: u16) -> io::Result<Option<HostController>> {
     let fd = hci_socket(false)?;
@@ -161,23 +183,7 @@ struct RawHci {
 
 impl RawHci {
     fn open(index: u16) -> io::Result<Self> {
-        let fd = hci_socket(true)?;
-        let addr = SockaddrHci {
-            family: libc::AF_BLUETOOTH as libc::sa_family_t,
-            dev: index,
-            channel: HCI_CHANNEL_RAW,
-        };
-        // SAFETY: `addr` is a valid `struct sockaddr_hci` and its true size is passed.
-        let r = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                &addr as *const SockaddrHci as *const libc::sockaddr,
-                std::mem::size_of::<SockaddrHci>() as libc::socklen_t,
-            )
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let fd = bound_hci_socket(index, HCI_CHANNEL_RAW)?;
         let filter = HciFilter {
             type_mask: 1 << HCI_EVENT_PKT,
             event_mask: [u32::MAX, u32::MAX],
@@ -318,23 +324,7 @@ pub enum Bonding {
 /// interface (what bluetoothd's Device1.Pair does: dedicated bonding, so the key is kept), as
 /// NoInputNoOutput. Needs CAP_NET_ADMIN.
 pub async fn bond(index: u16, remote: BdAddr) -> io::Result<Bonding> {
-    let fd = hci_socket(true)?;
-    let addr = SockaddrHci {
-        family: libc::AF_BLUETOOTH as libc::sa_family_t,
-        dev: HCI_DEV_NONE,
-        channel: HCI_CHANNEL_CONTROL,
-    };
-    // SAFETY: `addr` is a valid `struct sockaddr_hci` and its true size is passed.
-    let r = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            &addr as *const SockaddrHci as *const libc::sockaddr,
-            std::mem::size_of::<SockaddrHci>() as libc::socklen_t,
-        )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let fd = bound_hci_socket(HCI_DEV_NONE, HCI_CHANNEL_CONTROL)?;
     // SAFETY: as in RawHci::open: the AsyncFd owns the open descriptor for its whole life.
     let fd = unsafe { AsyncFd::register(fd) }.map_err(io::Error::from)?;
     let hci = RawHci { fd };
