@@ -8,6 +8,8 @@
 #![warn(missing_docs)]
 
 pub mod reader;
+pub mod usb_descriptor;
 pub mod usbip;
+pub mod usbredir;
 
 pub use reader::Reader;

@@ -1,6 +1,7 @@
-//! A bounds-checked big-endian reader over a borrowed buffer.
+//! A bounds-checked reader over a borrowed buffer, for big-endian (USB/IP) and little-endian
+//! (usbredir, USB descriptors) fields.
 
-/// Reads big-endian fields from a borrowed buffer; every read is bounds-checked and returns
+/// Reads fields from a borrowed buffer; every read is bounds-checked and returns
 /// `None` when the buffer is too short, so no read can panic or over-read.
 #[derive(Debug, Clone)]
 pub struct Reader<'a> {
@@ -56,6 +57,28 @@ impl<'a> Reader<'a> {
     pub fn i32(&mut self) -> Option<i32> {
         Some(i32::from_be_bytes(self.array()?))
     }
+
+    /// Reads a little-endian `u16`.
+    pub fn u16_le(&mut self) -> Option<u16> {
+        Some(u16::from_le_bytes(self.array()?))
+    }
+
+    /// Reads a little-endian `u32`.
+    pub fn u32_le(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.array()?))
+    }
+
+    /// Reads a little-endian `u64`.
+    pub fn u64_le(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.array()?))
+    }
+
+    /// Takes everything left.
+    pub fn rest(&mut self) -> &'a [u8] {
+        let out = &self.buf[self.pos..];
+        self.pos = self.buf.len();
+        out
+    }
 }
 
 #[cfg(test)]
@@ -71,5 +94,15 @@ mod tests {
         assert_eq!(r.u8(), Some(0x07));
         assert_eq!(r.remaining(), 0);
         assert_eq!(r.take(usize::MAX), None);
+    }
+
+    #[test]
+    fn reads_little_endian_fields() {
+        let mut r = Reader::new(&[0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07]);
+        assert_eq!(r.u16_le(), Some(0x0201));
+        assert_eq!(r.u32_le(), Some(0x0605_0403));
+        assert_eq!(r.u64_le(), None);
+        assert_eq!(r.rest(), &[0x07]);
+        assert_eq!(r.rest(), &[] as &[u8]);
     }
 }
