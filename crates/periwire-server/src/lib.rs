@@ -4,6 +4,9 @@
 //!   byte stream.
 //! - [`session`]: one claimed device and its endpoint queues, for any wire protocol.
 //! - [`usbip_map`]: the USB model's types in USB/IP's encodings.
+//! - [`usbredir`]: the usbredir server (periwire as QEMU `usb-redir`'s usb-host), one device
+//!   per listener, over any byte stream.
+//! - [`usbredir_map`]: the USB model's types in usbredir's encodings.
 //! - [`urb_stream`]: the URB phase's reads and writes, with a payload copied once.
 //! - [`registry`]: the exported devices and who holds each.
 //! - [`client`]: a USB/IP client for listing and importing devices.
@@ -13,6 +16,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod accept;
 pub mod client;
 pub mod control;
 pub mod framing;
@@ -22,6 +26,8 @@ pub mod server;
 pub mod session;
 pub mod urb_stream;
 pub mod usbip_map;
+pub mod usbredir;
+pub mod usbredir_map;
 
 pub use registry::{Export, Registry};
 pub use server::{serve, serve_stream, ServerConfig};

@@ -30,10 +30,10 @@ use periwire_wire::usbip::{
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
-use tokio::task::JoinSet;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
+use crate::accept::accept_until;
 use crate::registry::{ImportError, Registry};
 use crate::session::{Completed, DeviceSession};
 use crate::urb_stream::{CommandReader, Outbox};
@@ -87,44 +87,21 @@ pub async fn serve(
     config: ServerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut connections = JoinSet::new();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // Transient accept errors (EMFILE, ECONNABORTED) must not stop the server.
-                        warn!(error = %e, "accept failed");
-                        continue;
-                    }
-                };
-                let registry = registry.clone();
-                let mut stop = stop_rx.clone();
-                connections.spawn(async move {
-                    let stopped = async move {
-                        // An error means the server is gone: stop as well.
-                        let _ = stop.wait_for(|stopping| *stopping).await;
-                    };
-                    let result = match stream.set_nodelay(true) {
-                        Ok(()) => serve_stream(stream, peer, &registry, config, stopped).await,
-                        Err(e) => Err(e.into()),
-                    };
-                    match result {
-                        Ok(()) => debug!(%peer, "connection closed"),
-                        Err(e) => warn!(%peer, reason = %e, "dropped client"),
-                    }
-                });
+    accept_until(listener, shutdown, |stream, peer, stopped| {
+        let registry = registry.clone();
+        async move {
+            let result = match stream.set_nodelay(true) {
+                Ok(()) => serve_stream(stream, peer, &registry, config, stopped).await,
+                Err(e) => Err(e.into()),
+            };
+            match result {
+                Ok(()) => debug!(%peer, "connection closed"),
+                Err(e) => warn!(%peer, reason = %e, "dropped client"),
             }
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            () = &mut shutdown => break,
         }
-    }
+    })
+    .await;
     info!("shutting down");
-    let _ = stop_tx.send(true);
-    while connections.join_next().await.is_some() {}
     registry.shutdown();
     Ok(())
 }

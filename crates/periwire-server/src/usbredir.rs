@@ -1,0 +1,229 @@
+//! The usbredir server: periwire as the *usb-host* of QEMU's `usb-redir` device, one device
+//! per listener, as `usbredirserver` does.
+//!
+//! QEMU's socket chardev dials the listener (`-chardev socket,host=H,port=P`); the connection
+//! claims the device in the shared [`Registry`] (so a device is held by one client at a time,
+//! whether it speaks USB/IP or usbredir), and this driver moves bytes and events between the
+//! sans-IO [`UsbHost`] and the protocol-neutral [`DeviceSession`]. When the device goes away
+//! or the server stops, the guest is sent device_disconnect (and its ack awaited, briefly)
+//! before the connection closes.
+
+use std::fmt::Display;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use periwire_usb::TransferError;
+use periwire_wire::usbip::BusId;
+use periwire_wire::usbredir::host::{CloseReason, Event, HostError, HostLimits, TransferId};
+use periwire_wire::usbredir::UsbHost;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tracing::{debug, info, warn};
+
+use crate::accept::accept_until;
+use crate::registry::Registry;
+use crate::session::{Completed, DeviceSession};
+use crate::usbredir_map;
+
+/// The version string of periwire's hello.
+pub const VERSION: &str = concat!("periwire usb-host ", env!("CARGO_PKG_VERSION"));
+
+/// How long the guest has to acknowledge a device_disconnect before the connection closes
+/// anyway.
+const DISCONNECT_ACK_WAIT: Duration = Duration::from_secs(2);
+
+/// Caps of one usbredir connection.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UsbredirConfig {
+    /// What the guest can make the host hold.
+    pub limits: HostLimits,
+}
+
+/// Why a usbredir connection ended other than by an orderly close.
+#[derive(Debug, thiserror::Error)]
+pub enum UsbredirError {
+    /// The socket failed.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// The guest broke the protocol, or the device's descriptors could not be read.
+    #[error("protocol: {0}")]
+    Protocol(#[from] HostError),
+    /// The stream ended inside a packet.
+    #[error("connection closed in the middle of a packet")]
+    Truncated,
+}
+
+/// Serves device `busid` over usbredir on `listener` until `shutdown` resolves; then tells
+/// each connected guest the device is gone and closes the connections.
+pub async fn serve(
+    listener: TcpListener,
+    registry: Registry,
+    busid: BusId,
+    config: UsbredirConfig,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    accept_until(listener, shutdown, |stream, peer, stopped| {
+        let (registry, busid) = (registry.clone(), busid.clone());
+        async move {
+            // Small packets (interrupt reports, control replies) go out at once.
+            let _ = stream.set_nodelay(true);
+            match serve_stream(stream, peer, &registry, &busid, config, stopped).await {
+                Ok(()) => debug!(%peer, "usbredir connection closed"),
+                Err(e) => warn!(%peer, reason = %e, "dropped usbredir client"),
+            }
+        }
+    })
+    .await;
+    Ok(())
+}
+
+/// Serves device `busid` to one usb-guest on `stream` (TCP, TLS, a Unix socket). The device
+/// is claimed for as long as the connection lasts; a device another client holds, or one
+/// that is not there, is refused by closing the connection. `stop` ends the connection with
+/// a device_disconnect.
+pub async fn serve_stream<S>(
+    stream: S,
+    peer: impl Display,
+    registry: &Registry,
+    busid: &BusId,
+    config: UsbredirConfig,
+    stop: impl Future<Output = ()>,
+) -> Result<(), UsbredirError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let claim = match registry.claim(busid) {
+        Ok(claim) => claim,
+        Err(e) => {
+            info!(%peer, %busid, reason = %e, "usbredir connection refused");
+            return Ok(());
+        }
+    };
+    info!(%peer, %busid, name = %claim.export().name, "usbredir guest connected");
+    let session = DeviceSession::<TransferId, ()>::new(claim);
+    let speed = usbredir_map::speed_to_wire(session.device().info().speed);
+    let host = UsbHost::new(VERSION, speed, config.limits);
+    let mut connection = Connection {
+        host,
+        session,
+        closed: None,
+    };
+    let result = connection.run(stream, stop).await;
+    if let Some(reason) = connection.closed {
+        debug!(%peer, ?reason, "usbredir session over");
+    }
+    connection.session.close().await;
+    info!(%peer, %busid, "usbredir guest released the device");
+    result
+}
+
+struct Connection {
+    host: UsbHost,
+    session: DeviceSession<TransferId, ()>,
+    closed: Option<CloseReason>,
+}
+
+impl Connection {
+    async fn run<S>(
+        &mut self,
+        stream: S,
+        stop: impl Future<Output = ()>,
+    ) -> Result<(), UsbredirError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        tokio::pin!(stop);
+        let device = Arc::clone(self.session.device());
+        let gone = device.gone();
+        tokio::pin!(gone);
+        let (mut rd, mut wr) = tokio::io::split(stream);
+        let mut buf = BytesMut::with_capacity(64 * 1024);
+        let mut out = Vec::new();
+        // Bytes buffered beyond one maximal packet are not read until the host takes some.
+        let max_buffered = self.host.codec().limits().max_packet_length() as usize + 64 * 1024;
+        let mut stopping = false;
+        let mut gone_seen = false;
+        let ack_deadline = tokio::time::sleep(Duration::MAX);
+        tokio::pin!(ack_deadline);
+        let mut deadline_armed = false;
+        loop {
+            let used = self.host.handle_input(&buf)?;
+            buf.advance(used);
+            self.drive();
+            if self.host.poll_transmit(&mut out) {
+                wr.write_all(&out).await?;
+                out.clear();
+            }
+            if self.closed.is_some() {
+                let _ = wr.shutdown().await;
+                return Ok(());
+            }
+            if (stopping || gone_seen) && !deadline_armed {
+                ack_deadline
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + DISCONNECT_ACK_WAIT);
+                deadline_armed = true;
+            }
+            let reading = self.host.wants_input() && buf.len() < max_buffered;
+            tokio::select! {
+                biased;
+                () = &mut stop, if !stopping => {
+                    stopping = true;
+                    self.host.disconnect();
+                }
+                () = &mut gone, if !gone_seen => {
+                    info!("the device is gone; telling the guest");
+                    gone_seen = true;
+                    self.host.disconnect();
+                }
+                () = &mut ack_deadline, if deadline_armed => {
+                    debug!("no device_disconnect_ack in time; closing");
+                    let _ = wr.shutdown().await;
+                    return Ok(());
+                }
+                done = self.session.next_completion() => self.finish(done)?,
+                n = rd.read_buf(&mut buf), if reading => {
+                    if n? == 0 {
+                        return if buf.is_empty() { Ok(()) } else { Err(UsbredirError::Truncated) };
+                    }
+                }
+            }
+            // Whatever else finished meanwhile goes out in the same write.
+            while let Some(done) = self.session.try_completion() {
+                self.finish(done)?;
+            }
+        }
+    }
+
+    fn finish(&mut self, done: Completed<TransferId, ()>) -> Result<(), UsbredirError> {
+        let disconnected = done.result == Err(TransferError::Disconnected);
+        self.host
+            .handle_completion(done.id, usbredir_map::transfer_result(done.result))?;
+        if disconnected {
+            info!("the device went away during a transfer; telling the guest");
+            self.host.disconnect();
+        }
+        Ok(())
+    }
+
+    /// Carries out what the host asked for.
+    fn drive(&mut self) {
+        while let Some(event) = self.host.poll_event() {
+            match event {
+                Event::Submit { id, transfer } => {
+                    self.session
+                        .submit(id, usbredir_map::urb_from_transfer(transfer), ());
+                }
+                Event::Cancel { id } => {
+                    self.session.cancel(id);
+                }
+                // The device model has no port reset; the guest re-enumerates the device
+                // through the control pipe, which reaches the device as usual.
+                Event::Reset => debug!("guest reset the device"),
+                Event::Closed(reason) => self.closed = Some(reason),
+            }
+        }
+    }
+}
