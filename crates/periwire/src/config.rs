@@ -22,6 +22,7 @@
 //! kind = "serial"
 //! busid = "1-4"
 //! tcp = "127.0.0.1:3241"              # host side of the serial line
+//! usbredir = "127.0.0.1:4000"         # any device: also offered to QEMU's usb-redir here
 //!
 //! [[adapter]]                         # a virtual Bluetooth adapter on the simulated radio
 //! name = "vm1-bt"
@@ -260,6 +261,9 @@ pub struct DeviceConfig {
     pub name: Option<String>,
     /// What the device is.
     pub kind: DeviceKind,
+    /// Where the device is also offered over usbredir (QEMU's `usb-redir` dials it), one
+    /// device per address.
+    pub usbredir: Option<SocketAddr>,
 }
 
 /// The kinds of virtual device.
@@ -299,6 +303,7 @@ struct RawDevice {
     size: Option<ByteSize>,
     read_only: Option<bool>,
     tcp: Option<SocketAddr>,
+    usbredir: Option<SocketAddr>,
 }
 
 impl TryFrom<RawDevice> for DeviceConfig {
@@ -353,6 +358,7 @@ impl TryFrom<RawDevice> for DeviceConfig {
             busid,
             name: raw.name,
             kind,
+            usbredir: raw.usbredir,
         })
     }
 }
@@ -447,7 +453,16 @@ impl Config {
             }
         }
         let mut names = std::collections::HashSet::new();
+        let mut usbredir = std::collections::HashSet::new();
         for d in &self.devices {
+            if let Some(addr) = d.usbredir {
+                // Port 0 asks the system for a free port each time, so it never collides.
+                if addr.port() != 0 && !usbredir.insert(addr) {
+                    return Err(ConfigError::Invalid(format!(
+                        "usbredir address {addr} is used twice (one device per address)"
+                    )));
+                }
+            }
             if let Some(name) = &d.name {
                 if !names.insert(name.as_str()) {
                     return Err(ConfigError::Invalid(format!("name {name} is used twice")));

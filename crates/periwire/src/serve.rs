@@ -9,6 +9,7 @@ use periwire_bt::usb_dongle::UsbDongle;
 use periwire_bt::{AdapterPlan, ControllerConfig, H4Server, Medium, SharedRadio};
 use periwire_host::HostDevice;
 use periwire_server::control::{ControlState, NamedInput};
+use periwire_server::usbredir::UsbredirConfig;
 use periwire_server::{Export, Registry, ServerConfig};
 use periwire_usb::cdc_acm::CdcAcm;
 use periwire_usb::hid::{Keyboard, Mouse};
@@ -71,6 +72,7 @@ fn demo_devices() -> Result<Vec<DeviceConfig>, AnyError> {
         busid: busid.into(),
         name: Some(name.into()),
         kind,
+        usbredir: None,
     };
     Ok(vec![
         device("1-1", "keyboard", DeviceKind::Keyboard),
@@ -337,6 +339,25 @@ pub async fn run(args: ServeArgs, data_dir_arg: Option<PathBuf>) -> Result<(), A
         Arc::new(control),
     ));
 
+    let mut usbredir_listeners = Vec::new();
+    for d in config.devices.iter() {
+        let Some(addr) = d.usbredir else {
+            continue;
+        };
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("device {}: usbredir listener {addr}: {e}", d.busid))?;
+        if !addr.ip().is_loopback() {
+            tracing::warn!(%addr, busid = %d.busid, "usbredir beyond loopback: anyone who reaches this address can use the device");
+        }
+        println!(
+            "periwire: device {} on usbredir {}",
+            d.busid,
+            listener.local_addr()?
+        );
+        usbredir_listeners.push((BusId::new(&d.busid)?, listener));
+    }
+
     let listen = args
         .listen
         .or(config.listen)
@@ -354,13 +375,32 @@ pub async fn run(args: ServeArgs, data_dir_arg: Option<PathBuf>) -> Result<(), A
         listener.local_addr()?,
         data_dir.display()
     );
-    periwire_server::serve(
-        listener,
-        registry,
-        ServerConfig::default(),
-        shutdown_signal(),
-    )
-    .await?;
+    // One signal stops every server; the usbredir ones first (each tells its guest the device
+    // is gone), so the USB/IP server's final flush of the devices comes after them.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let usbredir_servers: Vec<_> = usbredir_listeners
+        .into_iter()
+        .map(|(busid, listener)| {
+            let mut stop = stop_rx.clone();
+            tokio::spawn(periwire_server::usbredir::serve(
+                listener,
+                registry.clone(),
+                busid,
+                UsbredirConfig::default(),
+                async move {
+                    let _ = stop.wait_for(|stopping| *stopping).await;
+                },
+            ))
+        })
+        .collect();
+    let shutdown = async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+        for server in usbredir_servers {
+            let _ = server.await;
+        }
+    };
+    periwire_server::serve(listener, registry, ServerConfig::default(), shutdown).await?;
     control_task.abort();
     for b in bridges {
         b.abort();
