@@ -186,6 +186,25 @@ pub struct Forward {
     pub host_port: u16,
 }
 
+/// The emulated host controller a QEMU `usb-redir` device is plugged into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedirBus {
+    /// `qemu-xhci` (USB 3; every speed). The guest needs `xhci-pci`.
+    Xhci,
+    /// `usb-ehci` (USB 2, high speed only). The guest needs `ehci-pci`.
+    Ehci,
+}
+
+/// One QEMU `usb-redir` device: its socket chardev dials 127.0.0.1:`host_port`, where a
+/// usbredir usb-host (periwire) listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UsbRedir {
+    /// The usb-host's port on the host's loopback.
+    pub host_port: u16,
+    /// The controller it is plugged into.
+    pub bus: RedirBus,
+}
+
 /// How to boot a guest. Build it with [`GuestConfig::new`] and the chained setters.
 #[derive(Debug, Clone)]
 pub struct GuestConfig {
@@ -202,6 +221,8 @@ pub struct GuestConfig {
     pub files: Vec<GuestFile>,
     /// Extra QEMU arguments (e.g. `-device qemu-xhci -device usb-kbd`).
     pub qemu_args: Vec<String>,
+    /// QEMU `usb-redir` devices, each on its own socket chardev.
+    pub usb_redirs: Vec<UsbRedir>,
     /// Extra kernel command line words (e.g. `vhci_hcd.nr_hcs=2`).
     pub kernel_args: Vec<String>,
     /// Guest memory in MiB.
@@ -221,6 +242,7 @@ impl GuestConfig {
             forwards: Vec::new(),
             files: Vec::new(),
             qemu_args: Vec::new(),
+            usb_redirs: Vec::new(),
             kernel_args: Vec::new(),
             memory_mib: 512,
             timeout: Duration::from_secs(300),
@@ -273,6 +295,14 @@ impl GuestConfig {
         S: Into<String>,
     {
         self.qemu_args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Plugs a QEMU `usb-redir` device into `bus` whose chardev dials 127.0.0.1:`host_port`
+    /// when QEMU starts (so the usb-host must be listening by then). The guest sees the
+    /// device on that emulated controller, with no usbip in the guest at all.
+    pub fn usb_redir(mut self, host_port: u16, bus: RedirBus) -> Self {
+        self.usb_redirs.push(UsbRedir { host_port, bus });
         self
     }
 
@@ -446,6 +476,38 @@ impl fmt::Debug for Guest {
     }
 }
 
+/// QEMU arguments for `redirs`: each controller used once, then one chardev and one
+/// `usb-redir` per device.
+fn usb_redir_args(redirs: &[UsbRedir]) -> Vec<String> {
+    let mut args = Vec::new();
+    for (bus, device) in [(RedirBus::Xhci, "qemu-xhci"), (RedirBus::Ehci, "usb-ehci")] {
+        if redirs.iter().any(|r| r.bus == bus) {
+            args.push("-device".into());
+            args.push(format!("{device},id={}", redir_bus_id(bus)));
+        }
+    }
+    for (i, r) in redirs.iter().enumerate() {
+        args.push("-chardev".into());
+        args.push(format!(
+            "socket,id=redir{i},host=127.0.0.1,port={}",
+            r.host_port
+        ));
+        args.push("-device".into());
+        args.push(format!(
+            "usb-redir,chardev=redir{i},id=usbredir{i},bus={}.0",
+            redir_bus_id(r.bus)
+        ));
+    }
+    args
+}
+
+fn redir_bus_id(bus: RedirBus) -> &'static str {
+    match bus {
+        RedirBus::Xhci => "redirxhci",
+        RedirBus::Ehci => "redirehci",
+    }
+}
+
 /// The `-netdev user` option: user-mode networking restricted to the forwards.
 fn netdev_arg(forwards: &[Forward]) -> String {
     let mut arg = String::from("user,id=n0,restrict=on");
@@ -606,6 +668,7 @@ impl Guest {
         .arg(netdev_arg(&config.forwards))
         .args(["-device", "virtio-net-pci,netdev=n0,romfile="])
         .args(&config.qemu_args)
+        .args(usb_redir_args(&config.usb_redirs))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

@@ -4,13 +4,10 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::path::Path;
-
 use common::{
-    key_presses_until_enter_released, parse_event, prepare_fat_disk, sha256, Server, ALL_DEVICES,
-    EV_KEY, EV_REL, GUEST_INPUT_HELPERS, README_TEXT, STEP,
+    check_storage_io, check_written_image, parse_event, prepare_fat_disk, serial_exchange,
+    typed_text_arrives, Server, ALL_DEVICES, EV_KEY, EV_REL, GUEST_INPUT_HELPERS,
+    SERIAL_ECHO_SCENARIO, STEP, STORAGE_IO_SCENARIO,
 };
 use periwire_guest::{Guest, GuestConfig};
 
@@ -66,8 +63,6 @@ fn usbip_list_shows_every_device_with_ids_and_classes() {
     );
 }
 
-/// Keys the Linux input layer reports for "hello world\n" (linux/input-event-codes.h).
-const HELLO_WORLD_KEYS: [u16; 12] = [35, 18, 38, 38, 24, 57, 17, 24, 19, 38, 32, 28];
 const REL_X: u16 = 0;
 const REL_Y: u16 = 1;
 const BTN_LEFT: u16 = 0x110;
@@ -103,16 +98,7 @@ fn keyboard_and_mouse_input_reach_the_guest_input_layer() {
     )
     .expect("boot");
 
-    guest
-        .expect_line("KBD-READY", STEP)
-        .expect("keyboard attached");
-    server.cli(&["input", "type", "hello world\n"]);
-    let presses = key_presses_until_enter_released(&mut guest).expect("key events");
-    assert_eq!(
-        presses, HELLO_WORLD_KEYS,
-        "typed text arrives as key presses, in order"
-    );
-    guest.send_line("next").expect("console");
+    typed_text_arrives(&mut guest, &server);
 
     guest
         .expect_line("MOUSE-READY", STEP)
@@ -144,125 +130,46 @@ fn keyboard_and_mouse_input_reach_the_guest_input_layer() {
 fn storage_mounts_reads_writes_and_keeps_data_after_detach() {
     let mut server = Server::start(ALL_DEVICES, prepare_fat_disk);
     let mut guest = Guest::boot(
-        GuestConfig::new(
+        GuestConfig::new(format!(
             r#"
             usbip attach -r "$PERIWIRE_SERVER" -b 1-3
             wait_for /dev/sda 60
-            mkdir -p /mnt
-            mount -t vfat /dev/sda /mnt
-            mark README $(sha256sum /mnt/README.TXT)
-            dd if=/dev/urandom of=/tmp/new.bin bs=1k count=3000 2>/dev/null
-            cp /tmp/new.bin /mnt/NEW.BIN
-            sync
-            umount /mnt
-            mark NEW $(sha256sum /tmp/new.bin)
-            echo 3 > /proc/sys/vm/drop_caches
-            read -r t0 _ </proc/uptime
-            dd if=/dev/sda of=/dev/null bs=1M 2>/dev/null
-            read -r t1 _ </proc/uptime
-            mark READ-SPEED $t0 $t1
+            {STORAGE_IO_SCENARIO}
             usbip detach -p 0
             mark DETACHED
             "#,
-        )
+        ))
         .modules(["vhci-hcd", "usb-storage", "sd_mod", "vfat"])
         .server_port(server.port),
     )
     .expect("boot");
-    let readme = guest.expect_line("README ", STEP).expect("README checksum");
-    assert!(
-        readme.contains(&sha256(README_TEXT)),
-        "the file on the disk reads back intact: {readme}"
-    );
-    let new = guest.expect_line("NEW ", STEP).expect("new file checksum");
-    let speed = guest.expect_line("READ-SPEED ", STEP).expect("dd read");
-    let times: Vec<f64> = speed
-        .split_whitespace()
-        .skip(1)
-        .map(|t| t.parse().expect("uptime"))
-        .collect();
-    let seconds = times[1] - times[0];
-    println!(
-        "guest sequential read of the whole 64 MiB disk: {:.1} MB/s ({seconds:.2} s)",
-        64.0 * 1.048_576 / seconds
-    );
+    let new = check_storage_io(&mut guest, " over USB/IP");
     guest.expect_line("DETACHED", STEP).expect("detached");
     guest.wait_success(STEP).expect("scenario succeeds");
 
     // The device is released on detach, and the file is in the image on the host.
-    let image = server.data_dir.join("disk.img");
-    let written = read_fat_file(&image, "NEW.BIN");
-    assert_eq!(written.len(), 3000 * 1024);
-    assert!(
-        new.contains(&sha256(&written)),
-        "guest's file is intact in the image"
-    );
     assert!(server.stop(), "server stops cleanly on SIGTERM");
-    let fsck = std::process::Command::new("fsck.fat")
-        .args(["-n"])
-        .arg(&image)
-        .output()
-        .expect("fsck.fat");
-    assert!(
-        fsck.status.success(),
-        "image is fsck-clean: {}",
-        String::from_utf8_lossy(&fsck.stdout)
-    );
-}
-
-fn read_fat_file(image: &Path, name: &str) -> Vec<u8> {
-    let file = std::fs::File::open(image).expect("image");
-    let fs = fatfs::FileSystem::new(file, fatfs::FsOptions::new()).expect("FAT");
-    let mut f = fs.root_dir().open_file(name).expect("file in image");
-    let mut data = Vec::new();
-    f.read_to_end(&mut data).expect("read");
-    data
+    check_written_image(&server.data_dir.join("disk.img"), &new);
 }
 
 #[test]
 fn serial_port_carries_bytes_both_ways() {
     let server = Server::start(ALL_DEVICES, prepare_fat_disk);
-    let serial_port = server
-        .serial_ports
-        .iter()
-        .find(|(b, _)| b == "1-4")
-        .map(|(_, p)| *p)
-        .expect("serial port");
+    let serial_port = server.serial_port("1-4");
     let mut guest = Guest::boot(
-        GuestConfig::new(
+        GuestConfig::new(format!(
             r#"
             usbip attach -r "$PERIWIRE_SERVER" -b 1-4
             wait_for /dev/ttyACM0 60
-            stty -F /dev/ttyACM0 raw -echo 115200
-            exec 5<>/dev/ttyACM0
-            mark SERIAL-READY $(stty -F /dev/ttyACM0 speed)
-            read -r line <&5
-            mark GOT "$line"
-            echo "pong from the guest" >&5
-            mark SENT
+            {SERIAL_ECHO_SCENARIO}
             read -r _
             "#,
-        )
+        ))
         .modules(["vhci-hcd", "cdc-acm"])
         .server_port(server.port),
     )
     .expect("boot");
-    let ready = guest.expect_line("SERIAL-READY", STEP).expect("tty open");
-    assert!(ready.ends_with("115200"), "line coding set: {ready}");
-    let mut host = TcpStream::connect(("127.0.0.1", serial_port)).expect("serial host side");
-    host.set_read_timeout(Some(STEP)).expect("timeout");
-    host.write_all(b"ping from the host\n").expect("write");
-    let got = guest.expect_line("GOT ", STEP).expect("guest read");
-    assert_eq!(got, "GOT ping from the host");
-    guest.expect_line("SENT", STEP).expect("guest wrote");
-    let mut received = Vec::new();
-    let mut buf = [0u8; 256];
-    while !received.ends_with(b"\n") {
-        let n = host.read(&mut buf).expect("read from serial");
-        assert!(n > 0, "serial host side closed");
-        received.extend_from_slice(&buf[..n]);
-    }
-    assert_eq!(received, b"pong from the guest\n");
+    serial_exchange(&mut guest, serial_port);
     guest.send_line("bye").expect("console");
     guest.wait_success(STEP).expect("scenario succeeds");
 }

@@ -22,6 +22,8 @@ pub struct Server {
     pub port: u16,
     /// Host-side ports of serial devices, by bus id.
     pub serial_ports: Vec<(String, u16)>,
+    /// Ports of usbredir listeners, by bus id.
+    pub usbredir_ports: Vec<(String, u16)>,
     /// The data directory.
     pub data_dir: PathBuf,
     _dir: tempfile::TempDir,
@@ -36,11 +38,12 @@ impl Server {
         std::fs::create_dir_all(&data_dir).expect("data dir");
         prepare(&data_dir);
         std::fs::write(dir.path().join("periwire.toml"), config).expect("write config");
-        let (child, port, serial_ports) = spawn_serve(dir.path(), &data_dir, 0);
+        let (child, port, serial_ports, usbredir_ports) = spawn_serve(dir.path(), &data_dir, 0);
         Server {
             child,
             port,
             serial_ports,
+            usbredir_ports,
             data_dir,
             _dir: dir,
         }
@@ -51,13 +54,33 @@ impl Server {
     /// finds it where it was). Waits for the ready line.
     pub fn start_again(&mut self) {
         assert!(!self.is_running(), "start_again after stop");
-        let (child, port, serial_ports) = spawn_serve(self._dir.path(), &self.data_dir, self.port);
+        let (child, port, serial_ports, usbredir_ports) =
+            spawn_serve(self._dir.path(), &self.data_dir, self.port);
         assert_eq!(
             port, self.port,
             "periwire serve listens on its old port again"
         );
         self.child = child;
         self.serial_ports = serial_ports;
+        self.usbredir_ports = usbredir_ports;
+    }
+
+    /// The host-side port of the serial device `busid`.
+    pub fn serial_port(&self, busid: &str) -> u16 {
+        self.serial_ports
+            .iter()
+            .find(|(b, _)| b == busid)
+            .map(|(_, p)| *p)
+            .unwrap_or_else(|| panic!("serial device {busid}"))
+    }
+
+    /// The port of the usbredir listener of `busid`.
+    pub fn usbredir_port(&self, busid: &str) -> u16 {
+        self.usbredir_ports
+            .iter()
+            .find(|(b, _)| b == busid)
+            .map(|(_, p)| *p)
+            .unwrap_or_else(|| panic!("device {busid} has a usbredir listener"))
     }
 
     /// Runs the `periwire` CLI against this server's data directory.
@@ -112,8 +135,14 @@ impl Drop for Server {
 }
 
 /// Runs `periwire serve` with `dir`/periwire.toml and `data_dir`, listening on loopback at
-/// `port` (0: any), and waits for its ready line; returns it, its port and its serial ports.
-fn spawn_serve(dir: &Path, data_dir: &Path, port: u16) -> (Child, u16, Vec<(String, u16)>) {
+/// `port` (0: any), and waits for its ready line; returns it, its port, its serial ports and
+/// its usbredir ports.
+#[allow(clippy::type_complexity)]
+fn spawn_serve(
+    dir: &Path,
+    data_dir: &Path,
+    port: u16,
+) -> (Child, u16, Vec<(String, u16)>, Vec<(String, u16)>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_periwire"))
         .arg("serve")
         .arg("--listen")
@@ -135,6 +164,7 @@ fn spawn_serve(dir: &Path, data_dir: &Path, port: u16) -> (Child, u16, Vec<(Stri
         }
     });
     let mut serial_ports = Vec::new();
+    let mut usbredir_ports = Vec::new();
     let port = loop {
         let line = rx
             .recv_timeout(Duration::from_secs(60))
@@ -142,6 +172,9 @@ fn spawn_serve(dir: &Path, data_dir: &Path, port: u16) -> (Child, u16, Vec<(Stri
         if let Some(rest) = line.strip_prefix("periwire: serial ") {
             let (busid, addr) = rest.split_once(" host side on ").expect("serial line");
             serial_ports.push((busid.to_owned(), port_of(addr)));
+        } else if let Some(rest) = line.strip_prefix("periwire: device ") {
+            let (busid, addr) = rest.split_once(" on usbredir ").expect("usbredir line");
+            usbredir_ports.push((busid.to_owned(), port_of(addr)));
         } else if let Some(rest) = line.strip_prefix("periwire: serving ") {
             let addr = rest
                 .split(" on ")
@@ -153,7 +186,7 @@ fn spawn_serve(dir: &Path, data_dir: &Path, port: u16) -> (Child, u16, Vec<(Stri
             break port_of(addr);
         }
     };
-    (child, port, serial_ports)
+    (child, port, serial_ports, usbredir_ports)
 }
 
 fn port_of(addr: &str) -> u16 {
@@ -656,4 +689,134 @@ pub fn rctest_stream(frame: usize, frames: u32) -> Vec<u8> {
         out.resize(out.len() + frame - 6, 0x7f);
     }
     out
+}
+
+/// Keys the Linux input layer reports for "hello world\n" (linux/input-event-codes.h).
+pub const HELLO_WORLD_KEYS: [u16; 12] = [35, 18, 38, 38, 24, 57, 17, 24, 19, 38, 32, 28];
+
+/// The contents of file `name` in the FAT image `image`.
+pub fn read_fat_file(image: &Path, name: &str) -> Vec<u8> {
+    use std::io::Read;
+    let file = std::fs::File::open(image).expect("image");
+    let fs = fatfs::FileSystem::new(file, fatfs::FsOptions::new()).expect("FAT");
+    let mut f = fs.root_dir().open_file(name).expect("file in image");
+    let mut data = Vec::new();
+    f.read_to_end(&mut data).expect("read");
+    data
+}
+
+/// Guest steps on the disk of [`prepare_fat_disk`] once it is /dev/sda: mount it, print
+/// README.TXT's checksum, write NEW.BIN (3000 KiB of random bytes) and print its checksum,
+/// then read the whole disk with `dd` and print the uptimes around it. [`check_storage_io`]
+/// reads what they print.
+pub const STORAGE_IO_SCENARIO: &str = r#"
+mkdir -p /mnt
+mount -t vfat /dev/sda /mnt
+mark README $(sha256sum /mnt/README.TXT)
+dd if=/dev/urandom of=/tmp/new.bin bs=1k count=3000 2>/dev/null
+cp /tmp/new.bin /mnt/NEW.BIN
+sync
+umount /mnt
+mark NEW $(sha256sum /tmp/new.bin)
+echo 3 > /proc/sys/vm/drop_caches
+read -r t0 _ </proc/uptime
+dd if=/dev/sda of=/dev/null bs=1M 2>/dev/null
+read -r t1 _ </proc/uptime
+mark READ-SPEED $t0 $t1
+"#;
+
+/// Checks what [`STORAGE_IO_SCENARIO`] printed: README.TXT read back intact; prints the
+/// sequential read rate under `label`. Returns the line with NEW.BIN's checksum, for
+/// [`check_written_image`].
+pub fn check_storage_io(guest: &mut Guest, label: &str) -> String {
+    let readme = guest.expect_line("README ", STEP).expect("README checksum");
+    assert!(
+        readme.contains(&sha256(README_TEXT)),
+        "the file on the disk reads back intact: {readme}"
+    );
+    let new = guest.expect_line("NEW ", STEP).expect("new file checksum");
+    let speed = guest.expect_line("READ-SPEED ", STEP).expect("dd read");
+    let times: Vec<f64> = speed
+        .split_whitespace()
+        .skip(1)
+        .map(|t| t.parse().expect("uptime"))
+        .collect();
+    let seconds = times[1] - times[0];
+    println!(
+        "guest sequential read of the whole 64 MiB disk{label}: {:.1} MB/s ({seconds:.2} s)",
+        64.0 * 1.048_576 / seconds
+    );
+    new
+}
+
+/// Checks, with the server stopped, that the NEW.BIN the guest wrote (its checksum in `new`)
+/// is intact in `image`, and that the image is fsck-clean.
+pub fn check_written_image(image: &Path, new: &str) {
+    let written = read_fat_file(image, "NEW.BIN");
+    assert_eq!(written.len(), 3000 * 1024);
+    assert!(
+        new.contains(&sha256(&written)),
+        "guest's file is intact in the image"
+    );
+    let fsck = Command::new("fsck.fat")
+        .args(["-n"])
+        .arg(image)
+        .output()
+        .expect("fsck.fat");
+    assert!(
+        fsck.status.success(),
+        "image is fsck-clean: {}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
+}
+
+/// Guest steps on /dev/ttyACM0 once it is there: raw mode at 115200, then one line from the
+/// host and one line back. [`serial_exchange`] is the host's side.
+pub const SERIAL_ECHO_SCENARIO: &str = r#"
+stty -F /dev/ttyACM0 raw -echo 115200
+exec 5<>/dev/ttyACM0
+mark SERIAL-READY $(stty -F /dev/ttyACM0 speed)
+read -r line <&5
+mark GOT "$line"
+echo "pong from the guest" >&5
+mark SENT
+"#;
+
+/// The host's side of [`SERIAL_ECHO_SCENARIO`] over the serial port's host socket at
+/// `serial_port`: the line coding arrived, a line goes each way intact.
+pub fn serial_exchange(guest: &mut Guest, serial_port: u16) {
+    use std::io::{Read, Write};
+    let ready = guest.expect_line("SERIAL-READY", STEP).expect("tty open");
+    assert!(ready.ends_with("115200"), "line coding set: {ready}");
+    let mut host =
+        std::net::TcpStream::connect(("127.0.0.1", serial_port)).expect("serial host side");
+    host.set_read_timeout(Some(STEP)).expect("timeout");
+    host.write_all(b"ping from the host\n").expect("write");
+    let got = guest.expect_line("GOT ", STEP).expect("guest read");
+    assert_eq!(got, "GOT ping from the host");
+    guest.expect_line("SENT", STEP).expect("guest wrote");
+    let mut received = Vec::new();
+    let mut buf = [0u8; 256];
+    while !received.ends_with(b"\n") {
+        let n = host.read(&mut buf).expect("read from serial");
+        assert!(n > 0, "serial host side closed");
+        received.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(received, b"pong from the guest\n");
+}
+
+/// Once the guest has printed KBD-READY (its keyboard's events streaming with
+/// `stream_events`), types "hello world\n" with `periwire input type` and checks that the
+/// guest's input layer reports exactly those keys; then lets the guest go on.
+pub fn typed_text_arrives(guest: &mut Guest, server: &Server) {
+    guest
+        .expect_line("KBD-READY", STEP)
+        .expect("keyboard bound");
+    server.cli(&["input", "type", "hello world\n"]);
+    let presses = key_presses_until_enter_released(guest).expect("key events");
+    assert_eq!(
+        presses, HELLO_WORLD_KEYS,
+        "typed text arrives as key presses, in order"
+    );
+    guest.send_line("next").expect("console");
 }
