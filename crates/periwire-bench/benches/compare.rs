@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use periwire_bench::bench::{self, ExtraRow, Plan, Scenario};
 use periwire_bench::client::Stop;
-use periwire_bench::guest::{self, GuestPlan};
+use periwire_bench::guest::{self, GuestPath, GuestPlan};
 use periwire_bench::target::Target;
 
 fn env_flag(name: &str) -> bool {
@@ -63,51 +63,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut extra = Vec::new();
     if !env_flag("PERIWIRE_BENCH_NO_GUEST") {
-        eprintln!("periwire-bench: guest (QEMU TCG, vhci-hcd + usb-storage)...");
-        let dir = tempfile::tempdir()?;
-        let peer_na = "n/a".to_owned();
-        match guest::run(guest_plan, dir.path()) {
-            Ok(g) => {
-                let mb = |b: f64| format!("{:.1} MB/s", b / 1e6);
-                let check = if g.written_ok {
-                    ""
-                } else {
-                    " (IMAGE CHECK FAILED)"
-                };
-                extra.push(ExtraRow {
-                    label: "guest ceiling: raw TCP guest → host".into(),
-                    cells: vec![mb(g.raw_upload), String::new()],
-                    note: format!(
-                        "busybox nc, {} MiB, through the same QEMU user-mode forward",
-                        guest_plan.upload_mib
-                    ),
-                });
-                extra.push(ExtraRow {
-                    label: format!("guest: sequential write, {} MiB", guest_plan.seq_mib),
-                    cells: vec![mb(g.write), peer_na.clone()],
-                    note: format!("dd bs=1M oflag=direct; peer has no mass storage{check}"),
-                });
-                extra.push(ExtraRow {
-                    label: format!("guest: sequential read, {} MiB", guest_plan.seq_mib),
-                    cells: vec![mb(g.read), peer_na.clone()],
-                    note: "dd bs=1M iflag=direct".into(),
-                });
-                extra.push(ExtraRow {
-                    label: "guest: 4 KiB random read".into(),
-                    cells: vec![format!("{:.0} IOPS", g.iops), peer_na],
-                    note: format!(
-                        "ioping -D, {} requests; periwire's server was on CPU {:.1}% of the \
-                         time the disk was attached",
-                        g.random_requests,
-                        100.0 * g.server_cpu.as_secs_f64() / g.attached.as_secs_f64()
-                    ),
-                });
-            }
-            Err(why) => extra.push(ExtraRow {
-                label: "guest rows".into(),
-                cells: vec!["skipped".into(), peer_na],
-                note: why,
-            }),
+        for path in [GuestPath::Usbip, GuestPath::Usbredir] {
+            guest_rows(path, guest_plan, &mut extra)?;
         }
     }
     println!();
@@ -117,5 +74,66 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         started.elapsed().as_secs_f64()
     );
     print!("{}", bench::render(&results, &extra));
+    Ok(())
+}
+
+/// The guest rows of one path to the disk.
+fn guest_rows(
+    path: GuestPath,
+    guest_plan: GuestPlan,
+    extra: &mut Vec<ExtraRow>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let (what, prefix) = match path {
+        GuestPath::Usbip => ("vhci-hcd + usb-storage", "guest"),
+        GuestPath::Usbredir => ("QEMU usb-redir on xHCI + usb-storage", "guest usb-redir"),
+    };
+    eprintln!("periwire-bench: {prefix} (QEMU TCG, {what})...");
+    let dir = tempfile::tempdir()?;
+    let peer_na = "n/a".to_owned();
+    match guest::run(guest_plan, dir.path(), path) {
+        Ok(g) => {
+            let mb = |b: f64| format!("{:.1} MB/s", b / 1e6);
+            let check = if g.written_ok {
+                ""
+            } else {
+                " (IMAGE CHECK FAILED)"
+            };
+            if path == GuestPath::Usbip {
+                extra.push(ExtraRow {
+                    label: "guest ceiling: raw TCP guest → host".into(),
+                    cells: vec![mb(g.raw_upload), String::new()],
+                    note: format!(
+                        "busybox nc, {} MiB, through the same QEMU user-mode forward",
+                        guest_plan.upload_mib
+                    ),
+                });
+            }
+            extra.push(ExtraRow {
+                label: format!("{prefix}: sequential write, {} MiB", guest_plan.seq_mib),
+                cells: vec![mb(g.write), peer_na.clone()],
+                note: format!("dd bs=1M oflag=direct; peer has no mass storage{check}"),
+            });
+            extra.push(ExtraRow {
+                label: format!("{prefix}: sequential read, {} MiB", guest_plan.seq_mib),
+                cells: vec![mb(g.read), peer_na.clone()],
+                note: "dd bs=1M iflag=direct".into(),
+            });
+            extra.push(ExtraRow {
+                label: format!("{prefix}: 4 KiB random read"),
+                cells: vec![format!("{:.0} IOPS", g.iops), peer_na],
+                note: format!(
+                    "ioping -D, {} requests; periwire's server was on CPU {:.1}% of the \
+                     time the disk was attached",
+                    g.random_requests,
+                    100.0 * g.server_cpu.as_secs_f64() / g.attached.as_secs_f64()
+                ),
+            });
+        }
+        Err(why) => extra.push(ExtraRow {
+            label: format!("{prefix} rows"),
+            cells: vec!["skipped".into(), peer_na],
+            note: why,
+        }),
+    }
     Ok(())
 }

@@ -5,13 +5,18 @@
 //! time whatever the queue depth) to periwire's server in this process. First, busybox `nc`
 //! sends raw TCP through the same QEMU user-mode forward: the ceiling of the write row (QEMU
 //! hands the guest's TCP payload to its forward one segment at a time).
+//!
+//! The same disk and the same measurements also run through QEMU's own `usb-redir` on an
+//! emulated xHCI ([`GuestPath::Usbredir`]): periwire's usbredir server, no usbip in the guest
+//! and no user-mode network in the data path.
 
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use periwire_guest::{Guest, GuestConfig, Kernel};
+use periwire_guest::{Guest, GuestConfig, Kernel, RedirBus};
+use periwire_server::usbredir::UsbredirConfig;
 use periwire_server::{serve, Export, Registry, ServerConfig};
 use periwire_usb::storage::{serial_number, MassStorage, StorageConfig};
 use periwire_wire::usbip::BusId;
@@ -52,6 +57,15 @@ impl GuestPlan {
     }
 }
 
+/// How the guest reaches the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestPath {
+    /// USB/IP through QEMU's user-mode network, `usbip attach`, `vhci-hcd`.
+    Usbip,
+    /// QEMU's `usb-redir` on an emulated xHCI, dialling periwire's usbredir listener.
+    Usbredir,
+}
+
 /// What the guest measured.
 #[derive(Debug, Clone, Copy)]
 pub struct GuestResult {
@@ -64,7 +78,7 @@ pub struct GuestResult {
     /// Requests ioping completed.
     pub random_requests: u64,
     /// Raw TCP from the guest to the host through the same QEMU forward (busybox `nc`),
-    /// bytes per second: the ceiling of the write row.
+    /// bytes per second: the ceiling of the write row (USB/IP only; 0 for usb-redir).
     pub raw_upload: f64,
     /// CPU time periwire's server used while the disk was attached.
     pub server_cpu: Duration,
@@ -145,11 +159,16 @@ fn binary_with_libs(path: &str) -> std::io::Result<Vec<(String, Vec<u8>)>> {
 /// Port the raw upload goes to, in the guest's view.
 const UPLOAD_PORT: u16 = 5001;
 
-const SCENARIO: &str = r#"
+/// How the USB/IP guest gets the disk: the raw upload first, then `usbip attach`.
+const USBIP_ATTACH: &str = r#"
 dd if=/dev/zero bs=64k count=$UPLOAD_CHUNKS 2>/dev/null | nc 10.0.2.100 5001
 mark UPLOADED
 mkdir -p /var/run/vhci_hcd
 usbip attach -r "$PERIWIRE_SERVER" -b 1-1
+"#;
+
+/// What both guests measure once the disk is /dev/sda.
+const MEASURE: &str = r#"
 wait_for /dev/sda 60
 mark ATTACHED
 read -r t0 _ </proc/uptime
@@ -162,13 +181,11 @@ dd if=/dev/sda of=/dev/null bs=1M count=$SEQ_MIB iflag=direct 2>/dev/null
 read -r t1 _ </proc/uptime
 mark READ $t0 $t1
 mark RANDOM $(ioping -B -q -D -i 0 -s 4k -S ${SEQ_MIB}m -w $RANDOM_SECS /dev/sda)
-usbip detach -p 0
-mark DETACHED
 "#;
 
 /// Boots the guest against a periwire server with one mass-storage device (a fresh image
-/// in `dir`) on a runtime of its own, and measures.
-pub fn run(plan: GuestPlan, dir: &Path) -> Result<GuestResult, String> {
+/// in `dir`) on a runtime of its own, reached over `path`, and measures.
+pub fn run(plan: GuestPlan, dir: &Path, path: GuestPath) -> Result<GuestResult, String> {
     if let Some(why) = missing_tools() {
         return Err(why);
     }
@@ -203,26 +220,52 @@ pub fn run(plan: GuestPlan, dir: &Path) -> Result<GuestResult, String> {
         .map_err(err("bind"))?;
     let port = listener.local_addr().map_err(err("bind"))?.port();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = runtime.spawn(serve(listener, registry, ServerConfig::default(), async {
+    let stopped = async {
         let _ = stopped.await;
-    }));
+    };
+    let server = match path {
+        GuestPath::Usbip => {
+            runtime.spawn(serve(listener, registry, ServerConfig::default(), stopped))
+        }
+        GuestPath::Usbredir => runtime.spawn(periwire_server::usbredir::serve(
+            listener,
+            registry,
+            BusId::new("1-1").map_err(|e| e.to_string())?,
+            UsbredirConfig::default(),
+            stopped,
+        )),
+    };
 
     let ioping = which("ioping").ok_or("ioping is missing")?;
     let upload = std::net::TcpListener::bind("127.0.0.1:0").map_err(err("bind"))?;
     let upload_port = upload.local_addr().map_err(err("bind"))?.port();
-    let upload_rate = std::thread::spawn(move || raw_upload_rate(&upload));
     let upload_bytes = u64::from(plan.upload_mib) * 1024 * 1024;
+    let (attach, detach) = match path {
+        GuestPath::Usbip => (USBIP_ATTACH, "usbip detach -p 0\n"),
+        GuestPath::Usbredir => ("", ""),
+    };
     let scenario = format!(
-        "SEQ_MIB={}\nRANDOM_SECS={}\nUPLOAD_CHUNKS={}\n{SCENARIO}",
+        "SEQ_MIB={}\nRANDOM_SECS={}\nUPLOAD_CHUNKS={}\n{attach}{MEASURE}{detach}mark DETACHED\n",
         plan.seq_mib,
         plan.random_secs,
         upload_bytes / (64 * 1024)
     );
-    let mut config = GuestConfig::new(scenario)
-        .modules(["vhci-hcd", "usb-storage", "sd_mod"])
-        .server_port(port)
-        .forward(UPLOAD_PORT, upload_port)
-        .timeout(Duration::from_secs(240));
+    let mut config = GuestConfig::new(scenario).timeout(Duration::from_secs(240));
+    let upload_rate = match path {
+        GuestPath::Usbip => {
+            config = config
+                .modules(["vhci-hcd", "usb-storage", "sd_mod"])
+                .server_port(port)
+                .forward(UPLOAD_PORT, upload_port);
+            Some(std::thread::spawn(move || raw_upload_rate(&upload)))
+        }
+        GuestPath::Usbredir => {
+            config = config
+                .modules(["xhci-pci", "usb-storage", "sd_mod"])
+                .usb_redir(port, RedirBus::Xhci);
+            None
+        }
+    };
     for (path, bytes) in binary_with_libs(&ioping).map_err(err("ioping"))? {
         config = config.file(path, 0o755, bytes);
     }
@@ -230,7 +273,9 @@ pub fn run(plan: GuestPlan, dir: &Path) -> Result<GuestResult, String> {
     let outcome = (|| -> Result<GuestResult, String> {
         let mut guest = Guest::boot(config).map_err(|e| e.to_string())?;
         let line = |g: &mut Guest, m: &str| g.expect_line(m, step).map_err(|e| e.to_string());
-        line(&mut guest, "UPLOADED")?;
+        if path == GuestPath::Usbip {
+            line(&mut guest, "UPLOADED")?;
+        }
         line(&mut guest, "ATTACHED")?;
         let (cpu0, t0) = (threads_cpu_time(SERVER_THREADS), std::time::Instant::now());
         let bytes = f64::from(plan.seq_mib) * 1024.0 * 1024.0;
@@ -264,16 +309,18 @@ pub fn run(plan: GuestPlan, dir: &Path) -> Result<GuestResult, String> {
     let _ = stop.send(());
     let _ = runtime.block_on(server);
     let mut result = outcome?;
-    let (received, rate) = upload_rate
-        .join()
-        .map_err(|_| "upload listener panicked".to_owned())?
-        .map_err(|e| format!("raw upload: {e}"))?;
-    if received != upload_bytes {
-        return Err(format!(
-            "raw upload: {received} of {upload_bytes} bytes arrived"
-        ));
+    if let Some(upload_rate) = upload_rate {
+        let (received, rate) = upload_rate
+            .join()
+            .map_err(|_| "upload listener panicked".to_owned())?
+            .map_err(|e| format!("raw upload: {e}"))?;
+        if received != upload_bytes {
+            return Err(format!(
+                "raw upload: {received} of {upload_bytes} bytes arrived"
+            ));
+        }
+        result.raw_upload = rate;
     }
-    result.raw_upload = rate;
     let data = std::fs::read(&image).map_err(err("read image"))?;
     let written = (plan.seq_mib as usize) * 1024 * 1024;
     result.written_ok = data[..written].iter().all(|&b| b == 0);

@@ -6,7 +6,7 @@ mod usbip_peer;
 
 use periwire_bench::bench::{self, Outcome, Plan, Scenario};
 use periwire_bench::client::{Connection, Stop, UrbSpec, ECONNRESET};
-use periwire_bench::guest::{self, GuestPlan};
+use periwire_bench::guest::{self, GuestPath, GuestPlan};
 use periwire_bench::target::{Target, BUSIDS};
 use periwire_usb::source_sink::{EP_INTERRUPT, EP_SINK, EP_SOURCE};
 
@@ -87,17 +87,28 @@ fn client_checks_replies_and_parks_an_interrupt() {
 
 #[test]
 fn guest_disk_rows_run() {
+    let r = guest_rows(GuestPath::Usbip);
+    assert!(r.raw_upload > 0.0, "{r:?}");
+}
+
+#[test]
+fn guest_disk_rows_run_over_usbredir() {
+    guest_rows(GuestPath::Usbredir);
+}
+
+fn guest_rows(path: GuestPath) -> guest::GuestResult {
     // scripts/test installs the guest's tools; a missing one is a failure, never a skip.
     if let Some(why) = guest::missing_tools() {
         panic!("the guest rows cannot run: {why}");
     }
     let dir = tempfile::tempdir().unwrap();
-    let r = guest::run(GuestPlan::smoke(), dir.path()).unwrap();
+    let r = guest::run(GuestPlan::smoke(), dir.path(), path).unwrap();
     assert!(
         r.written_ok,
         "the guest's sequential write reached the image"
     );
     assert!(r.random_requests > 0 && r.iops > 0.0, "{r:?}");
-    assert!(r.read > 0.0 && r.write > 0.0 && r.raw_upload > 0.0, "{r:?}");
+    assert!(r.read > 0.0 && r.write > 0.0, "{r:?}");
     assert!(r.server_cpu > std::time::Duration::ZERO, "{r:?}");
+    r
 }
