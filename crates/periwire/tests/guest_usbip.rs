@@ -5,9 +5,10 @@
 mod common;
 
 use common::{
-    check_storage_io, check_written_image, parse_event, prepare_fat_disk, serial_exchange,
-    typed_text_arrives, Server, ALL_DEVICES, EV_KEY, EV_REL, GUEST_INPUT_HELPERS,
-    SERIAL_ECHO_SCENARIO, STEP, STORAGE_IO_SCENARIO,
+    check_ext4_image, check_storage_io, check_written_image, mouse_moves_and_clicks,
+    prepare_ext4_disk, prepare_fat_disk, serial_exchange, typed_text_arrives, Server,
+    AFTER_CRASH_SCENARIO, ALL_DEVICES, EXT4_MODULES, GUEST_INPUT_HELPERS, SERIAL_ECHO_SCENARIO,
+    STEP, STORAGE_IO_SCENARIO, WRITE_UNTIL_KILLED_SCENARIO,
 };
 use periwire_guest::{Guest, GuestConfig};
 
@@ -63,10 +64,6 @@ fn usbip_list_shows_every_device_with_ids_and_classes() {
     );
 }
 
-const REL_X: u16 = 0;
-const REL_Y: u16 = 1;
-const BTN_LEFT: u16 = 0x110;
-
 #[test]
 fn keyboard_and_mouse_input_reach_the_guest_input_layer() {
     let server = Server::start(ALL_DEVICES, prepare_fat_disk);
@@ -100,26 +97,7 @@ fn keyboard_and_mouse_input_reach_the_guest_input_layer() {
 
     typed_text_arrives(&mut guest, &server);
 
-    guest
-        .expect_line("MOUSE-READY", STEP)
-        .expect("mouse attached");
-    server.cli(&["input", "--device", "mouse", "move", "25", "-7"]);
-    server.cli(&["input", "click", "left"]);
-    let (mut dx, mut dy, mut buttons) = (0, 0, Vec::new());
-    loop {
-        let ev = parse_event(&guest.expect_line("EV ", STEP).expect("mouse event"));
-        match (ev.kind, ev.code) {
-            (EV_REL, REL_X) => dx += ev.value,
-            (EV_REL, REL_Y) => dy += ev.value,
-            (EV_KEY, BTN_LEFT) => buttons.push(ev.value),
-            _ => {}
-        }
-        if buttons == [1, 0] {
-            break;
-        }
-    }
-    assert_eq!((dx, dy), (25, -7), "relative movement arrives whole");
-    guest.send_line("done").expect("console");
+    mouse_moves_and_clicks(&mut guest, &server);
     guest
         .expect_line("INPUT-DONE", STEP)
         .expect("scenario ends");
@@ -183,28 +161,14 @@ image = "ext4.img"
 
 #[test]
 fn killed_guest_mid_write_leaves_a_consistent_image_and_the_server_running() {
-    let mut server = Server::start(FAULT_DEVICES, |dir| {
-        let image = dir.join("ext4.img");
-        let status = std::process::Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-L", "periwire"])
-            .arg(&image)
-            .arg("64M")
-            .status()
-            .expect("mkfs.ext4");
-        assert!(status.success(), "mkfs.ext4");
-    });
-    let modules = [
-        "vhci-hcd",
-        "usb-storage",
-        "sd_mod",
-        "ext4",
-        "crc32c_generic",
-    ];
+    let mut server = Server::start(FAULT_DEVICES, prepare_ext4_disk);
+    let mut modules = vec!["vhci-hcd"];
+    modules.extend(EXT4_MODULES);
 
     // First guest: a synced file, then a large write that is cut short by killing QEMU.
     // While it holds the disk, a second attach of the same device is refused as busy.
     let mut guest = Guest::boot(
-        GuestConfig::new(
+        GuestConfig::new(format!(
             r#"
             usbip attach -r "$PERIWIRE_SERVER" -b 1-1
             wait_for /dev/sda 60
@@ -213,19 +177,10 @@ fn killed_guest_mid_write_leaves_a_consistent_image_and_the_server_running() {
             else
                 mark SECOND-ATTACH-REFUSED $(cat /tmp/err)
             fi
-            mkdir -p /mnt
-            mount -t ext4 /dev/sda /mnt
-            dd if=/dev/urandom of=/mnt/synced.bin bs=1k count=512 2>/dev/null
-            sync
-            mark SYNCED $(sha256sum /mnt/synced.bin)
-            dd if=/dev/urandom of=/mnt/big.bin bs=1M count=48 conv=fsync 2>/dev/null &
-            while [ "$(stat -c %s /mnt/big.bin 2>/dev/null || echo 0)" -lt 8000000 ]; do usleep 50000; done
-            mark WRITING
-            wait
-            mark WRITE-FINISHED
+            {WRITE_UNTIL_KILLED_SCENARIO}
             "#,
-        )
-        .modules(modules)
+        ))
+        .modules(modules.clone())
         .server_port(server.port),
     )
     .expect("boot");
@@ -256,18 +211,15 @@ fn killed_guest_mid_write_leaves_a_consistent_image_and_the_server_running() {
     // Second guest: attaches again, mounts (the kernel replays the journal), checks the
     // synced file and unmounts cleanly.
     let mut guest = Guest::boot(
-        GuestConfig::new(
+        GuestConfig::new(format!(
             r#"
             usbip attach -r "$PERIWIRE_SERVER" -b 1-1
             wait_for /dev/sda 60
-            mkdir -p /mnt
-            mount -t ext4 /dev/sda /mnt
-            mark SYNCED $(sha256sum /mnt/synced.bin)
-            umount /mnt
+            {AFTER_CRASH_SCENARIO}
             usbip detach -p 0
             mark DETACHED
             "#,
-        )
+        ))
         .modules(modules)
         .server_port(server.port),
     )
@@ -280,17 +232,7 @@ fn killed_guest_mid_write_leaves_a_consistent_image_and_the_server_running() {
     guest.wait_success(STEP).expect("second guest succeeds");
     assert!(server.stop(), "server stops cleanly");
 
-    let fsck = std::process::Command::new("e2fsck")
-        .args(["-f", "-n"])
-        .arg(server.data_dir.join("ext4.img"))
-        .output()
-        .expect("e2fsck");
-    assert!(
-        fsck.status.success(),
-        "image is fsck-clean after recovery: {}{}",
-        String::from_utf8_lossy(&fsck.stdout),
-        String::from_utf8_lossy(&fsck.stderr)
-    );
+    check_ext4_image(&server.data_dir.join("ext4.img"));
 }
 
 /// Wireshark's USB/IP dissector reads a whole session (device list, import, enumeration,

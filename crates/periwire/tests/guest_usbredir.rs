@@ -5,9 +5,10 @@
 mod common;
 
 use common::{
-    check_storage_io, check_written_image, prepare_fat_disk, serial_exchange, typed_text_arrives,
-    Server, GUEST_INPUT_HELPERS, GUEST_WAIT_HELPERS, SERIAL_ECHO_SCENARIO, STEP,
-    STORAGE_IO_SCENARIO,
+    check_ext4_image, check_storage_io, check_written_image, mouse_moves_and_clicks,
+    prepare_ext4_disk, prepare_fat_disk, serial_exchange, typed_text_arrives, Server,
+    AFTER_CRASH_SCENARIO, EXT4_MODULES, GUEST_INPUT_HELPERS, GUEST_WAIT_HELPERS,
+    SERIAL_ECHO_SCENARIO, STEP, STORAGE_IO_SCENARIO, WRITE_UNTIL_KILLED_SCENARIO,
 };
 use periwire_guest::{Guest, GuestConfig, RedirBus};
 
@@ -17,6 +18,12 @@ const USBREDIR_DEVICES: &str = r#"
 kind = "keyboard"
 busid = "1-1"
 name = "kbd"
+usbredir = "127.0.0.1:0"
+
+[[device]]
+kind = "mouse"
+busid = "1-2"
+name = "mouse"
 usbredir = "127.0.0.1:0"
 
 [[device]]
@@ -95,15 +102,22 @@ fn storage_over_usbredir_on_ehci() {
 }
 
 #[test]
-fn keyboard_over_usbredir_types_into_the_guest() {
+fn keyboard_and_mouse_over_usbredir_reach_the_guest_input_layer() {
     let server = Server::start(USBREDIR_DEVICES, prepare_fat_disk);
     let scenario = format!(
         r#"{GUEST_INPUT_HELPERS}
         kbd=$(find_event "Virtual Keyboard")
+        mouse=$(find_event "Virtual Mouse")
         exec 3<"$kbd"
         stream_events 3 &
         streamer=$!
         mark KBD-READY
+        read -r _
+        kill $streamer
+        exec 4<"$mouse"
+        stream_events 4 &
+        streamer=$!
+        mark MOUSE-READY
         read -r _
         kill $streamer
         mark INPUT-DONE
@@ -112,14 +126,72 @@ fn keyboard_over_usbredir_types_into_the_guest() {
     let mut guest = Guest::boot(
         GuestConfig::new(scenario)
             .modules(["xhci-pci", "usbhid", "evdev"])
-            .usb_redir(server.usbredir_port("1-1"), RedirBus::Xhci),
+            .usb_redir(server.usbredir_port("1-1"), RedirBus::Xhci)
+            .usb_redir(server.usbredir_port("1-2"), RedirBus::Xhci),
     )
     .expect("boot");
     typed_text_arrives(&mut guest, &server);
+    mouse_moves_and_clicks(&mut guest, &server);
     guest
         .expect_line("INPUT-DONE", STEP)
         .expect("scenario ends");
     guest.wait_success(STEP).expect("scenario succeeds");
+}
+
+/// A killed QEMU leaves the server running and the device free, and a consistent image: a
+/// second guest mounts it (the journal replayed), finds the synced file intact, and the
+/// image is fsck-clean.
+#[test]
+fn killed_guest_mid_write_over_usbredir_leaves_a_consistent_image() {
+    let mut server = Server::start(
+        r#"
+[[device]]
+kind = "storage"
+busid = "1-1"
+image = "ext4.img"
+usbredir = "127.0.0.1:0"
+"#,
+        prepare_ext4_disk,
+    );
+    let mut modules = vec!["xhci-pci"];
+    modules.extend(EXT4_MODULES);
+    let port = server.usbredir_port("1-1");
+    let mut guest = Guest::boot(
+        GuestConfig::new(format!(
+            "wait_for /dev/sda 90\n{WRITE_UNTIL_KILLED_SCENARIO}"
+        ))
+        .modules(modules.clone())
+        .usb_redir(port, RedirBus::Xhci),
+    )
+    .expect("boot");
+    let synced = guest.expect_line("SYNCED ", STEP).expect("synced");
+    guest
+        .expect_line("WRITING", STEP)
+        .expect("large write under way");
+    guest.kill().expect("kill QEMU");
+    drop(guest);
+    assert!(
+        server.is_running(),
+        "the server survives a usb-redir guest killed mid-write"
+    );
+    server.cli(&["status", "--wait-released", "1-1", "--timeout", "60"]);
+
+    let mut guest = Guest::boot(
+        GuestConfig::new(format!(
+            "wait_for /dev/sda 90\n{AFTER_CRASH_SCENARIO}\nmark UNMOUNTED\n"
+        ))
+        .modules(modules)
+        .usb_redir(port, RedirBus::Xhci),
+    )
+    .expect("boot");
+    let again = guest
+        .expect_line("SYNCED ", STEP)
+        .expect("synced file after crash");
+    assert_eq!(again, synced, "data synced before the crash survives it");
+    guest.expect_line("UNMOUNTED", STEP).expect("unmounted");
+    guest.wait_success(STEP).expect("second guest succeeds");
+    assert!(server.stop(), "server stops cleanly");
+    check_ext4_image(&server.data_dir.join("ext4.img"));
 }
 
 #[test]

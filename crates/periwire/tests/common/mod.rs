@@ -820,3 +820,92 @@ pub fn typed_text_arrives(guest: &mut Guest, server: &Server) {
     );
     guest.send_line("next").expect("console");
 }
+
+/// Puts `ext4.img` into `dir`: a fresh 64 MiB ext4 file system labelled `periwire`.
+pub fn prepare_ext4_disk(dir: &Path) {
+    let image = dir.join("ext4.img");
+    let status = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-L", "periwire"])
+        .arg(&image)
+        .arg("64M")
+        .status()
+        .expect("mkfs.ext4");
+    assert!(status.success(), "mkfs.ext4");
+}
+
+/// Kernel modules of a guest that mounts the ext4 disk of [`prepare_ext4_disk`], besides
+/// those of the way it reaches it.
+pub const EXT4_MODULES: &[&str] = &["usb-storage", "sd_mod", "ext4", "crc32c_generic"];
+
+/// Guest steps on the ext4 disk once it is /dev/sda: a synced file (its checksum printed
+/// after SYNCED), then a large write that prints WRITING once 8 MB are on the way; the test
+/// kills the guest there.
+pub const WRITE_UNTIL_KILLED_SCENARIO: &str = r#"
+mkdir -p /mnt
+mount -t ext4 /dev/sda /mnt
+dd if=/dev/urandom of=/mnt/synced.bin bs=1k count=512 2>/dev/null
+sync
+mark SYNCED $(sha256sum /mnt/synced.bin)
+dd if=/dev/urandom of=/mnt/big.bin bs=1M count=48 conv=fsync 2>/dev/null &
+while [ "$(stat -c %s /mnt/big.bin 2>/dev/null || echo 0)" -lt 8000000 ]; do usleep 50000; done
+mark WRITING
+wait
+mark WRITE-FINISHED
+"#;
+
+/// Guest steps after the crash: mount (the kernel replays the journal), print the synced
+/// file's checksum after SYNCED, unmount.
+pub const AFTER_CRASH_SCENARIO: &str = r#"
+mkdir -p /mnt
+mount -t ext4 /dev/sda /mnt
+mark SYNCED $(sha256sum /mnt/synced.bin)
+umount /mnt
+"#;
+
+/// With the server stopped: the ext4 image is fsck-clean.
+pub fn check_ext4_image(image: &Path) {
+    let fsck = Command::new("e2fsck")
+        .args(["-f", "-n"])
+        .arg(image)
+        .output()
+        .expect("e2fsck");
+    assert!(
+        fsck.status.success(),
+        "image is fsck-clean after recovery: {}{}",
+        String::from_utf8_lossy(&fsck.stdout),
+        String::from_utf8_lossy(&fsck.stderr)
+    );
+}
+
+/// REL_X.
+pub const REL_X: u16 = 0;
+/// REL_Y.
+pub const REL_Y: u16 = 1;
+/// BTN_LEFT.
+pub const BTN_LEFT: u16 = 0x110;
+
+/// Once the guest has printed MOUSE-READY (the mouse's events streaming), moves the mouse
+/// named `mouse` by (25, -7) and clicks left; checks the movement arrives whole and the button
+/// goes down and up; then lets the guest go on.
+pub fn mouse_moves_and_clicks(guest: &mut Guest, server: &Server) {
+    guest
+        .expect_line("MOUSE-READY", STEP)
+        .expect("mouse attached");
+    server.cli(&["input", "--device", "mouse", "move", "25", "-7"]);
+    server.cli(&["input", "click", "left"]);
+    let (mut dx, mut dy, mut buttons) = (0, 0, Vec::new());
+    loop {
+        let ev = parse_event(&guest.expect_line("EV ", STEP).expect("mouse event"));
+        match (ev.kind, ev.code) {
+            (EV_REL, REL_X) => dx += ev.value,
+            (EV_REL, REL_Y) => dy += ev.value,
+            (EV_KEY, BTN_LEFT) => buttons.push(ev.value),
+            _ => {}
+        }
+        if buttons == [1, 0] {
+            break;
+        }
+    }
+    assert_eq!((dx, dy), (25, -7), "relative movement arrives whole");
+    guest.send_line("next").expect("console");
+}
