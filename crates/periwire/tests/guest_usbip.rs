@@ -5,10 +5,11 @@
 mod common;
 
 use common::{
-    check_ext4_image, check_storage_io, check_written_image, mouse_moves_and_clicks,
-    prepare_ext4_disk, prepare_fat_disk, serial_exchange, typed_text_arrives, Server,
-    AFTER_CRASH_SCENARIO, ALL_DEVICES, EXT4_MODULES, GUEST_INPUT_HELPERS, SERIAL_ECHO_SCENARIO,
-    STEP, STORAGE_IO_SCENARIO, WRITE_UNTIL_KILLED_SCENARIO,
+    check_ext4_image, check_storage_io, check_written_image, kill_mid_write,
+    mouse_moves_and_clicks, prepare_ext4_disk, prepare_fat_disk, serial_exchange,
+    typed_text_arrives, Server, AFTER_CRASH_SCENARIO, ALL_DEVICES, EXT4_MODULES,
+    GUEST_INPUT_HELPERS, SERIAL_ECHO_SCENARIO, STEP, STORAGE_IO_SCENARIO,
+    WRITE_UNTIL_KILLED_SCENARIO,
 };
 use periwire_guest::{Guest, GuestConfig};
 
@@ -191,22 +192,7 @@ fn killed_guest_mid_write_leaves_a_consistent_image_and_the_server_running() {
         refused.starts_with("SECOND-ATTACH-REFUSED"),
         "busy device refused: {refused}"
     );
-    let synced = guest.expect_line("SYNCED ", STEP).expect("synced");
-    guest
-        .expect_line("WRITING", STEP)
-        .expect("large write under way");
-    guest.kill().expect("kill QEMU");
-    drop(guest);
-
-    assert!(
-        server.is_running(),
-        "the server survives a client killed mid-write"
-    );
-    server.cli(&["status", "--wait-released", "1-1", "--timeout", "60"]);
-    assert!(
-        !server.imported("1-1"),
-        "the device is released after its client died"
-    );
+    let synced = kill_mid_write(guest, &mut server, "1-1");
 
     // Second guest: attaches again, mounts (the kernel replays the journal), checks the
     // synced file and unmounts cleanly.

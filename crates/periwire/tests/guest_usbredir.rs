@@ -5,10 +5,11 @@
 mod common;
 
 use common::{
-    check_ext4_image, check_storage_io, check_written_image, mouse_moves_and_clicks,
-    prepare_ext4_disk, prepare_fat_disk, serial_exchange, typed_text_arrives, Server,
-    AFTER_CRASH_SCENARIO, EXT4_MODULES, GUEST_INPUT_HELPERS, GUEST_WAIT_HELPERS,
-    SERIAL_ECHO_SCENARIO, STEP, STORAGE_IO_SCENARIO, WRITE_UNTIL_KILLED_SCENARIO,
+    check_ext4_image, check_storage_io, check_written_image, kill_mid_write,
+    mouse_moves_and_clicks, prepare_ext4_disk, prepare_fat_disk, serial_exchange,
+    typed_text_arrives, Server, AFTER_CRASH_SCENARIO, EXT4_MODULES, GUEST_INPUT_HELPERS,
+    GUEST_WAIT_HELPERS, SERIAL_ECHO_SCENARIO, STEP, STORAGE_IO_SCENARIO,
+    WRITE_UNTIL_KILLED_SCENARIO,
 };
 use periwire_guest::{Guest, GuestConfig, RedirBus};
 
@@ -156,7 +157,7 @@ usbredir = "127.0.0.1:0"
     let mut modules = vec!["xhci-pci"];
     modules.extend(EXT4_MODULES);
     let port = server.usbredir_port("1-1");
-    let mut guest = Guest::boot(
+    let guest = Guest::boot(
         GuestConfig::new(format!(
             "wait_for /dev/sda 90\n{WRITE_UNTIL_KILLED_SCENARIO}"
         ))
@@ -164,17 +165,7 @@ usbredir = "127.0.0.1:0"
         .usb_redir(port, RedirBus::Xhci),
     )
     .expect("boot");
-    let synced = guest.expect_line("SYNCED ", STEP).expect("synced");
-    guest
-        .expect_line("WRITING", STEP)
-        .expect("large write under way");
-    guest.kill().expect("kill QEMU");
-    drop(guest);
-    assert!(
-        server.is_running(),
-        "the server survives a usb-redir guest killed mid-write"
-    );
-    server.cli(&["status", "--wait-released", "1-1", "--timeout", "60"]);
+    let synced = kill_mid_write(guest, &mut server, "1-1");
 
     let mut guest = Guest::boot(
         GuestConfig::new(format!(

@@ -853,6 +853,28 @@ wait
 mark WRITE-FINISHED
 "#;
 
+/// The host's side of [`WRITE_UNTIL_KILLED_SCENARIO`]: once the large write is under way,
+/// kills QEMU; checks that the server survives and releases device `busid`. Returns the
+/// synced file's checksum line.
+pub fn kill_mid_write(mut guest: Guest, server: &mut Server, busid: &str) -> String {
+    let synced = guest.expect_line("SYNCED ", STEP).expect("synced");
+    guest
+        .expect_line("WRITING", STEP)
+        .expect("large write under way");
+    guest.kill().expect("kill QEMU");
+    drop(guest);
+    assert!(
+        server.is_running(),
+        "the server survives a client killed mid-write"
+    );
+    server.cli(&["status", "--wait-released", busid, "--timeout", "60"]);
+    assert!(
+        !server.imported(busid),
+        "the device is released after its client died"
+    );
+    synced
+}
+
 /// Guest steps after the crash: mount (the kernel replays the journal), print the synced
 /// file's checksum after SYNCED, unmount.
 pub const AFTER_CRASH_SCENARIO: &str = r#"
