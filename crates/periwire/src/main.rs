@@ -2,6 +2,7 @@
 
 mod attach;
 mod config;
+mod redirect;
 mod serve;
 
 use std::path::PathBuf;
@@ -69,6 +70,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Offer one USB device of this machine over usbredir (QEMU's usb-redir), as
+    /// `usbredirect` does: `--device VID:PID|BUS-DEV|BUSID --to HOST:PORT | --as HOST:PORT`.
+    Redirect(redirect::RedirectArgs),
     /// Send input to a running server's virtual keyboard or mouse.
     Input {
         /// Device name or bus id; defaults to the first device of the right kind.
@@ -208,6 +212,7 @@ type AnyError = Box<dyn std::error::Error + Send + Sync>;
 async fn run(command: Command, data_dir: Option<PathBuf>) -> Result<(), AnyError> {
     match command {
         Command::Serve(args) => serve::run(args, data_dir).await,
+        Command::Redirect(args) => redirect::run(args).await,
         Command::List {
             local: true, json, ..
         } => list_local(json),

@@ -678,3 +678,113 @@ fn host_stick_unplugged_while_imported_ends_its_session_and_is_imported_again_wh
     );
     expect_clean_stop(&mut guest, &[&stick]);
 }
+
+/// `periwire redirect`, with `usbredirect`'s command line, in the guest: it passes the guest's
+/// xHCI stick to a second QEMU whose `usb-redir` listens on the host
+/// (`-chardev socket,server=on`), reached through the guest's forward. That QEMU attaches the
+/// device while usb-storage in the guest lets go of it; when `periwire redirect` is stopped,
+/// that QEMU is told the device is gone (it leaves its bus) and usb-storage in the guest
+/// gets the stick back.
+#[test]
+fn redirect_hands_a_host_stick_to_a_listening_qemu_usb_redir() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let image = stick_image(dir.path());
+    // QEMU B: no guest at all, an xHCI with a usb-redir whose chardev listens on loopback.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let monitor_path = dir.path().join("usbguest-monitor.sock");
+    let mut usb_guest = std::process::Command::new("qemu-system-x86_64")
+        .args([
+            "-accel",
+            "tcg",
+            "-display",
+            "none",
+            "-nodefaults",
+            "-m",
+            "64",
+        ])
+        .args(["-serial", "none", "-device", "qemu-xhci,id=xhci"])
+        .arg("-chardev")
+        .arg(format!(
+            "socket,id=redir0,host=127.0.0.1,port={port},server=on,wait=off"
+        ))
+        .args(["-device", "usb-redir,chardev=redir0,bus=xhci.0,id=redir"])
+        .args(Monitor::qemu_args(&monitor_path))
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("start the usb-guest QEMU");
+    let deadline = Instant::now() + STEP;
+    while !monitor_path.exists() {
+        assert!(Instant::now() < deadline, "the usb-guest QEMU's monitor");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut monitor = Monitor::connect(&monitor_path);
+    // `info usb` lists the usb-redir device on its port whether or not a peer is connected;
+    // its QOM property `attached` says whether it is on the bus.
+    let attached = |monitor: &mut Monitor| {
+        monitor.command("qom-get /machine/peripheral/redir attached") == "true"
+    };
+    assert!(!attached(&mut monitor), "nothing attached yet");
+    let usb_devices = |monitor: &mut Monitor, want: bool| {
+        let deadline = Instant::now() + STEP;
+        loop {
+            if attached(monitor) == want {
+                return monitor.command("info usb");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the usb-guest QEMU's usb-redir, waiting for attached={want}: {}",
+                monitor.command("info usb")
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+
+    let scenario = format!(
+        r#"{GUEST_WAIT_HELPERS}{HELPERS}
+        STICK_IDS={STICK_IDS}
+        find_stick
+        periwire redirect --device {STICK_IDS} --to 10.0.2.100:4000 -v >/tmp/redirect.log 2>&1 &
+        redirect=$!
+        wait_until 60 "usb-storage to let go of the stick" driver_is_not "$stick:1.0" usb-storage
+        mark TAKEN stick=$stick speed=$(cat /sys/bus/usb/devices/$stick/speed)
+        read -r _
+        kill -TERM $redirect
+        wait_until 60 "periwire redirect to exit on SIGTERM" exited $redirect
+        status=0
+        wait $redirect || status=$?
+        sed 's/^/REDIRECT /' /tmp/redirect.log
+        wait_until 90 "usb-storage to bind the stick again" driver_is "$stick:1.0" usb-storage
+        mark RETURNED status=$status
+        "#
+    );
+    let config = guest_config(
+        scenario,
+        &image,
+        &["-device", "usb-storage,bus=xhci.0,drive=stick"],
+    )
+    .forward(4000, port);
+    let mut guest = Guest::boot(config).expect("boot");
+    let taken = expect(&mut guest, "TAKEN ");
+    let speed = field(&taken, "speed").to_owned();
+    let info = usb_devices(&mut monitor, true);
+    assert!(
+        info.contains(&format!("Speed {speed} Mb/s")),
+        "the usb-guest QEMU has the stick at its speed ({speed} Mb/s): {info}"
+    );
+
+    guest.send_line("stop").expect("console");
+    usb_devices(&mut monitor, false);
+    let returned = expect(&mut guest, "RETURNED ");
+    assert_eq!(
+        field(&returned, "status"),
+        "0",
+        "periwire redirect exits cleanly:\n{}",
+        prefixed_lines(guest.transcript(), "REDIRECT ").join("\n")
+    );
+    guest.wait_success(STEP).expect("scenario succeeds");
+    let _ = usb_guest.kill();
+    let _ = usb_guest.wait();
+}
