@@ -176,6 +176,13 @@ pub fn set_receive_buffer(fd: &impl AsRawFd, bytes: usize) -> io::Result<()> {
     set(libc::SO_RCVBUFFORCE).or_else(|_| set(libc::SO_RCVBUF))
 }
 
+/// Registers an open (non-blocking) file with the runtime's reactor.
+pub fn async_file(file: std::fs::File) -> io::Result<AsyncFd<std::fs::File>> {
+    // SAFETY: the AsyncFd takes ownership of `file`, whose descriptor therefore stays open
+    // and the same for the AsyncFd's whole life.
+    unsafe { AsyncFd::register(file) }.map_err(io::Error::from)
+}
+
 /// A raw HCI socket bound to one controller, seeing every event it reports.
 struct RawHci {
     fd: AsyncFd<OwnedFd>,

@@ -34,6 +34,7 @@
 //! transport = "vhci"
 //! link = "host"                       # simulated (the default) | host
 //! host_adapter = "hci0"               # hciN or the host controller's BD_ADDR
+//! accept_psms = [0x1001]              # optional: remotes' connections to these PSMs reach it
 //! ```
 
 use std::net::SocketAddr;
@@ -106,6 +107,9 @@ pub enum AdapterLink {
     Host {
         /// `hciN` or the controller's BD_ADDR.
         adapter: String,
+        /// PSMs the host listens on for this adapter: a remote's connection to one is offered
+        /// to the adapter's guest.
+        accept_psms: Vec<u16>,
     },
 }
 
@@ -162,6 +166,7 @@ struct RawAdapter {
     path: Option<PathBuf>,
     link: Option<String>,
     host_adapter: Option<String>,
+    accept_psms: Option<Vec<u16>>,
 }
 
 impl TryFrom<RawAdapter> for AdapterConfig {
@@ -210,8 +215,22 @@ impl TryFrom<RawAdapter> for AdapterConfig {
             },
         };
         let link = match (raw.link.as_deref().unwrap_or("simulated"), raw.host_adapter) {
+            ("simulated", None) if raw.accept_psms.is_some() => {
+                return Err(format!(
+                    "adapter {name}: `accept_psms` only applies to link \"host\""
+                ))
+            }
             ("simulated", None) => AdapterLink::Simulated,
-            ("host", Some(adapter)) => AdapterLink::Host { adapter },
+            ("host", Some(adapter)) => {
+                let accept_psms = raw.accept_psms.unwrap_or_default();
+                for &psm in &accept_psms {
+                    check_accept_psm(psm).map_err(|e| format!("adapter {name}: {e}"))?;
+                }
+                AdapterLink::Host {
+                    adapter,
+                    accept_psms,
+                }
+            }
             ("host", None) => {
                 return Err(format!(
                     "adapter {name}: link \"host\" needs `host_adapter` (hciN or a BD_ADDR)"
@@ -222,6 +241,7 @@ impl TryFrom<RawAdapter> for AdapterConfig {
                     "adapter {name}: `host_adapter` only applies to link \"host\""
                 ))
             }
+
             (other, _) => {
                 return Err(format!(
                     "adapter {name}: unknown link {other:?} (simulated, host)"
@@ -234,6 +254,20 @@ impl TryFrom<RawAdapter> for AdapterConfig {
             transport,
             link,
         })
+    }
+}
+
+/// Whether remotes' connections to `psm` can be offered to a guest: a valid PSM (odd, the
+/// least significant bit of its upper octet clear; Vol 3, Part A, 4.2) that the host's own
+/// stack does not keep.
+fn check_accept_psm(psm: u16) -> Result<(), String> {
+    match psm {
+        0x0001 => Err("PSM 0x0001 (SDP) belongs to the host's SDP server".to_owned()),
+        0x0003 => Err("PSM 0x0003 (RFCOMM) belongs to the host kernel's RFCOMM".to_owned()),
+        p if p & 0x0001 == 0 || p & 0x0100 != 0 => {
+            Err(format!("{p:#06x} is not a valid PSM (odd, bit 8 clear)"))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -438,12 +472,29 @@ impl Config {
             }
         }
         let mut adapters = std::collections::HashSet::new();
+        // A PSM has one listener per host controller.
+        let mut accepted = std::collections::HashMap::new();
         for a in &self.adapters {
             if !adapters.insert(a.name.as_str()) {
                 return Err(ConfigError::Invalid(format!(
                     "adapter name {} is used twice",
                     a.name
                 )));
+            }
+            if let AdapterLink::Host {
+                adapter,
+                accept_psms,
+            } = &a.link
+            {
+                for psm in accept_psms {
+                    if let Some(other) = accepted.insert((adapter.as_str(), *psm), &a.name) {
+                        return Err(ConfigError::Invalid(format!(
+                            "adapters {other} and {} both accept PSM {psm:#06x} on {adapter}: \
+                             the host can offer a remote's connection to one of them only",
+                            a.name
+                        )));
+                    }
+                }
             }
         }
         let mut names = std::collections::HashSet::new();
@@ -578,12 +629,48 @@ mod tests {
         assert_eq!(
             host.adapters[0].link,
             AdapterLink::Host {
-                adapter: "hci0".to_owned()
+                adapter: "hci0".to_owned(),
+                accept_psms: Vec::new(),
             }
         );
+        let accepting: Config = toml::from_str(
+            "[[adapter]]\nname = \"h\"\ntransport = \"vhci\"\nlink = \"host\"\nhost_adapter = \"hci0\"\naccept_psms = [0x1001, 0x0019]",
+        )
+        .unwrap();
+        assert!(matches!(
+            &accepting.adapters[0].link,
+            AdapterLink::Host { accept_psms, .. } if accept_psms == &[0x1001, 0x0019]
+        ));
+        let twice: Config = toml::from_str(
+            "[[adapter]]\nname = \"a\"\ntransport = \"vhci\"\nlink = \"host\"\nhost_adapter = \"hci0\"\naccept_psms = [0x1001]\n\
+             [[adapter]]\nname = \"b\"\ntransport = \"vhci\"\nlink = \"host\"\nhost_adapter = \"hci0\"\naccept_psms = [0x1001]",
+        )
+        .unwrap();
+        assert!(twice
+            .check()
+            .unwrap_err()
+            .to_string()
+            .contains("both accept PSM 0x1001"));
         for (text, error) in [
             ("link = \"host\"", "needs `host_adapter`"),
             ("host_adapter = \"hci0\"", "only applies to link"),
+            ("accept_psms = [0x1001]", "only applies to link"),
+            (
+                "link = \"host\"\nhost_adapter = \"hci0\"\naccept_psms = [3]",
+                "kernel's RFCOMM",
+            ),
+            (
+                "link = \"host\"\nhost_adapter = \"hci0\"\naccept_psms = [1]",
+                "SDP",
+            ),
+            (
+                "link = \"host\"\nhost_adapter = \"hci0\"\naccept_psms = [0x1002]",
+                "not a valid PSM",
+            ),
+            (
+                "link = \"host\"\nhost_adapter = \"hci0\"\naccept_psms = [0x1101]",
+                "not a valid PSM",
+            ),
             ("link = \"radio\"", "unknown link"),
         ] {
             let e = toml::from_str::<Config>(&format!(

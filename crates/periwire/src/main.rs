@@ -132,8 +132,13 @@ fn print_adapters(
         }
         for c in &a.channels {
             let state = if c.open { "open" } else { "opening" };
+            let (way, direction) = if c.incoming {
+                ("from", ", incoming")
+            } else {
+                ("to", "")
+            };
             println!(
-                "    channel psm {:#06x} to {}  {}  {} B sent, {} B received",
+                "    channel psm {:#06x} {way} {}  {}{direction}  {} B sent, {} B received",
                 c.psm, c.remote, state, c.bytes_to_remote, c.bytes_to_guest
             );
         }

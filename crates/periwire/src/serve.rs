@@ -249,7 +249,10 @@ pub async fn run(args: ServeArgs, data_dir_arg: Option<PathBuf>) -> Result<(), A
                 Some(radio) => Medium::Simulated(radio.clone()),
                 None => continue,
             },
-            AdapterLink::Host { adapter } => {
+            AdapterLink::Host {
+                adapter,
+                accept_psms,
+            } => {
                 let host = HostAdapter::resolve(adapter)
                     .map_err(|e| format!("adapter {}: host adapter {adapter}: {e}", a.name))?;
                 let medium = match host_media.iter().find(|(_, m)| m.host() == host) {
@@ -264,7 +267,7 @@ pub async fn run(args: ServeArgs, data_dir_arg: Option<PathBuf>) -> Result<(), A
                     "periwire: adapter {} links through host adapter hci{} ({})",
                     a.name, host.index, host.address
                 );
-                Medium::Host(medium)
+                Medium::Host(medium.accepting(accept_psms))
             }
         };
         let address = a.address.map_or_else(|| address_for(&a.name), |a| a.0);

@@ -44,7 +44,7 @@ guest_adapter_up() {
 start_periwire() {
     mkdir -p /tmp/pw
     cat >/tmp/pw/periwire.toml
-    RUST_LOG=periwire_bt=debug,info periwire serve --config /tmp/pw/periwire.toml --data-dir /tmp/pw >/tmp/pw/log 2>&1 &
+    RUST_LOG=periwire_bt=debug,periwire_hci=debug,info periwire serve --config /tmp/pw/periwire.toml --data-dir /tmp/pw >/tmp/pw/log 2>&1 &
     PW_PID=$!
 }
 "#;
@@ -302,5 +302,154 @@ EOF
          l2test from remote {direct_l2u:8.1} | {proxied_l2u:8.1}\n\
          rctest to remote   {direct_rc:8.1} | {proxied_rc:8.1}\n\
          rctest from remote {direct_rcu:8.1} | {proxied_rcu:8.1}"
+    );
+}
+
+/// Two host-linked adapters ("two VMs") share the host's one controller: a remote's
+/// connections to the PSMs one of them accepts reach that guest (both ways, every frame
+/// checked); both stream to the same remote at once, each on its own host sockets, and when
+/// one goes (powered off by its guest) the other's transfer carries on intact.
+#[test]
+fn two_host_linked_adapters_share_the_host_and_accept_incoming_channels() {
+    let in_total = L2_FRAMES * L2_FRAME;
+    // How far each stream must get before the second adapter goes, and what the first moves
+    // in all.
+    let before = 60 * L2_FRAME;
+    let a_frames = 600;
+    let a_total = a_frames * L2_FRAME;
+    let scenario = format!(
+        r#"{GUEST_WAIT_HELPERS}{BT_HOST_HELPERS}{SCENARIO_SETUP}
+        BT_L2_FRAMES={L2_FRAMES}; BT_L2_FRAME={L2_FRAME}; BT_L2_CHUNK=$((BT_L2_FRAME * 10))
+        PSM_IN_R=4145; PSM_IN_W=4147; PSM_A=4131; PSM_B=4133
+        bt_host_up
+        # The remote pages the host's adapter for the incoming channels.
+        btmgmt --index 0 connectable on >/dev/null
+        # The remote's receivers are basic mode, which has no flow control: one guest CPU
+        # running two senders and both receivers could overrun a receiver's socket buffer, and
+        # the remote's kernel drops what does not fit. Large buffers and paced senders keep
+        # the check about periwire, not about the guest's scheduler.
+        echo 8388608 >/proc/sys/net/core/rmem_max
+        l2test -r -H 8388608 -i hci1 -P "$PSM_A" -b "$BT_L2_CHUNK" >/tmp/bt/a.log 2>&1 &
+        l2test -r -H 8388608 -i hci1 -P "$PSM_B" -b "$BT_L2_CHUNK" >/tmp/bt/b.log 2>&1 &
+        for l in a b; do
+            wait_until 60 "$l listening" bt_logged /tmp/bt/$l.log "Waiting for connection" || {{ bt_dump "LISTEN-$l" /tmp/bt/$l.log; exit 1; }}
+        done
+
+        start_periwire <<EOF
+[[adapter]]
+name = "vm-a"
+transport = "vhci"
+address = "00:50:57:00:02:0A"
+link = "host"
+host_adapter = "hci0"
+accept_psms = [$PSM_IN_R, $PSM_IN_W]
+
+[[adapter]]
+name = "vm-b"
+transport = "vhci"
+address = "00:50:57:00:02:0B"
+link = "host"
+host_adapter = "hci0"
+EOF
+        index_of() {{ for i in 2 3; do bt_mgmt_has $i "addr $1" && echo $i && return 0; done; return 1; }}
+        wait_until 120 "both adapters from periwire" bt_mgmt_has 3 "addr "
+        A=$(index_of 00:50:57:00:02:0A); B=$(index_of 00:50:57:00:02:0B)
+        echo "INDEXES a=hci$A b=hci$B"
+        guest_adapter_up "$A"
+        guest_adapter_up "$B"
+        btmgmt --index "$A" connectable on >/dev/null
+        btmon -i "hci$A" >/tmp/bt/btmon-a.log 2>&1 &
+        wait_until 60 "periwire listening for vm-a" grep -q "accepting remotes' connections" /tmp/pw/log
+        sed 's/^/SERVE /' /tmp/pw/log
+
+        # Incoming: the remote connects to the host's adapter; vm-a's guest takes the channel.
+        l2test -r -i "hci$A" -P "$PSM_IN_R" -b "$BT_L2_CHUNK" >/tmp/bt/in-r.log 2>&1 &
+        l2test -w -i "hci$A" -P "$PSM_IN_W" -b "$BT_L2_FRAME" -N "$BT_L2_FRAMES" -g 600000 >/tmp/bt/in-w.log 2>&1 &
+        for l in in-r in-w; do
+            wait_until 60 "$l listening" bt_logged /tmp/bt/$l.log "Waiting for connection"
+        done
+        l2test -s -i hci1 -P "$PSM_IN_R" -b "$BT_L2_FRAME" -N "$BT_L2_FRAMES" -g 600000 "$BT_HCI0" >/tmp/bt/in-s.log 2>&1 &
+        s=$!
+        bt_wait_bytes 60 /tmp/bt/in-r.log {in_total} || {{ bt_dump IN-S /tmp/bt/in-s.log; grep -E "HCI Event|HCI Command|L2CAP:|Result|Status|Encryption|Reason" /tmp/bt/btmon-a.log | head -150 | sed 's/^/BTMON /'; btmgmt --index "$A" info | sed 's/^/INFO-A /'; pw_adapters | sed 's/^/ADAPTERS-IN /'; sed 's/^/SERVE /' /tmp/pw/log; exit 1; }}
+        pw_adapters | sed 's/^/ADAPTERS-IN /'
+        kill $s
+        l2test -u -i hci1 -P "$PSM_IN_W" -b "$BT_L2_CHUNK" "$BT_HCI0" >/tmp/bt/in-u.log 2>&1 &
+        s=$!
+        bt_wait_bytes 200 /tmp/bt/in-u.log {in_total} || {{ bt_dump IN-W /tmp/bt/in-w.log; sed 's/^/SERVE /' /tmp/pw/log; exit 1; }}
+        kill $s
+        mark INCOMING-DONE
+
+        # Both adapters stream to the same remote at once, ten frames every 50 ms each.
+        l2test -s -C 10 -D 50 -i "hci$A" -P "$PSM_A" -b "$BT_L2_FRAME" -N {a_frames} -g 600000 "$BT_HCI1" >/tmp/bt/as.log 2>&1 &
+        sa=$!
+        l2test -s -C 10 -D 50 -i "hci$B" -P "$PSM_B" -b "$BT_L2_FRAME" -N 1000000 -g 600000 "$BT_HCI1" >/tmp/bt/bs.log 2>&1 &
+        sb=$!
+        bt_wait_bytes 200 /tmp/bt/a.log {before}
+        bt_wait_bytes 200 /tmp/bt/b.log {before}
+        pw_adapters | sed 's/^/ADAPTERS-BOTH /'
+        # vm-b goes; vm-a carries on.
+        echo "A-AT-CUT $(bt_sum_bytes /tmp/bt/a.log)"
+        btmgmt --index "$B" power off >/dev/null
+        wait_until 60 "vm-b's sender to fail" exited $sb
+        wait_until 60 "vm-b's host socket to close" pw_no_channel 0x1025
+        pw_adapters | sed 's/^/ADAPTERS-ONE /'
+        bt_wait_bytes 200 /tmp/bt/a.log {a_total}
+        kill $sa
+        mark SHARED-DONE
+        for l in a b in-r in-u; do bt_dump "LOG-$l" /tmp/bt/$l.log; done
+        "#
+    );
+    let mut guest = boot(scenario);
+    if let Err(e) = guest.expect_line("INCOMING-DONE", STEP * 3) {
+        for l in guest.transcript() {
+            println!("{}", l.text);
+        }
+        panic!("incoming channels: {e}");
+    }
+    guest
+        .expect_line("SHARED-DONE", STEP * 3)
+        .expect("two adapters at once");
+    let outcome = guest.wait_success(STEP).expect("scenario succeeds");
+    let log = |name: &str| text(&outcome, &format!("LOG-{name} "));
+
+    received(
+        &log("in-r"),
+        in_total,
+        "l2test remote -> guest on an accepted PSM",
+    );
+    received(
+        &log("in-u"),
+        in_total,
+        "l2test guest -> remote on an accepted PSM",
+    );
+    let incoming = text(&outcome, "ADAPTERS-IN ");
+    assert!(
+        incoming.contains("channel psm 0x1031") && incoming.contains("incoming"),
+        "periwire adapters shows the incoming channel:\n{incoming}"
+    );
+
+    let both = text(&outcome, "ADAPTERS-BOTH ");
+    assert!(
+        both.contains("channel psm 0x1023") && both.contains("channel psm 0x1025"),
+        "each adapter holds its own channel:\n{both}"
+    );
+    let one = text(&outcome, "ADAPTERS-ONE ");
+    assert!(
+        one.contains("channel psm 0x1023") && !one.contains("channel psm 0x1025"),
+        "only vm-b's channel closed:\n{one}"
+    );
+    let b = log("b");
+    assert!(
+        !l2test_reports_mismatch(&b),
+        "vm-b's stream arrived corrupted:\n{b}"
+    );
+    received(&log("a"), a_total, "vm-a's stream, on after vm-b went");
+    let cut: u64 = text(&outcome, "A-AT-CUT ")
+        .trim()
+        .parse()
+        .expect("vm-a's bytes when vm-b went");
+    assert!(
+        cut < a_total,
+        "vm-b went while vm-a's stream still ran ({cut} of {a_total} bytes)"
     );
 }

@@ -407,6 +407,7 @@ pub const BT_HOST_MODULES: &[&str] = &["bluetooth", "hci_vhci", "rfcomm", "cmac"
 /// (`btmgmt`, `hciconfig`, `hcitool`, `l2ping`, `l2test`).
 pub const BT_HOST_BINARIES: &[&str] = &[
     "/usr/bin/btvirt",
+    "/usr/bin/btmon",
     "/usr/bin/rctest",
     "/usr/bin/rfcomm",
     "/usr/bin/sdptool",
