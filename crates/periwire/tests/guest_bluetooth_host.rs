@@ -453,3 +453,114 @@ EOF
         "vm-b went while vm-a's stream still ran ({cut} of {a_total} bytes)"
     );
 }
+
+/// The real VM shape: periwire in the "host" guest exports a host-linked USB dongle over
+/// USB/IP; a second guest (the VM) attaches it with the stock `usbip` through vhci-hcd, its
+/// `btusb` binds it, and its BlueZ moves l2test data to the remote both ways, every frame
+/// checked, through the host's adapter.
+#[test]
+fn a_second_guest_uses_a_host_linked_dongle_over_usbip() {
+    let total = L2_FRAMES * L2_FRAME;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port();
+    let host_scenario = format!(
+        r#"{GUEST_WAIT_HELPERS}{BT_HOST_HELPERS}{SCENARIO_SETUP}
+        BT_L2_FRAMES={L2_FRAMES}; BT_L2_FRAME={L2_FRAME}; BT_L2_CHUNK=$((BT_L2_FRAME * 10))
+        bt_host_up
+        bt_start_receivers
+        start_periwire <<EOF
+listen = "0.0.0.0:3240"
+
+[[adapter]]
+name = "vm-dongle"
+transport = "usb"
+busid = "1-1"
+address = "00:50:57:00:02:0C"
+link = "host"
+host_adapter = "hci0"
+EOF
+        wait_until 60 "periwire serving" grep -q "serving" /tmp/pw/log
+        mark HOST-READY
+        bt_wait_bytes 300 /tmp/bt/l2r.log {total} || {{ sed 's/^/SERVE /' /tmp/pw/log; exit 1; }}
+        pw_adapters | sed 's/^/ADAPTERS /'
+        mark RECEIVED
+        read -r _
+        bt_dump LOG-l2r /tmp/bt/l2r.log
+        "#
+    );
+    let mut host = Guest::boot(
+        with_periwire(with_bt_host(GuestConfig::new(host_scenario)))
+            .memory_mib(768)
+            .expose(3240, port)
+            .timeout(std::time::Duration::from_secs(900)),
+    )
+    .expect("boot the host guest");
+    host.expect_line("HOST-READY", STEP * 2)
+        .expect("host guest ready");
+    let remote = prefixed_lines(host.transcript(), "BT-ADDR hci1 ")
+        .first()
+        .cloned()
+        .expect("the remote's address");
+
+    let vm_scenario = format!(
+        r#"{GUEST_WAIT_HELPERS}{BT_HOST_HELPERS}
+        usbip attach -r "$PERIWIRE_SERVER" -b 1-1
+        wait_until 300 "btusb's controller" bt_mgmt_has 0 "addr "
+        btmgmt --index 0 io-cap 3 >/dev/null
+        btmgmt --index 0 bondable on >/dev/null
+        btmgmt --index 0 ssp on >/dev/null
+        btmgmt --index 0 power on >/dev/null
+        btmgmt --index 0 info | sed 's/^/INFO /'
+        l2test -s -i hci0 -P 4113 -b {L2_FRAME} -N {L2_FRAMES} -g 600000 {remote} >/tmp/bt/send.log 2>&1 &
+        s=$!
+        mark SENDING
+        read -r _
+        kill $s
+        l2test -u -i hci0 -P 4115 -b $(({L2_FRAME} * 10)) {remote} >/tmp/bt/recv.log 2>&1 &
+        s=$!
+        bt_wait_bytes 300 /tmp/bt/recv.log {total} || {{ bt_dump SEND /tmp/bt/send.log; exit 1; }}
+        kill $s
+        bt_dump LOG-recv /tmp/bt/recv.log
+        "#
+    );
+    let mut vm = Guest::boot(
+        GuestConfig::new(vm_scenario)
+            .modules(["vhci-hcd", "btusb"])
+            .server_port(port),
+    )
+    .expect("boot the VM guest");
+    vm.expect_line("SENDING", STEP * 2).expect("the VM sends");
+    host.expect_line("RECEIVED", STEP * 2)
+        .expect("the remote received the VM's frames");
+    vm.send_line("next").expect("console");
+    let vm_outcome = vm.wait_success(STEP * 2).expect("the VM received");
+    host.send_line("done").expect("console");
+    let host_outcome = host.wait_success(STEP).expect("host guest succeeds");
+
+    let info = text(&vm_outcome, "INFO ");
+    assert!(
+        info.contains("addr 00:50:57:00:02:0C"),
+        "btusb bound the host-linked dongle:\n{info}"
+    );
+    received(
+        &text(&host_outcome, "LOG-l2r "),
+        total,
+        "l2test VM -> remote through the dongle",
+    );
+    received(
+        &text(&vm_outcome, "LOG-recv "),
+        total,
+        "l2test remote -> VM through the dongle",
+    );
+    let adapters = text(&host_outcome, "ADAPTERS ");
+    assert!(
+        adapters.contains("vm-dongle") || adapters.contains("00:50:57:00:02:0C"),
+        "periwire adapters shows the dongle's adapter:\n{adapters}"
+    );
+    assert!(
+        adapters.contains("(host:hci0)") && adapters.contains("channel psm 0x1011"),
+        "its link is the host's and it holds the channel:\n{adapters}"
+    );
+}
