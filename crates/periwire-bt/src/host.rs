@@ -40,6 +40,9 @@ const NAME_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a host inquiry runs for the guest (the guest's own inquiry length is not known to
 /// the link; this is what `hcitool scan` uses).
 const INQUIRY_LENGTH: Duration = Duration::from_millis(10_240);
+/// How long a host LE scan runs for the guest's scan (a guest scanning longer gets a new one
+/// when it restarts its scan).
+const LE_SCAN_LENGTH: Duration = Duration::from_secs(10);
 /// Payload bytes one channel reads from its host socket ahead of the guest: enough to take
 /// a remote's burst at radio speed (a BR/EDR link moves at most about 300 kB/s) while the
 /// guest catches up.
@@ -338,6 +341,8 @@ enum Event {
     Found(sys::InquiryResult),
     InquiryDone,
     Accepted(u16, SeqPacket, SocketAddr),
+    LeFound(sys::LeAdvertiser),
+    LeScanDone,
 }
 
 #[derive(Debug)]
@@ -473,6 +478,21 @@ impl Driver {
                             let _ = tx.send(Event::Name(remote, name));
                         });
                     }
+                    HostAction::LeScan => {
+                        let tx = events_tx.clone();
+                        let index = self.host.index;
+                        tasks.spawn(async move {
+                            let found_tx = tx.clone();
+                            let r = sys::le_scan(index, LE_SCAN_LENGTH, |found| {
+                                let _ = found_tx.send(Event::LeFound(found));
+                            })
+                            .await;
+                            if let Err(e) = r {
+                                tracing::warn!(error = %e, "host LE scan failed");
+                            }
+                            let _ = tx.send(Event::LeScanDone);
+                        });
+                    }
                     HostAction::Inquiry => {
                         let tx = events_tx.clone();
                         let index = self.host.index;
@@ -546,6 +566,8 @@ impl Driver {
                         Event::Name(remote, name) => l.handle_remote_name(remote, name),
                         Event::Found(r) => l.handle_inquiry_result(r.address, r.class_of_device, r.name),
                         Event::InquiryDone => l.handle_inquiry_complete(),
+                        Event::LeFound(a) => l.handle_le_found(a.address, a.address_type, &a.data),
+                        Event::LeScanDone => l.handle_le_scan_complete(),
                         Event::Accepted(..) => {}
                     }));
                 }

@@ -25,7 +25,7 @@ use crate::l2cap::{
     self, config_result, info_type, reject_reason, BasicHeader, ConfigOption, ConnectionResult,
     L2capSignal, Reassembled, Reassembler, SignalCommand, CID_DYNAMIC_FIRST, CID_SIGNALING,
 };
-use crate::medium::{AdapterId, Dest, LinkPdu, Transmit, Transport};
+use crate::medium::{AdapterId, Advertisement, Dest, LinkPdu, Transmit, Transport};
 use crate::rng::KeyRng;
 use crate::wire::{BdAddr, ClassOfDevice, ErrorCode};
 
@@ -112,6 +112,9 @@ pub enum HostAction {
     /// Run an inquiry on the host adapter; answer with [`HostLink::handle_inquiry_result`]
     /// per device and [`HostLink::handle_inquiry_complete`].
     Inquiry,
+    /// Scan for LE advertisers through the host adapter; answer with
+    /// [`HostLink::handle_le_found`] per device and [`HostLink::handle_le_scan_complete`].
+    LeScan,
 }
 
 /// Why a host socket could not connect, as the runtime classifies the OS error.
@@ -316,6 +319,7 @@ pub struct HostLink {
     /// The largest ACL fragment handed to the controller for the guest.
     fragment_len: usize,
     inquiring: bool,
+    le_scanning: bool,
     /// Remote devices the host names (inquiry, name requests), by address.
     names: BTreeMap<BdAddr, String>,
     /// Classes of device the host's inquiries reported, for incoming pages.
@@ -341,6 +345,7 @@ impl HostLink {
             actions: VecDeque::new(),
             fragment_len: usize::from(fragment_len.max(27)),
             inquiring: false,
+            le_scanning: false,
             names: BTreeMap::new(),
             classes: BTreeMap::new(),
             rng: KeyRng::new(entropy ^ 0x6a09_e667_f3bc_c908),
@@ -393,8 +398,12 @@ impl HostLink {
                 self.inquiring = true;
                 self.actions.push_back(HostAction::Inquiry);
             }
+            (Dest::Broadcast, LinkPdu::ScanStart) if !self.le_scanning => {
+                self.le_scanning = true;
+                self.actions.push_back(HostAction::LeScan);
+            }
             (Dest::Adapter(id), pdu) => self.handle_guest_pdu(id, pdu),
-            // LE advertising and scanning do not reach the host in this mode.
+            // The guest's own LE advertising and LE connections do not reach the host.
             _ => {}
         }
     }
@@ -1511,6 +1520,31 @@ impl HostLink {
         self.inquiring = false;
     }
 
+    /// The host's LE scan found `address` (type 0 public, 1 random) advertising `data` (its
+    /// advertising data and scan response as the host merged them, AD structures). The guest
+    /// gets it as a non-connectable advertiser (LE connections are not carried), with what
+    /// does not fit a legacy advertisement as its scan response.
+    pub fn handle_le_found(&mut self, address: BdAddr, address_type: u8, data: &[u8]) {
+        let (data, scan_response) = split_advertising_data(data);
+        self.to_controller.push_back((
+            unlinked_id(address),
+            LinkPdu::Advertisement(Advertisement {
+                // ADV_SCAN_IND when a scan response is there to give, ADV_NONCONN_IND else.
+                advertising_type: if scan_response.is_empty() { 3 } else { 2 },
+                address,
+                address_type: address_type & 1,
+                direct: None,
+                data,
+                scan_response,
+            }),
+        ));
+    }
+
+    /// The host's LE scan ended.
+    pub fn handle_le_scan_complete(&mut self) {
+        self.le_scanning = false;
+    }
+
     /// A remote connected on the host to `psm`, one the adapter accepts: the runtime holds
     /// the accepted socket (whose largest outgoing SDU is `omtu`) under the returned name and
     /// reads it once the link asks. The guest is paged for the link if it has none to the
@@ -1716,6 +1750,32 @@ const KEY_SIZE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 /// far above the counter that numbers linked remotes, so the two never meet.
 fn unlinked_id(remote: BdAddr) -> AdapterId {
     AdapterId(u64::MAX - remote.to_u64())
+}
+
+/// Largest legacy advertising data and scan response (Vol 6, Part B, 2.3.1).
+const LEGACY_ADV_DATA: usize = 31;
+
+/// Splits AD structures into a legacy advertisement's data and scan response, each at most 31
+/// bytes and cut only between structures; what fits neither is dropped, as is a malformed
+/// tail.
+fn split_advertising_data(ad: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let mut parts = (Vec::new(), Vec::new());
+    let mut rest = ad;
+    while let Some((&len, _)) = rest.split_first() {
+        let Some(structure) = rest.get(..1 + usize::from(len)) else {
+            break;
+        };
+        rest = &rest[structure.len()..];
+        if len == 0 {
+            break;
+        }
+        if parts.0.len() + structure.len() <= LEGACY_ADV_DATA && parts.1.is_empty() {
+            parts.0.extend_from_slice(structure);
+        } else if parts.1.len() + structure.len() <= LEGACY_ADV_DATA {
+            parts.1.extend_from_slice(structure);
+        }
+    }
+    parts
 }
 
 fn reject(reason: u16, data: &[u8]) -> L2capSignal {

@@ -564,3 +564,37 @@ EOF
         "its link is the host's and it holds the channel:\n{adapters}"
     );
 }
+
+/// Discovery through the host: a guest's inquiry and remote name requests are answered with
+/// what the host's adapter finds and names.
+#[test]
+fn a_host_linked_guest_discovers_what_the_host_finds() {
+    let scenario = format!(
+        r#"{GUEST_WAIT_HELPERS}{BT_HOST_HELPERS}{SCENARIO_SETUP}
+        bt_host_up
+        btmgmt --index 1 name periwire-remote >/dev/null
+        start_periwire <<EOF
+[[adapter]]
+name = "vm-a"
+transport = "vhci"
+address = "00:50:57:00:02:0A"
+link = "host"
+host_adapter = "hci0"
+EOF
+        guest_adapter_up 2
+        hcitool -i hci2 scan 2>&1 | sed 's/^/INQUIRY /'
+        mark DISCOVERED
+        "#
+    );
+    let mut guest = boot(scenario);
+    guest
+        .expect_line("DISCOVERED", STEP * 2)
+        .expect("discovery");
+    let outcome = guest.wait_success(STEP).expect("scenario succeeds");
+    let remote = text(&outcome, "BT-ADDR hci1 ");
+    let inquiry = text(&outcome, "INQUIRY ");
+    assert!(
+        inquiry.contains(&remote) && inquiry.contains("periwire-remote"),
+        "the guest's inquiry found the remote ({remote}) with its name:\n{inquiry}"
+    );
+}

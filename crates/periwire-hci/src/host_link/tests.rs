@@ -851,3 +851,41 @@ fn an_incoming_channel_is_offered_to_a_guest_that_never_reads_the_key_size() {
         L2capSignal::ConnectionRequest { psm: 0x102b, .. }
     ));
 }
+
+#[test]
+fn advertising_data_splits_between_structures_into_data_and_scan_response() {
+    let flags = [2u8, 0x01, 0x06];
+    let name = {
+        let mut n = vec![21u8, 0x09];
+        n.extend_from_slice(b"a remote with a name");
+        n
+    };
+    let uuids = [
+        17u8, 0x07, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16,
+    ];
+    let all = [&flags[..], &name, &uuids].concat();
+    let (data, response) = split_advertising_data(&all);
+    assert_eq!(data, [&flags[..], &name].concat());
+    assert_eq!(response, uuids);
+    // A structure running past the end is dropped, not read beyond.
+    let (data, response) = split_advertising_data(&[2, 0x01, 0x06, 9, 0x09, b'x']);
+    assert_eq!((data, response), (flags.to_vec(), Vec::new()));
+}
+
+#[test]
+fn an_le_scan_of_the_guest_reports_what_the_host_found() {
+    let mut bed = Bed::new(BTreeMap::new());
+    bed.command(w::LeSetScanEnable {
+        le_scan_enable: 1,
+        filter_duplicates: 0,
+    });
+    assert_eq!(bed.action(), HostAction::LeScan);
+    let found = addr("C0:11:22:33:44:55");
+    bed.link(|l| l.handle_le_found(found, 1, &[2, 0x01, 0x06, 4, 0x09, b'a', b'b', b'c']));
+    let report = bed.event(|e| match e {
+        HciEvent::LeMeta(m) => Some(format!("{m:?}")),
+        _ => None,
+    });
+    assert!(report.contains("AdvertisingReport"), "{report}");
+    bed.link(|l| l.handle_le_scan_complete());
+}

@@ -478,7 +478,8 @@ pub fn with_bt_host(config: periwire_guest::GuestConfig) -> periwire_guest::Gues
 /// Shell functions of a host-linked Bluetooth guest ([`with_bt_host`]); needs
 /// [`GUEST_WAIT_HELPERS`] before it. Logs go to `/tmp/bt/`.
 ///
-/// - `bt_host_up [nodaemon]`: starts `btvirt -B -l2` (hci0, hci1), the D-Bus system bus and
+/// - `bt_host_up [nodaemon]`: starts `btvirt -B -l2` (hci0, hci1; `$BT_VIRT_FLAGS` replaces
+///   `-B`, empty for dual-mode controllers), the D-Bus system bus and
 ///   `bluetoothd -n -C` (unless `nodaemon`), sets both controllers to NoInputNoOutput
 ///   (`io-cap 3`), bondable, powered; hci1 connectable and discoverable (page and inquiry
 ///   scan). Sets `$BT_HCI0` and `$BT_HCI1` to their addresses and prints
@@ -527,7 +528,8 @@ bt_wait_bytes() {
 bt_logged() { grep -q "$2" "$1" 2>/dev/null; }
 bt_mgmt_has() { btmgmt --index "$1" info 2>/dev/null | grep -q "$2"; }
 bt_host_up() {
-    btvirt -B -l2 >/tmp/bt/btvirt.log 2>&1 &
+    # BR/EDR-only controllers unless BT_VIRT_FLAGS says otherwise ("" for dual mode).
+    btvirt ${BT_VIRT_FLAGS--B} -l2 >/tmp/bt/btvirt.log 2>&1 &
     wait_until 60 "btvirt's hci0 and hci1" test -e /sys/class/bluetooth/hci1 -a -e /sys/class/bluetooth/hci0
     wait_until 60 "mgmt index 0" bt_mgmt_has 0 "addr "
     wait_until 60 "mgmt index 1" bt_mgmt_has 1 "addr "
