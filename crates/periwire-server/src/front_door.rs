@@ -173,48 +173,76 @@ async fn handle(
             // The time spent waiting for the first byte counts against the request's.
             config.request_timeout = deadline.saturating_duration_since(Instant::now());
             let gate = |e: &Export| door.may_import(&client, e);
-            serve_stream_gated(stream, peer, registry, config, &gate, stop.wait()).await?;
+            // Boxed, here and below: a connection waiting for its first byte then holds a
+            // small future, not one sized for the URB phase.
+            Box::pin(serve_stream_gated(
+                stream,
+                peer,
+                registry,
+                config,
+                &gate,
+                stop.wait(),
+            ))
+            .await?;
         }
         Protocol::Tls => {
-            let store = TrustStore::load(&door.data_dir)?;
-            let (tls_config, slot) = tls::server_config(&door.identity, store)?;
-            let accept = tokio_rustls::TlsAcceptor::from(tls_config).accept(stream);
-            let accepted = tokio::time::timeout_at(deadline, accept).await;
-            let check = tls::take_check(&slot);
-            let stream = match accepted {
-                Err(_) => return Err(Refused::HandshakeTimeout(wait)),
-                Ok(Err(e)) => {
-                    return Err(match check {
-                        Some(PeerCheck {
-                            fingerprint,
-                            verdict: Verdict::New { .. },
-                        }) => Refused::Untrusted(fingerprint),
-                        _ if alert_received(&e) == Some(rustls::AlertDescription::AccessDenied) => {
-                            Refused::KeyRejectedByClient
-                        }
-                        _ => Refused::Handshake(e),
-                    })
-                }
-                Ok(Ok(stream)) => stream,
-            };
-            let Some(PeerCheck {
-                verdict: Verdict::Trusted { name },
-                fingerprint,
-            }) = check
-            else {
-                // rustls requires and verifies a client certificate on every handshake.
-                return Err(Refused::Handshake(std::io::Error::other(
-                    "no client certificate was checked",
-                )));
-            };
-            info!(%peer, client = %name, %fingerprint, "TLS client");
-            let label = format!("{name} ({peer})");
-            let client = Client::Trusted { name };
-            let gate = |e: &Export| door.may_import(&client, e);
-            // The handshake had its own time; the request gets a full one after it.
-            serve_stream_gated(stream, label, registry, config, &gate, stop.wait()).await?;
+            Box::pin(serve_tls(
+                stream, peer, door, registry, config, deadline, stop,
+            ))
+            .await?
         }
     }
+    Ok(())
+}
+
+/// The TLS side of [`handle`]: the handshake (by `deadline`), then the client's requests.
+async fn serve_tls(
+    stream: TcpStream,
+    peer: SocketAddr,
+    door: &FrontDoor,
+    registry: &Registry,
+    config: ServerConfig,
+    deadline: Instant,
+    stop: Stopped,
+) -> Result<(), Refused> {
+    let wait = config.request_timeout;
+    let store = TrustStore::load(&door.data_dir)?;
+    let (tls_config, slot) = tls::server_config(&door.identity, store)?;
+    let accept = tokio_rustls::TlsAcceptor::from(tls_config).accept(stream);
+    let accepted = tokio::time::timeout_at(deadline, accept).await;
+    let check = tls::take_check(&slot);
+    let stream = match accepted {
+        Err(_) => return Err(Refused::HandshakeTimeout(wait)),
+        Ok(Err(e)) => {
+            return Err(match check {
+                Some(PeerCheck {
+                    fingerprint,
+                    verdict: Verdict::New { .. },
+                }) => Refused::Untrusted(fingerprint),
+                _ if alert_received(&e) == Some(rustls::AlertDescription::AccessDenied) => {
+                    Refused::KeyRejectedByClient
+                }
+                _ => Refused::Handshake(e),
+            })
+        }
+        Ok(Ok(stream)) => stream,
+    };
+    let Some(PeerCheck {
+        verdict: Verdict::Trusted { name },
+        fingerprint,
+    }) = check
+    else {
+        // rustls requires and verifies a client certificate on every handshake.
+        return Err(Refused::Handshake(std::io::Error::other(
+            "no client certificate was checked",
+        )));
+    };
+    info!(%peer, client = %name, %fingerprint, "TLS client");
+    let label = format!("{name} ({peer})");
+    let client = Client::Trusted { name };
+    let gate = |e: &Export| door.may_import(&client, e);
+    // The handshake had its own time; the request gets a full one after it.
+    serve_stream_gated(stream, label, registry, config, &gate, stop.wait()).await?;
     Ok(())
 }
 
