@@ -175,6 +175,12 @@ impl Server {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// Kills the server with SIGKILL (no shutdown, no flush) and waits for it to be gone.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Stops the server with SIGTERM and waits for it; returns whether it exited cleanly.
     pub fn stop(&mut self) -> bool {
         let _ = Command::new("kill")
@@ -455,6 +461,40 @@ pub fn prepare_fat_disk(dir: &Path) {
         &[("README.TXT", README_TEXT)],
     )
     .expect("create FAT image");
+}
+
+/// A server with one ext4 disk, 1-1 (`ext4.img` of [`prepare_ext4_disk`]).
+pub const EXT4_DISK: &str = r#"
+[[device]]
+kind = "storage"
+busid = "1-1"
+image = "ext4.img"
+"#;
+
+/// Puts `ext4.img` into `dir`: a fresh 64 MiB ext4 file system.
+pub fn prepare_ext4_disk(dir: &Path) {
+    let status = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-L", "periwire"])
+        .arg(dir.join("ext4.img"))
+        .arg("64M")
+        .status()
+        .expect("mkfs.ext4");
+    assert!(status.success(), "mkfs.ext4");
+}
+
+/// Checks with `e2fsck -f -n` that the ext4 image at `image` is clean.
+pub fn assert_fsck_clean(image: &Path) {
+    let fsck = Command::new("e2fsck")
+        .args(["-f", "-n"])
+        .arg(image)
+        .output()
+        .expect("e2fsck");
+    assert!(
+        fsck.status.success(),
+        "the image is fsck-clean: {}{}",
+        String::from_utf8_lossy(&fsck.stdout),
+        String::from_utf8_lossy(&fsck.stderr)
+    );
 }
 
 /// `config` with the `periwire` binary ([`stripped_periwire`]) at /usr/bin/periwire in the
