@@ -8,6 +8,8 @@
 //! - [`registry`]: the exported devices and who holds each.
 //! - [`client`]: a USB/IP client for listing and importing devices.
 //! - [`control`]: the local control socket that `periwire input` and friends talk to.
+//! - [`secure`]: identities, pins, mutual TLS and the plain-USB/IP policy.
+//! - [`front_door`]: one port for TLS and plain USB/IP, told apart by the first byte.
 //! - [`serial`]: bridges between a virtual serial port and a host TCP socket.
 
 #![forbid(unsafe_code)]
@@ -16,7 +18,9 @@
 pub mod client;
 pub mod control;
 pub mod framing;
+pub mod front_door;
 pub mod registry;
+pub mod secure;
 pub mod serial;
 pub mod server;
 pub mod session;
@@ -24,5 +28,5 @@ pub mod urb_stream;
 pub mod usbip_map;
 
 pub use registry::{Export, Registry};
-pub use server::{serve, serve_stream, ServerConfig};
+pub use server::{serve, serve_stream, serve_stream_gated, ServerConfig};
 pub use session::DeviceSession;

@@ -2,6 +2,7 @@
 //!
 //! ```toml
 //! listen = "127.0.0.1:3240"          # optional; loopback unless you say otherwise
+//! plain_allow = ["192.0.2.0/24"]      # networks besides loopback that may skip TLS
 //!
 //! [[device]]
 //! kind = "keyboard"                   # keyboard | mouse | storage | serial | host
@@ -14,6 +15,7 @@
 //! [[device]]
 //! kind = "storage"
 //! busid = "1-3"
+//! allow = ["laptop"]                  # trusted clients that may import it (default: all)
 //! image = "disk.img"                  # relative to the data directory
 //! size = "64MiB"                      # created sparse at this size when missing
 //! read_only = false
@@ -74,6 +76,9 @@ pub struct Config {
     pub listen: Option<SocketAddr>,
     /// Directory for images and the control socket.
     pub data_dir: Option<PathBuf>,
+    /// Networks besides loopback from which plain (not TLS) USB/IP is accepted.
+    #[serde(default)]
+    pub plain_allow: Vec<PlainNetwork>,
     /// Exported devices.
     #[serde(default, rename = "device")]
     pub devices: Vec<DeviceConfig>,
@@ -136,6 +141,19 @@ pub enum AdapterTransport {
         /// The vhci device (`/dev/vhci` unless given).
         path: PathBuf,
     },
+}
+
+/// A network of `plain_allow`, written as CIDR (`192.0.2.0/24`) or one address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlainNetwork(pub periwire_server::secure::Network);
+
+impl<'de> Deserialize<'de> for PlainNetwork {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse()
+            .map(PlainNetwork)
+            .map_err(|e: String| serde::de::Error::custom(format!("plain_allow: {e}")))
+    }
 }
 
 /// A BD_ADDR written `XX:XX:XX:XX:XX:XX`.
@@ -294,6 +312,9 @@ pub struct DeviceConfig {
     pub name: Option<String>,
     /// What the device is.
     pub kind: DeviceKind,
+    /// Names of the trusted clients (`periwire trust list`) that may import it over TLS;
+    /// `None` lets every trusted client.
+    pub allow: Option<Vec<String>>,
 }
 
 /// The kinds of virtual device.
@@ -333,6 +354,7 @@ struct RawDevice {
     size: Option<ByteSize>,
     read_only: Option<bool>,
     tcp: Option<SocketAddr>,
+    allow: Option<Vec<String>>,
 }
 
 impl TryFrom<RawDevice> for DeviceConfig {
@@ -383,10 +405,19 @@ impl TryFrom<RawDevice> for DeviceConfig {
             ))
             }
         };
+        if let Some(bad) =
+            (raw.allow.iter().flatten()).find(|n| !periwire_server::secure::trust::valid_name(n))
+        {
+            return Err(format!(
+                "device {busid}: allow: {bad:?} is not a peer name (one word, as `periwire trust \
+                 list` shows them)"
+            ));
+        }
         Ok(DeviceConfig {
             busid,
             name: raw.name,
             kind,
+            allow: raw.allow,
         })
     }
 }
@@ -524,6 +555,41 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_allow_and_allow_lists() {
+        let c: Config = toml::from_str(
+            r#"
+            plain_allow = ["192.0.2.0/24", "2001:db8::/32", "198.51.100.7"]
+            [[device]]
+            kind = "keyboard"
+            busid = "1-1"
+            allow = ["laptop", "tablet"]
+            [[device]]
+            kind = "mouse"
+            busid = "1-2"
+            "#,
+        )
+        .unwrap();
+        let nets: Vec<String> = c.plain_allow.iter().map(|n| n.0.to_string()).collect();
+        assert_eq!(nets, ["192.0.2.0/24", "2001:db8::/32", "198.51.100.7/32"]);
+        assert_eq!(
+            c.devices[0].allow.as_deref(),
+            Some(&["laptop".to_owned(), "tablet".to_owned()][..])
+        );
+        assert_eq!(c.devices[1].allow, None);
+        for (bad, says) in [
+            ("plain_allow = [\"192.0.2.1/24\"]", "beyond the prefix"),
+            ("plain_allow = [\"lan\"]", "not a network"),
+            (
+                "[[device]]\nkind = \"mouse\"\nbusid = \"1-1\"\nallow = [\"two words\"]",
+                "not a peer name",
+            ),
+        ] {
+            let e = toml::from_str::<Config>(bad).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn parses_every_kind() {

@@ -9,6 +9,7 @@ use periwire_bt::usb_dongle::UsbDongle;
 use periwire_bt::{AdapterPlan, ControllerConfig, H4Server, Medium, SharedRadio};
 use periwire_host::HostDevice;
 use periwire_server::control::{ControlState, NamedInput};
+use periwire_server::front_door::FrontDoor;
 use periwire_server::{Export, Registry, ServerConfig};
 use periwire_usb::cdc_acm::CdcAcm;
 use periwire_usb::hid::{Keyboard, Mouse};
@@ -71,6 +72,7 @@ fn demo_devices() -> Result<Vec<DeviceConfig>, AnyError> {
         busid: busid.into(),
         name: Some(name.into()),
         kind,
+        allow: None,
     };
     Ok(vec![
         device("1-1", "keyboard", DeviceKind::Keyboard),
@@ -347,9 +349,23 @@ pub async fn run(args: ServeArgs, data_dir_arg: Option<PathBuf>) -> Result<(), A
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|e| format!("listening on {listen}: {e}"))?;
-    if !listen.ip().is_loopback() {
-        tracing::warn!(%listen, "listening beyond loopback: anyone who reaches this address can use the devices");
+    let identity = crate::secure::identity(&data_dir)?;
+    let door = FrontDoor {
+        identity,
+        data_dir: data_dir.clone(),
+        plain_allow: config.plain_allow.iter().map(|n| n.0).collect(),
+        allow: (config.devices.iter())
+            .filter_map(|d| Some((BusId::new(&d.busid).ok()?, d.allow.clone()?)))
+            .collect(),
+    };
+    if !listen.ip().is_loopback() && !door.plain_allow.is_empty() {
+        let networks: Vec<String> = door.plain_allow.iter().map(|n| n.to_string()).collect();
+        tracing::warn!(%listen, networks = %networks.join(", "), "plain USB/IP, without authentication or encryption, is accepted from these networks");
     }
+    println!(
+        "periwire: identity {} {} (TLS clients pin this)",
+        door.identity.name, door.identity.fingerprint
+    );
     // Tests and scripts wait for this line to know the server is ready.
     println!(
         "periwire: serving {} device(s) on {} (data directory {})",
@@ -357,8 +373,9 @@ pub async fn run(args: ServeArgs, data_dir_arg: Option<PathBuf>) -> Result<(), A
         listener.local_addr()?,
         data_dir.display()
     );
-    periwire_server::serve(
+    periwire_server::front_door::serve_front_door(
         listener,
+        Arc::new(door),
         registry,
         ServerConfig::default(),
         shutdown_signal(),
