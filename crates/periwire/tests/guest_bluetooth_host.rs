@@ -472,6 +472,8 @@ fn a_second_guest_uses_a_host_linked_dongle_over_usbip() {
         bt_start_receivers
         start_periwire <<EOF
 listen = "0.0.0.0:3240"
+# The VM's connections arrive through QEMU's user network, from its gateway.
+plain_allow = ["10.0.2.0/24"]
 
 [[adapter]]
 name = "vm-dongle"
