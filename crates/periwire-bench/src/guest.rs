@@ -231,6 +231,8 @@ pub fn run(plan: GuestPlan, dir: &Path, path: GuestPath) -> Result<GuestResult, 
             listener,
             registry,
             BusId::new("1-1").map_err(|e| e.to_string())?,
+            // QEMU dials from loopback, which the default rules admit.
+            Default::default(),
             UsbredirConfig::default(),
             stopped,
         )),

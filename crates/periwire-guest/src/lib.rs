@@ -205,6 +205,16 @@ pub struct UsbRedir {
     pub bus: RedirBus,
 }
 
+/// One port of the guest the host reaches: connections to 127.0.0.1:`host_port` on the host
+/// go to the guest's `guest_port` (QEMU's `hostfwd`; `restrict=on` still lets these in).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exposed {
+    /// The port the guest listens on (any of its addresses).
+    pub guest_port: u16,
+    /// The port on the host's loopback.
+    pub host_port: u16,
+}
+
 /// How to boot a guest. Build it with [`GuestConfig::new`] and the chained setters.
 #[derive(Debug, Clone)]
 pub struct GuestConfig {
@@ -217,6 +227,9 @@ pub struct GuestConfig {
     pub scenario: String,
     /// Ports forwarded from 10.0.2.100 in the guest to the host's loopback.
     pub forwards: Vec<Forward>,
+    /// Guest ports the host's loopback reaches (e.g. a server in this guest that another
+    /// guest's forward leads to).
+    pub exposed: Vec<Exposed>,
     /// Extra files to put in the guest.
     pub files: Vec<GuestFile>,
     /// Extra QEMU arguments (e.g. `-device qemu-xhci -device usb-kbd`).
@@ -240,6 +253,7 @@ impl GuestConfig {
             modules: Vec::new(),
             scenario: scenario.into(),
             forwards: Vec::new(),
+            exposed: Vec::new(),
             files: Vec::new(),
             qemu_args: Vec::new(),
             usb_redirs: Vec::new(),
@@ -267,6 +281,15 @@ impl GuestConfig {
     /// Forwards the guest's 10.0.2.100:`guest_port` to 127.0.0.1:`host_port`.
     pub fn forward(mut self, guest_port: u16, host_port: u16) -> Self {
         self.forwards.push(Forward {
+            guest_port,
+            host_port,
+        });
+        self
+    }
+
+    /// Makes the guest's `guest_port` reachable at 127.0.0.1:`host_port` on the host.
+    pub fn expose(mut self, guest_port: u16, host_port: u16) -> Self {
+        self.exposed.push(Exposed {
             guest_port,
             host_port,
         });
@@ -509,8 +532,14 @@ fn redir_bus_id(bus: RedirBus) -> &'static str {
 }
 
 /// The `-netdev user` option: user-mode networking restricted to the forwards.
-fn netdev_arg(forwards: &[Forward]) -> String {
+fn netdev_arg(forwards: &[Forward], exposed: &[Exposed]) -> String {
     let mut arg = String::from("user,id=n0,restrict=on");
+    for e in exposed {
+        arg.push_str(&format!(
+            ",hostfwd=tcp:127.0.0.1:{}-:{}",
+            e.host_port, e.guest_port
+        ));
+    }
     for f in forwards {
         // QEMU runs the command (split into words, no shell) for every guest connection, with
         // the connection on its stdin and stdout. The chardev form (`-tcp:127.0.0.1:PORT`)
@@ -665,7 +694,7 @@ impl Guest {
         .arg("-append")
         .arg(&append)
         .arg("-netdev")
-        .arg(netdev_arg(&config.forwards))
+        .arg(netdev_arg(&config.forwards, &config.exposed))
         .args(["-device", "virtio-net-pci,netdev=n0,romfile="])
         .args(&config.qemu_args)
         .args(usb_redir_args(&config.usb_redirs))

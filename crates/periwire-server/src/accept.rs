@@ -1,28 +1,37 @@
-//! The accept loop both servers (USB/IP and usbredir) run: one task per connection, and an
-//! orderly stop that waits for every connection to end.
+//! The accept loop every listener runs (the USB/IP port, its TLS front door, each usbredir
+//! listener): one task per connection, and an orderly stop that waits for every connection
+//! to end.
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::warn;
 
-/// Resolves when the server stops; handed to each connection.
-pub type Stopped = Pin<Box<dyn Future<Output = ()> + Send>>;
+/// Resolves when the server stops: handed to each connection's handler, which passes
+/// [`Stopped::wait`] on as the `stop` of the protocol's `serve_stream`.
+pub struct Stopped(watch::Receiver<bool>);
 
-/// Accepts connections on `listener` until `shutdown` resolves, running `serve_one` for each
-/// in a task of its own; then resolves every connection's [`Stopped`] and waits until all
-/// have ended.
-pub async fn accept_until<F, Fut>(
+impl Stopped {
+    /// Waits until the server stops.
+    pub async fn wait(mut self) {
+        // An error means the server is gone: stop as well.
+        let _ = self.0.wait_for(|stopping| *stopping).await;
+    }
+}
+
+/// Accepts connections on `listener` until `shutdown` resolves, running `handler` for each in
+/// a task of its own; then resolves every handler's [`Stopped`] and waits until all have
+/// ended.
+pub async fn accept_until<H, F>(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
-    serve_one: F,
+    handler: H,
 ) where
-    F: Fn(TcpStream, SocketAddr, Stopped) -> Fut,
-    Fut: Future<Output = ()> + Send + 'static,
+    H: Fn(TcpStream, SocketAddr, Stopped) -> F,
+    F: Future<Output = ()> + Send + 'static,
 {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
@@ -38,12 +47,7 @@ pub async fn accept_until<F, Fut>(
                         continue;
                     }
                 };
-                let mut stop = stop_rx.clone();
-                let stopped: Stopped = Box::pin(async move {
-                    // An error means the server is gone: stop as well.
-                    let _ = stop.wait_for(|stopping| *stopping).await;
-                });
-                connections.spawn(serve_one(stream, peer, stopped));
+                connections.spawn(handler(stream, peer, Stopped(stop_rx.clone())));
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             () = &mut shutdown => break,

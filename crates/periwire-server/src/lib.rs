@@ -11,6 +11,10 @@
 //! - [`registry`]: the exported devices and who holds each.
 //! - [`client`]: a USB/IP client for listing and importing devices.
 //! - [`control`]: the local control socket that `periwire input` and friends talk to.
+//! - [`secure`]: identities, pins, mutual TLS and the plain-USB/IP policy.
+//! - [`front_door`]: one port for TLS and plain USB/IP, told apart by the first byte; the
+//!   access rules (plain_allow, allow lists) of every listener.
+//! - [`accept`]: the accept loop every listener runs, with an orderly stop.
 //! - [`serial`]: bridges between a virtual serial port and a host TCP socket.
 
 #![forbid(unsafe_code)]
@@ -20,7 +24,9 @@ pub mod accept;
 pub mod client;
 pub mod control;
 pub mod framing;
+pub mod front_door;
 pub mod registry;
+pub mod secure;
 pub mod serial;
 pub mod server;
 pub mod session;
@@ -30,5 +36,5 @@ pub mod usbredir;
 pub mod usbredir_map;
 
 pub use registry::{Export, Registry};
-pub use server::{serve, serve_stream, ServerConfig};
+pub use server::{serve, serve_stream, serve_stream_gated, ServerConfig};
 pub use session::DeviceSession;

@@ -10,6 +10,7 @@
 
 use std::fmt::Display;
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +24,7 @@ use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
 use crate::accept::accept_until;
+use crate::front_door::AccessRules;
 use crate::registry::Registry;
 use crate::session::{Completed, DeviceSession};
 use crate::usbredir_map;
@@ -56,26 +58,52 @@ pub enum UsbredirError {
 }
 
 /// Serves device `busid` over usbredir on `listener` until `shutdown` resolves; then tells
-/// each connected guest the device is gone and closes the connections.
+/// each connected guest the device is gone and closes the connections. usbredir is plain
+/// (unauthenticated), so `rules` admit a guest as they admit plain USB/IP: from loopback,
+/// or from a `plain_allow` network if the device has no allow list.
 pub async fn serve(
     listener: TcpListener,
     registry: Registry,
     busid: BusId,
+    rules: Arc<AccessRules>,
     config: UsbredirConfig,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     accept_until(listener, shutdown, |stream, peer, stopped| {
-        let (registry, busid) = (registry.clone(), busid.clone());
+        let (registry, busid, rules) = (registry.clone(), busid.clone(), Arc::clone(&rules));
         async move {
+            if let Err(why) = admit(&rules, &registry, &busid, peer.ip()) {
+                warn!(%peer, %busid, "usbredir guest refused: {why}");
+                return;
+            }
             // Small packets (interrupt reports, control replies) go out at once.
             let _ = stream.set_nodelay(true);
-            match serve_stream(stream, peer, &registry, &busid, config, stopped).await {
+            match serve_stream(stream, peer, &registry, &busid, config, stopped.wait()).await {
                 Ok(()) => debug!(%peer, "usbredir connection closed"),
                 Err(e) => warn!(%peer, reason = %e, "dropped usbredir client"),
             }
         }
     })
     .await;
+    Ok(())
+}
+
+/// Whether a plain usbredir guest at `ip` may use device `busid`; if not, why.
+fn admit(
+    rules: &AccessRules,
+    registry: &Registry,
+    busid: &BusId,
+    ip: IpAddr,
+) -> Result<(), &'static str> {
+    let client = rules.plain_client(ip).ok_or(
+        "a network not in plain_allow (plain usbredir, like plain USB/IP, only from loopback \
+         and those)",
+    )?;
+    let exports = registry.exports();
+    let listed = exports.iter().find(|e| &e.busid == busid);
+    if listed.is_some_and(|export| !rules.may_import(&client, export)) {
+        return Err("the device's allow list names TLS clients only, and usbredir is plain");
+    }
     Ok(())
 }
 

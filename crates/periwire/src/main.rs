@@ -3,6 +3,7 @@
 mod attach;
 mod config;
 mod redirect;
+mod secure;
 mod serve;
 
 use std::path::PathBuf;
@@ -44,6 +45,12 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Ask over mutual TLS, the server's key checked against the pins.
+        #[arg(long, conflicts_with = "local")]
+        tls: bool,
+        /// With --tls: pin a server seen for the first time (printing its fingerprint).
+        #[arg(long, requires = "tls")]
+        trust_new: bool,
     },
     /// Import a device from a USB/IP server and attach it to this machine (vhci-hcd).
     Attach {
@@ -57,6 +64,25 @@ enum Command {
         /// break), until interrupted.
         #[arg(long)]
         persist: bool,
+        /// Import over mutual TLS. periwire keeps the TLS session and relays it to vhci-hcd,
+        /// so it stays running while the device is attached.
+        #[arg(long)]
+        tls: bool,
+        /// With --tls: pin a server seen for the first time (printing its fingerprint).
+        #[arg(long, requires = "tls")]
+        trust_new: bool,
+    },
+    /// Print this periwire's name and key fingerprint (made on first use), for peers to
+    /// `periwire trust add`.
+    Id {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage the peers this periwire trusts over TLS.
+    Trust {
+        #[command(subcommand)]
+        action: secure::TrustAction,
     },
     /// Detach a device attached to this machine.
     Detach {
@@ -136,8 +162,13 @@ fn print_adapters(
         }
         for c in &a.channels {
             let state = if c.open { "open" } else { "opening" };
+            let (way, direction) = if c.incoming {
+                ("from", ", incoming")
+            } else {
+                ("to", "")
+            };
             println!(
-                "    channel psm {:#06x} to {}  {}  {} B sent, {} B received",
+                "    channel psm {:#06x} {way} {}  {}{direction}  {} B sent, {} B received",
                 c.psm, c.remote, state, c.bytes_to_remote, c.bytes_to_guest
             );
         }
@@ -216,12 +247,37 @@ async fn run(command: Command, data_dir: Option<PathBuf>) -> Result<(), AnyError
         Command::List {
             local: true, json, ..
         } => list_local(json),
-        Command::List { remote, json, .. } => list(&remote, json).await,
+        Command::List {
+            remote,
+            json,
+            tls,
+            trust_new,
+            ..
+        } => {
+            let tls = match tls {
+                true => Some(secure::tls_client(serve::data_dir(data_dir)?, trust_new)?),
+                false => None,
+            };
+            list(&remote, json, tls.as_ref()).await
+        }
         Command::Attach {
             remote,
             busid,
             persist,
-        } => attach::attach(&remote, &busid, persist).await,
+            tls,
+            trust_new,
+        } => {
+            let transport = match tls {
+                true => periwire_vhci::Transport::Tls(secure::tls_client(
+                    serve::data_dir(data_dir)?,
+                    trust_new,
+                )?),
+                false => periwire_vhci::Transport::Plain,
+            };
+            attach::attach(&remote, &busid, persist, transport).await
+        }
+        Command::Id { json } => secure::id(&serve::data_dir(data_dir)?, json),
+        Command::Trust { action } => secure::trust(&serve::data_dir(data_dir)?, action),
         Command::Detach { port } => attach::detach(port),
         Command::Port { json } => attach::ports(json),
         Command::Input { device, action } => {
@@ -362,9 +418,21 @@ fn list_local(json: bool) -> Result<(), AnyError> {
     Ok(())
 }
 
-async fn list(remote: &str, json: bool) -> Result<(), AnyError> {
-    let addr = periwire_server::client::Remote::parse(remote)?.to_string();
-    let devices = periwire_server::client::list_devices(&addr, Duration::from_secs(10)).await?;
+async fn list(
+    remote: &str,
+    json: bool,
+    tls: Option<&periwire_server::secure::connect::TlsClient>,
+) -> Result<(), AnyError> {
+    let remote = periwire_server::client::Remote::parse(remote)?;
+    let addr = remote.to_string();
+    let timeout = Duration::from_secs(10);
+    let devices = match tls {
+        None => periwire_server::client::list_devices(&addr, timeout).await?,
+        Some(tls) => {
+            let mut connected = tls.connect(&remote, timeout).await?;
+            periwire_server::client::list_devices_on(&mut connected.stream, timeout).await?
+        }
+    };
     if json {
         let rows: Vec<_> = devices
             .iter()

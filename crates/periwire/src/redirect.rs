@@ -5,6 +5,8 @@
 use std::sync::Arc;
 
 use periwire_host::{HostDevice, HostDeviceSummary};
+use periwire_server::front_door::AccessRules;
+use periwire_server::secure::Network;
 use periwire_server::usbredir::{self, UsbredirConfig};
 use periwire_server::{Export, Registry};
 use periwire_wire::usbip::BusId;
@@ -26,9 +28,14 @@ pub struct RedirectArgs {
     #[arg(long, value_name = "HOST:PORT")]
     to: Option<String>,
     /// Listen at HOST:PORT and serve whoever connects (QEMU's chardev dials it), until
-    /// interrupted.
+    /// interrupted. usbredir is unauthenticated: only guests on loopback and on the
+    /// `--plain-allow` networks are served.
     #[arg(long = "as", value_name = "HOST:PORT")]
     as_addr: Option<String>,
+    /// With `--as`: a network besides loopback (CIDR, or one address) whose guests are served;
+    /// may be repeated.
+    #[arg(long, value_name = "NETWORK", requires = "as_addr")]
+    plain_allow: Vec<Network>,
 }
 
 /// Which of `devices` `spec` names: VID:PID first, then BUS-DEV, then a bus id.
@@ -95,7 +102,12 @@ pub async fn run(args: RedirectArgs) -> Result<(), AnyError> {
                 summary.busid,
                 listener.local_addr()?
             );
-            usbredir::serve(listener, registry.clone(), busid, config, shutdown_signal()).await?;
+            let rules = Arc::new(AccessRules {
+                plain_allow: args.plain_allow,
+                allow: Default::default(),
+            });
+            let stop = shutdown_signal();
+            usbredir::serve(listener, registry.clone(), busid, rules, config, stop).await?;
         }
         (None, None) => return Err("--to or --as is needed".into()),
     }

@@ -9,6 +9,7 @@ use periwire_bt::usb_dongle::UsbDongle;
 use periwire_bt::{AdapterPlan, ControllerConfig, H4Server, Medium, SharedRadio};
 use periwire_host::HostDevice;
 use periwire_server::control::{ControlState, NamedInput};
+use periwire_server::front_door::{AccessRules, FrontDoor};
 use periwire_server::usbredir::UsbredirConfig;
 use periwire_server::{Export, Registry, ServerConfig};
 use periwire_usb::cdc_acm::CdcAcm;
@@ -73,6 +74,7 @@ fn demo_devices() -> Result<Vec<DeviceConfig>, AnyError> {
         name: Some(name.into()),
         kind,
         usbredir: None,
+        allow: None,
     };
     Ok(vec![
         device("1-1", "keyboard", DeviceKind::Keyboard),
@@ -251,7 +253,10 @@ pub async fn run(args: ServeArgs, data_dir_arg: Option<PathBuf>) -> Result<(), A
                 Some(radio) => Medium::Simulated(radio.clone()),
                 None => continue,
             },
-            AdapterLink::Host { adapter } => {
+            AdapterLink::Host {
+                adapter,
+                accept_psms,
+            } => {
                 let host = HostAdapter::resolve(adapter)
                     .map_err(|e| format!("adapter {}: host adapter {adapter}: {e}", a.name))?;
                 let medium = match host_media.iter().find(|(_, m)| m.host() == host) {
@@ -266,7 +271,7 @@ pub async fn run(args: ServeArgs, data_dir_arg: Option<PathBuf>) -> Result<(), A
                     "periwire: adapter {} links through host adapter hci{} ({})",
                     a.name, host.index, host.address
                 );
-                Medium::Host(medium)
+                Medium::Host(medium.accepting(accept_psms))
             }
         };
         let address = a.address.map_or_else(|| address_for(&a.name), |a| a.0);
@@ -339,6 +344,19 @@ pub async fn run(args: ServeArgs, data_dir_arg: Option<PathBuf>) -> Result<(), A
         Arc::new(control),
     ));
 
+    // One set of access rules for every listener: plain (unauthenticated) USB/IP and usbredir
+    // only from loopback and plain_allow, and per-device allow lists.
+    let rules = Arc::new(AccessRules {
+        plain_allow: config.plain_allow.iter().map(|n| n.0).collect(),
+        allow: (config.devices.iter())
+            .filter_map(|d| Some((BusId::new(&d.busid).ok()?, d.allow.clone()?)))
+            .collect(),
+    });
+    let plain_networks = || {
+        let networks: Vec<String> = rules.plain_allow.iter().map(|n| n.to_string()).collect();
+        networks.join(", ")
+    };
+
     let mut usbredir_listeners = Vec::new();
     for d in config.devices.iter() {
         let Some(addr) = d.usbredir else {
@@ -347,14 +365,15 @@ pub async fn run(args: ServeArgs, data_dir_arg: Option<PathBuf>) -> Result<(), A
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|e| format!("device {}: usbredir listener {addr}: {e}", d.busid))?;
+        let addr = listener.local_addr()?;
         if !addr.ip().is_loopback() {
-            tracing::warn!(%addr, busid = %d.busid, "usbredir beyond loopback: anyone who reaches this address can use the device");
+            if rules.plain_allow.is_empty() {
+                tracing::warn!(%addr, busid = %d.busid, "usbredir beyond loopback, but plain_allow is empty: only guests on loopback are served");
+            } else {
+                tracing::warn!(%addr, busid = %d.busid, networks = %plain_networks(), "usbredir, without authentication or encryption, is accepted from these networks");
+            }
         }
-        println!(
-            "periwire: device {} on usbredir {}",
-            d.busid,
-            listener.local_addr()?
-        );
+        println!("periwire: device {} on usbredir {addr}", d.busid);
         usbredir_listeners.push((BusId::new(&d.busid)?, listener));
     }
 
@@ -365,9 +384,19 @@ pub async fn run(args: ServeArgs, data_dir_arg: Option<PathBuf>) -> Result<(), A
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|e| format!("listening on {listen}: {e}"))?;
-    if !listen.ip().is_loopback() {
-        tracing::warn!(%listen, "listening beyond loopback: anyone who reaches this address can use the devices");
+    let identity = crate::secure::identity(&data_dir)?;
+    let door = FrontDoor {
+        identity,
+        data_dir: data_dir.clone(),
+        rules: Arc::clone(&rules),
+    };
+    if !listen.ip().is_loopback() && !rules.plain_allow.is_empty() {
+        tracing::warn!(%listen, networks = %plain_networks(), "plain USB/IP, without authentication or encryption, is accepted from these networks");
     }
+    println!(
+        "periwire: identity {} {} (TLS clients pin this)",
+        door.identity.name, door.identity.fingerprint
+    );
     // Tests and scripts wait for this line to know the server is ready.
     println!(
         "periwire: serving {} device(s) on {} (data directory {})",
@@ -386,6 +415,7 @@ pub async fn run(args: ServeArgs, data_dir_arg: Option<PathBuf>) -> Result<(), A
                 listener,
                 registry.clone(),
                 busid,
+                Arc::clone(&rules),
                 UsbredirConfig::default(),
                 async move {
                     let _ = stop.wait_for(|stopping| *stopping).await;
@@ -400,7 +430,14 @@ pub async fn run(args: ServeArgs, data_dir_arg: Option<PathBuf>) -> Result<(), A
             let _ = server.await;
         }
     };
-    periwire_server::serve(listener, registry, ServerConfig::default(), shutdown).await?;
+    periwire_server::front_door::serve_front_door(
+        listener,
+        Arc::new(door),
+        registry,
+        ServerConfig::default(),
+        shutdown,
+    )
+    .await?;
     control_task.abort();
     for b in bridges {
         b.abort();

@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::{
-    key_presses_until_enter_released, prefixed_lines, sha256, with_periwire, GUEST_INPUT_HELPERS,
-    GUEST_WAIT_HELPERS, KEY_ENTER, STEP,
+    key_presses_until_enter_released, prefixed_lines, sha256, usb_guest_qemu, with_periwire,
+    KillOnDrop, GUEST_INPUT_HELPERS, GUEST_WAIT_HELPERS, KEY_ENTER, STEP,
 };
 use periwire_guest::{Guest, GuestConfig};
 
@@ -695,26 +695,17 @@ fn redirect_hands_a_host_stick_to_a_listening_qemu_usb_redir() {
         .expect("a free port")
         .port();
     let monitor_path = dir.path().join("usbguest-monitor.sock");
-    let mut usb_guest = std::process::Command::new("qemu-system-x86_64")
-        .args([
-            "-accel",
-            "tcg",
-            "-display",
-            "none",
-            "-nodefaults",
-            "-m",
-            "64",
-        ])
-        .args(["-serial", "none", "-device", "qemu-xhci,id=xhci"])
-        .arg("-chardev")
-        .arg(format!(
-            "socket,id=redir0,host=127.0.0.1,port={port},server=on,wait=off"
-        ))
-        .args(["-device", "usb-redir,chardev=redir0,bus=xhci.0,id=redir"])
-        .args(Monitor::qemu_args(&monitor_path))
-        .stdin(std::process::Stdio::null())
-        .spawn()
-        .expect("start the usb-guest QEMU");
+    let _usb_guest = KillOnDrop(
+        usb_guest_qemu(&[])
+            .arg("-chardev")
+            .arg(format!(
+                "socket,id=redir0,host=127.0.0.1,port={port},server=on,wait=off"
+            ))
+            .args(["-device", "usb-redir,chardev=redir0,bus=xhci.0,id=redir"])
+            .args(Monitor::qemu_args(&monitor_path))
+            .spawn()
+            .expect("start the usb-guest QEMU"),
+    );
     let deadline = Instant::now() + STEP;
     while !monitor_path.exists() {
         assert!(Instant::now() < deadline, "the usb-guest QEMU's monitor");
@@ -785,6 +776,4 @@ fn redirect_hands_a_host_stick_to_a_listening_qemu_usb_redir() {
         prefixed_lines(guest.transcript(), "REDIRECT ").join("\n")
     );
     guest.wait_success(STEP).expect("scenario succeeds");
-    let _ = usb_guest.kill();
-    let _ = usb_guest.wait();
 }

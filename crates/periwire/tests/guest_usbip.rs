@@ -5,9 +5,9 @@
 mod common;
 
 use common::{
-    check_ext4_image, check_storage_io, check_written_image, kill_mid_write,
+    assert_fsck_clean, check_storage_io, check_written_image, kill_mid_write,
     mouse_moves_and_clicks, prepare_ext4_disk, prepare_fat_disk, serial_exchange,
-    typed_text_arrives, Server, AFTER_CRASH_SCENARIO, ALL_DEVICES, EXT4_MODULES,
+    typed_text_arrives, Server, AFTER_CRASH_SCENARIO, ALL_DEVICES, EXT4_DISK, EXT4_MODULES,
     GUEST_INPUT_HELPERS, SERIAL_ECHO_SCENARIO, STEP, STORAGE_IO_SCENARIO,
     WRITE_UNTIL_KILLED_SCENARIO,
 };
@@ -153,16 +153,9 @@ fn serial_port_carries_bytes_both_ways() {
     guest.wait_success(STEP).expect("scenario succeeds");
 }
 
-const FAULT_DEVICES: &str = r#"
-[[device]]
-kind = "storage"
-busid = "1-1"
-image = "ext4.img"
-"#;
-
 #[test]
 fn killed_guest_mid_write_leaves_a_consistent_image_and_the_server_running() {
-    let mut server = Server::start(FAULT_DEVICES, prepare_ext4_disk);
+    let mut server = Server::start(EXT4_DISK, prepare_ext4_disk);
     let mut modules = vec!["vhci-hcd"];
     modules.extend(EXT4_MODULES);
 
@@ -218,7 +211,7 @@ fn killed_guest_mid_write_leaves_a_consistent_image_and_the_server_running() {
     guest.wait_success(STEP).expect("second guest succeeds");
     assert!(server.stop(), "server stops cleanly");
 
-    check_ext4_image(&server.data_dir.join("ext4.img"));
+    assert_fsck_clean(&server.data_dir.join("ext4.img"));
 }
 
 /// Wireshark's USB/IP dissector reads a whole session (device list, import, enumeration,

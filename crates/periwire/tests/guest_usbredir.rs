@@ -5,7 +5,7 @@
 mod common;
 
 use common::{
-    check_ext4_image, check_storage_io, check_written_image, kill_mid_write,
+    assert_fsck_clean, check_storage_io, check_written_image, kill_mid_write,
     mouse_moves_and_clicks, prepare_ext4_disk, prepare_fat_disk, serial_exchange,
     typed_text_arrives, Server, AFTER_CRASH_SCENARIO, EXT4_MODULES, GUEST_INPUT_HELPERS,
     GUEST_WAIT_HELPERS, SERIAL_ECHO_SCENARIO, STEP, STORAGE_IO_SCENARIO,
@@ -182,7 +182,7 @@ usbredir = "127.0.0.1:0"
     guest.expect_line("UNMOUNTED", STEP).expect("unmounted");
     guest.wait_success(STEP).expect("second guest succeeds");
     assert!(server.stop(), "server stops cleanly");
-    check_ext4_image(&server.data_dir.join("ext4.img"));
+    assert_fsck_clean(&server.data_dir.join("ext4.img"));
 }
 
 #[test]
