@@ -7,22 +7,22 @@
 //! - [`urb_stream`]: the URB phase's reads and writes, with a payload copied once.
 //! - [`registry`]: the exported devices and who holds each.
 //! - [`client`]: a USB/IP client for listing and importing devices.
-//! - [`control`]: the local control socket that `periwire input` and friends talk to.
+//! - [`stats`]: what each import and each device has moved.
 //! - [`serial`]: bridges between a virtual serial port and a host TCP socket.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod client;
-pub mod control;
 pub mod framing;
 pub mod registry;
 pub mod serial;
 pub mod server;
 pub mod session;
+pub mod stats;
 pub mod urb_stream;
 pub mod usbip_map;
 
-pub use registry::{Export, Registry};
+pub use registry::{ClaimInfo, DeviceTotals, Export, Registry};
 pub use server::{serve, serve_stream, ServerConfig};
 pub use session::DeviceSession;

@@ -143,6 +143,7 @@ pub async fn serve_stream<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    registry.count_connection();
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let Some(request) = read_message(&mut stream, &mut buf, OpRequest::decode).await? else {
         return Ok(());
@@ -156,7 +157,7 @@ where
             stream.write_all(&out).await?;
             Ok(())
         }
-        OpRequest::Import { busid } => match registry.claim(&busid) {
+        OpRequest::Import { busid } => match registry.claim_by(&busid, &peer.to_string()) {
             Err(e) => {
                 info!(%peer, %busid, reason = %e, "import refused");
                 let status = match e {
@@ -212,6 +213,8 @@ where
     tokio::pin!(stop);
     let device = Arc::clone(session.device());
     let mut gone = device.gone();
+    let withdrawn = session.withdrawn();
+    tokio::pin!(withdrawn);
     let (rd, mut wr) = tokio::io::split(stream);
     let (cmd_tx, mut cmd_rx) = mpsc::channel(64);
     let mut reader = tokio::spawn(read_commands(rd, buf, config, cmd_tx));
@@ -227,6 +230,10 @@ where
             () = &mut stop => break Ok(()),
             () = &mut gone => {
                 info!("the device is gone; closing the connection");
+                break Ok(());
+            }
+            () = &mut withdrawn => {
+                info!("the device was unbound; closing the connection");
                 break Ok(());
             }
             done = phase.session.next_completion() => phase.finish(done),

@@ -2,14 +2,20 @@
 
 mod attach;
 mod config;
+mod control;
+mod devices;
+mod listing;
+mod names;
 mod serve;
+mod state;
+mod table;
+mod web;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use periwire_server::control::{ControlRequest, ControlResponse, MouseButton};
+use control::{BindRequest, ControlRequest, ControlResponse, MouseButton, UnbindRequest};
 use periwire_server::usbip_map;
 use periwire_usb::InterfaceClass;
 
@@ -32,17 +38,47 @@ struct Cli {
 enum Command {
     /// Run the USB/IP server exporting the configured devices (virtual and host).
     Serve(serve::ServeArgs),
-    /// List the devices a USB/IP server exports, or (--local) this machine's USB devices.
+    /// List the devices a USB/IP server exports, or (--local) this machine's USB devices
+    /// and whether each is shared.
     List {
         /// Server to ask, HOST or HOST:PORT.
         #[arg(long, short, default_value = "127.0.0.1")]
         remote: String,
-        /// List this machine's USB devices, which a `kind = "host"` device can export.
+        /// List this machine's USB devices, which `periwire bind` shares.
         #[arg(long, short, conflicts_with = "remote")]
         local: bool,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Share a USB device of this machine: now if a server runs, and from its next start.
+    #[command(group = clap::ArgGroup::new("what").required(true).args(["busid", "hardware_id"]))]
+    Bind {
+        /// The port's bus id (`periwire list --local`): whatever is plugged in there.
+        #[arg(long, short)]
+        busid: Option<String>,
+        /// VID:PID: that device, wherever it is plugged in.
+        #[arg(long, value_name = "VID:PID")]
+        hardware_id: Option<String>,
+        /// With --hardware-id: only the device with this serial number.
+        #[arg(long, requires = "hardware_id")]
+        serial: Option<String>,
+        /// Take the device from its local drivers now, not when a client attaches it.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Stop sharing devices (a client using one loses it).
+    #[command(group = clap::ArgGroup::new("what").required(true).args(["busid", "hardware_id", "all"]))]
+    Unbind {
+        /// The bus id: its binding, and that of the device plugged in there.
+        #[arg(long, short)]
+        busid: Option<String>,
+        /// VID:PID.
+        #[arg(long, value_name = "VID:PID")]
+        hardware_id: Option<String>,
+        /// Every binding.
+        #[arg(long)]
+        all: bool,
     },
     /// Import a device from a USB/IP server and attach it to this machine (vhci-hcd).
     Attach {
@@ -83,7 +119,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Show the devices of a running server and which are imported.
+    /// Serve the client's web page: a remote server's devices, with attach and detach, and
+    /// this machine's vhci ports.
+    Ui {
+        /// The server, HOST or HOST:PORT.
+        #[arg(long, short)]
+        remote: String,
+        /// Where the page listens.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:3280")]
+        web: std::net::SocketAddr,
+    },
+    /// Show the devices of a running server, who uses each, and what they moved.
     Status {
         /// Print JSON instead of a table.
         #[arg(long)]
@@ -110,10 +156,7 @@ mod tests {
 }
 
 /// Prints the adapters reply as a table or JSON.
-fn print_adapters(
-    adapters: &[periwire_server::control::AdapterStatus],
-    json: bool,
-) -> Result<(), AnyError> {
+fn print_adapters(adapters: &[control::AdapterStatus], json: bool) -> Result<(), AnyError> {
     if json {
         println!("{}", serde_json::to_string_pretty(adapters)?);
         return Ok(());
@@ -210,14 +253,51 @@ async fn run(command: Command, data_dir: Option<PathBuf>) -> Result<(), AnyError
         Command::Serve(args) => serve::run(args, data_dir).await,
         Command::List {
             local: true, json, ..
-        } => list_local(json),
-        Command::List { remote, json, .. } => list(&remote, json).await,
+        } => listing::list_local(data_dir, json).await,
+        Command::List { remote, json, .. } => listing::list_remote(&remote, json).await,
+        Command::Bind {
+            busid,
+            hardware_id,
+            serial,
+            force,
+        } => {
+            let request = BindRequest {
+                busid,
+                hardware_id,
+                serial,
+                force,
+            };
+            listing::bind(data_dir, request).await
+        }
+        Command::Unbind {
+            busid,
+            hardware_id,
+            all,
+        } => {
+            let request = UnbindRequest {
+                busid,
+                hardware_id,
+                all,
+            };
+            listing::unbind(data_dir, request).await
+        }
         Command::Attach {
             remote,
             busid,
             persist,
         } => attach::attach(&remote, &busid, persist).await,
         Command::Detach { port } => attach::detach(port),
+        Command::Ui { remote, web } => {
+            let listener = tokio::net::TcpListener::bind(web)
+                .await
+                .map_err(|e| format!("web page on {web}: {e}"))?;
+            println!("periwire: web page on http://{}/", listener.local_addr()?);
+            tokio::select! {
+                r = web::serve(listener, web::Mode::Client { remote }) => r?,
+                () = serve::shutdown_signal() => {}
+            }
+            Ok(())
+        }
         Command::Port { json } => attach::ports(json),
         Command::Input { device, action } => {
             let request = match action {
@@ -244,20 +324,10 @@ async fn run(command: Command, data_dir: Option<PathBuf>) -> Result<(), AnyError
                 .await
                 .map(|_| ())
         }
-        Command::Status { json, .. } => {
-            let response = control(data_dir, ControlRequest::Status).await?;
-            if let ControlResponse::Status { devices } = response {
-                if json {
-                    println!("{}", serde_json::to_string_pretty(&devices)?);
-                } else {
-                    for d in devices {
-                        let state = if d.imported { "imported" } else { "available" };
-                        println!("{:<8} {:<12} {:<10} {}", d.busid, d.name, d.kind, state);
-                    }
-                }
-            }
-            Ok(())
-        }
+        Command::Status { json, .. } => match control(data_dir, ControlRequest::Status).await? {
+            ControlResponse::Status { devices } => listing::print_status(&devices, json),
+            _ => Err("unexpected reply on the control socket".into()),
+        },
     }
 }
 
@@ -289,7 +359,7 @@ async fn control(
     request: ControlRequest,
 ) -> Result<ControlResponse, AnyError> {
     let socket = serve::data_dir(data_dir)?.join(serve::CONTROL_SOCKET);
-    let response = periwire_server::control::request(&socket, &request).await?;
+    let response = control::request(&socket, &request).await?;
     match response {
         ControlResponse::Error { message } => Err(message.into()),
         other => Ok(other),
@@ -309,92 +379,4 @@ fn remote_interfaces(interfaces: &[periwire_wire::usbip::InterfaceRecord]) -> Ve
     (interfaces.iter().copied())
         .map(usbip_map::interface_from_wire)
         .collect()
-}
-
-/// Prints this machine's USB devices, as `usbip list -l` does.
-fn list_local(json: bool) -> Result<(), AnyError> {
-    let devices = periwire_host::list_devices()?;
-    if json {
-        let rows: Vec<_> = devices
-            .iter()
-            .map(|d| {
-                serde_json::json!({
-                    "busid": d.busid,
-                    "vendor_id": format!("{:04x}", d.vendor_id),
-                    "product_id": format!("{:04x}", d.product_id),
-                    "manufacturer": d.manufacturer,
-                    "product": d.product,
-                    "serial": d.serial,
-                    "speed": d.speed.name(),
-                    "class": d.class,
-                    "interfaces": interface_triples(&d.interfaces),
-                    "drivers": d.drivers,
-                })
-            })
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-        return Ok(());
-    }
-    if devices.is_empty() {
-        println!("no USB devices on this machine");
-    }
-    for d in &devices {
-        let name = d
-            .product
-            .as_deref()
-            .or(d.manufacturer.as_deref())
-            .unwrap_or("-");
-        let drivers = if d.drivers.is_empty() {
-            "no driver".to_owned()
-        } else {
-            d.drivers.join(", ")
-        };
-        println!(
-            "{:<10} {:04x}:{:04x}  {name}  ({drivers})",
-            d.busid, d.vendor_id, d.product_id
-        );
-    }
-    Ok(())
-}
-
-async fn list(remote: &str, json: bool) -> Result<(), AnyError> {
-    let addr = periwire_server::client::Remote::parse(remote)?.to_string();
-    let devices = periwire_server::client::list_devices(&addr, Duration::from_secs(10)).await?;
-    if json {
-        let rows: Vec<_> = devices
-            .iter()
-            .map(|d| {
-                serde_json::json!({
-                    "busid": d.device.busid.as_str(),
-                    "vendor_id": format!("{:04x}", d.device.id_vendor),
-                    "product_id": format!("{:04x}", d.device.id_product),
-                    "speed": usbip_map::speed_from_wire(d.device.speed).name(),
-                    "class": d.device.device_class,
-                    "interfaces": interface_triples(&remote_interfaces(&d.interfaces)),
-                })
-            })
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-        return Ok(());
-    }
-    if devices.is_empty() {
-        println!("{addr}: no exportable devices");
-    }
-    for d in &devices {
-        let r = &d.device;
-        println!(
-            "{:>8}: {:04x}:{:04x} ({})",
-            r.busid,
-            r.id_vendor,
-            r.id_product,
-            usbip_map::speed_from_wire(r.speed).name()
-        );
-        for (n, i) in d.interfaces.iter().enumerate() {
-            println!(
-                "          {n}: class {:02x}/{:02x}/{:02x}",
-                i.class, i.subclass, i.protocol
-            );
-        }
-    }
-    Ok(())
 }

@@ -3,11 +3,12 @@
 
 #![allow(dead_code)] // Each test binary uses its own subset.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use periwire_guest::Guest;
 
@@ -656,4 +657,150 @@ pub fn rctest_stream(frame: usize, frames: u32) -> Vec<u8> {
         out.resize(out.len() + frame - 6, 0x7f);
     }
     out
+}
+
+/// QEMU's human monitor, on the Unix socket of `-monitor unix:PATH,server=on,wait=off`.
+pub struct Monitor {
+    stream: UnixStream,
+}
+
+impl Monitor {
+    const PROMPT: &'static [u8] = b"(qemu) ";
+
+    /// The QEMU arguments that give the guest a monitor on the Unix socket `path`.
+    pub fn qemu_args(path: &Path) -> [String; 2] {
+        [
+            "-monitor".to_owned(),
+            format!("unix:{},server=on,wait=off", path.display()),
+        ]
+    }
+
+    pub fn connect(path: &Path) -> Monitor {
+        let stream = UnixStream::connect(path).unwrap_or_else(|e| {
+            panic!("connecting to the QEMU monitor at {}: {e}", path.display())
+        });
+        stream
+            .set_read_timeout(Some(STEP))
+            .expect("monitor read timeout");
+        let mut monitor = Monitor { stream };
+        monitor.read_to_prompt("the monitor's banner");
+        monitor
+    }
+
+    /// Runs `command` and returns what the monitor answered (empty for a command that
+    /// succeeded silently), without the echo of the command and the prompt.
+    pub fn command(&mut self, command: &str) -> String {
+        self.stream
+            .write_all(format!("{command}\n").as_bytes())
+            .unwrap_or_else(|e| panic!("writing {command:?} to the QEMU monitor: {e}"));
+        let reply = self.read_to_prompt(command);
+        // The monitor echoes the line as it is typed (with terminal escapes), then a line
+        // break, then its answer.
+        let answer = reply.split_once('\n').map_or("", |(_, rest)| rest);
+        answer.replace('\r', "").trim().to_owned()
+    }
+
+    fn read_to_prompt(&mut self, what: &str) -> String {
+        let mut bytes = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !bytes.ends_with(Self::PROMPT) {
+            let so_far = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+            match self.stream.read(&mut buf) {
+                Ok(0) => panic!(
+                    "the QEMU monitor closed, answering {what:?}: {:?}",
+                    so_far(&bytes)
+                ),
+                Ok(n) => bytes.extend_from_slice(&buf[..n]),
+                Err(e) => panic!(
+                    "the QEMU monitor, answering {what:?}: {e}; so far {:?}",
+                    so_far(&bytes)
+                ),
+            }
+        }
+        bytes.truncate(bytes.len() - Self::PROMPT.len());
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// Plugs the USB stick on `image` in again, into `port` of `xhci.0`, once its old drive
+    /// `old` is gone: QEMU deletes a `-drive` with its device, so the image comes back as a
+    /// new drive (`stick2`), under the device id `stick1`.
+    pub fn plug_stick_again(&mut self, old: &str, image: &Path, port: u32) {
+        self.wait_drive_deleted(old);
+        let answer = self.command(&format!(
+            "drive_add 0 if=none,id=stick2,format=raw,file={}",
+            image.display()
+        ));
+        assert_eq!(answer, "OK", "QEMU's drive_add");
+        let answer = self.command(&format!(
+            "device_add usb-storage,bus=xhci.0,drive=stick2,id=stick1,port={port}"
+        ));
+        assert_eq!(answer, "", "QEMU's device_add");
+    }
+
+    /// Waits until QEMU no longer has the drive `id`. QEMU deletes a `-drive` together with
+    /// its device, but only shortly after `device_del` has returned; until then the drive
+    /// holds the image's lock, so another drive on the image cannot be used.
+    pub fn wait_drive_deleted(&mut self, id: &str) {
+        let deadline = Instant::now() + STEP;
+        loop {
+            let block = self.command("info block");
+            if !block.lines().any(|l| l.starts_with(&format!("{id} "))) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "QEMU still has the drive {id} {STEP:?} after its device was deleted:\n{block}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Shell functions that find a guest's USB devices and their drivers in sysfs.
+pub const GUEST_USB_HELPERS: &str = r#"
+# usb_device VID:PID: the bus id of the device with these IDs that is not a vhci import.
+usb_device() {
+    for d in /sys/bus/usb/devices/*; do
+        [ -e "$d/idVendor" ] || continue
+        # (2>/dev/null: a device being unplugged may vanish meanwhile.)
+        [ "$(cat "$d/idVendor" 2>/dev/null):$(cat "$d/idProduct" 2>/dev/null)" = "$1" ] ||
+            continue
+        case "$(readlink -f "$d")" in *vhci_hcd*) continue ;; esac
+        echo "${d##*/}"
+        return 0
+    done
+    return 1
+}
+no_usb_device() { ! usb_device "$1" >/dev/null; }
+# driver INTERFACE: the driver bound to a USB interface (2-1:1.0), or "none".
+driver() {
+    if [ -e "/sys/bus/usb/devices/$1/driver" ]; then
+        basename "$(readlink "/sys/bus/usb/devices/$1/driver")"
+    else
+        echo none
+    fi
+}
+driver_is() { [ "$(driver "$1")" = "$2" ]; }
+driver_is_not() { ! driver_is "$1" "$2"; }
+"#;
+
+/// A guest running `scenario` with periwire, an xHCI controller and the stick's drive
+/// (`stick`, backed by `image`); `devices` adds the QEMU options of the devices on it.
+pub fn xhci_stick_guest(
+    scenario: String,
+    image: &Path,
+    devices: &[&str],
+) -> periwire_guest::GuestConfig {
+    let config = periwire_guest::GuestConfig::new(scenario)
+        // xHCI first, so its buses are 1 (USB 2) and 2 (USB 3); vhci-hcd's come after.
+        .modules(["xhci-pci", "usb-storage", "vfat", "usbhid", "vhci-hcd"])
+        .qemu_args([
+            "-device".to_owned(),
+            "qemu-xhci,id=xhci".to_owned(),
+            "-drive".to_owned(),
+            format!("if=none,id=stick,format=raw,file={}", image.display()),
+        ])
+        .qemu_args(devices.iter().copied())
+        .timeout(Duration::from_secs(600));
+    with_periwire(config)
 }
