@@ -198,6 +198,10 @@ pub struct GuestConfig {
     pub scenario: String,
     /// Ports forwarded from 10.0.2.100 in the guest to the host's loopback.
     pub forwards: Vec<Forward>,
+    /// Ports forwarded from the host's loopback into the guest: `(host_port, guest_port)`,
+    /// a connection to 127.0.0.1:`host_port` reaches the guest's `guest_port` (from
+    /// 10.0.2.2, so a guest server must listen beyond its loopback).
+    pub host_forwards: Vec<(u16, u16)>,
     /// Extra files to put in the guest.
     pub files: Vec<GuestFile>,
     /// Extra QEMU arguments (e.g. `-device qemu-xhci -device usb-kbd`).
@@ -219,6 +223,7 @@ impl GuestConfig {
             modules: Vec::new(),
             scenario: scenario.into(),
             forwards: Vec::new(),
+            host_forwards: Vec::new(),
             files: Vec::new(),
             qemu_args: Vec::new(),
             kernel_args: Vec::new(),
@@ -248,6 +253,12 @@ impl GuestConfig {
             guest_port,
             host_port,
         });
+        self
+    }
+
+    /// Forwards the host's 127.0.0.1:`host_port` to the guest's port `guest_port`.
+    pub fn host_forward(mut self, host_port: u16, guest_port: u16) -> Self {
+        self.host_forwards.push((host_port, guest_port));
         self
     }
 
@@ -447,8 +458,12 @@ impl fmt::Debug for Guest {
 }
 
 /// The `-netdev user` option: user-mode networking restricted to the forwards.
-fn netdev_arg(forwards: &[Forward]) -> String {
+fn netdev_arg(forwards: &[Forward], host_forwards: &[(u16, u16)]) -> String {
     let mut arg = String::from("user,id=n0,restrict=on");
+    for (host, guest) in host_forwards {
+        // Allowed under restrict=on: it is the host that connects.
+        arg.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
+    }
     for f in forwards {
         // QEMU runs the command (split into words, no shell) for every guest connection, with
         // the connection on its stdin and stdout. The chardev form (`-tcp:127.0.0.1:PORT`)
@@ -603,7 +618,7 @@ impl Guest {
         .arg("-append")
         .arg(&append)
         .arg("-netdev")
-        .arg(netdev_arg(&config.forwards))
+        .arg(netdev_arg(&config.forwards, &config.host_forwards))
         .args(["-device", "virtio-net-pci,netdev=n0,romfile="])
         .args(&config.qemu_args)
         .stdin(Stdio::piped())

@@ -25,6 +25,8 @@ pub struct Server {
     pub serial_ports: Vec<(String, u16)>,
     /// The data directory.
     pub data_dir: PathBuf,
+    /// Loopback port of the web page and its API.
+    pub web_port: u16,
     _dir: tempfile::TempDir,
 }
 
@@ -37,12 +39,13 @@ impl Server {
         std::fs::create_dir_all(&data_dir).expect("data dir");
         prepare(&data_dir);
         std::fs::write(dir.path().join("periwire.toml"), config).expect("write config");
-        let (child, port, serial_ports) = spawn_serve(dir.path(), &data_dir, 0);
+        let (child, port, serial_ports, web_port) = spawn_serve(dir.path(), &data_dir, 0);
         Server {
             child,
             port,
             serial_ports,
             data_dir,
+            web_port,
             _dir: dir,
         }
     }
@@ -52,13 +55,15 @@ impl Server {
     /// finds it where it was). Waits for the ready line.
     pub fn start_again(&mut self) {
         assert!(!self.is_running(), "start_again after stop");
-        let (child, port, serial_ports) = spawn_serve(self._dir.path(), &self.data_dir, self.port);
+        let (child, port, serial_ports, web_port) =
+            spawn_serve(self._dir.path(), &self.data_dir, self.port);
         assert_eq!(
             port, self.port,
             "periwire serve listens on its old port again"
         );
         self.child = child;
         self.serial_ports = serial_ports;
+        self.web_port = web_port;
     }
 
     /// Runs the `periwire` CLI against this server's data directory.
@@ -114,7 +119,7 @@ impl Drop for Server {
 
 /// Runs `periwire serve` with `dir`/periwire.toml and `data_dir`, listening on loopback at
 /// `port` (0: any), and waits for its ready line; returns it, its port and its serial ports.
-fn spawn_serve(dir: &Path, data_dir: &Path, port: u16) -> (Child, u16, Vec<(String, u16)>) {
+fn spawn_serve(dir: &Path, data_dir: &Path, port: u16) -> (Child, u16, Vec<(String, u16)>, u16) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_periwire"))
         .arg("serve")
         .arg("--listen")
@@ -123,6 +128,8 @@ fn spawn_serve(dir: &Path, data_dir: &Path, port: u16) -> (Child, u16, Vec<(Stri
         .arg(dir.join("periwire.toml"))
         .arg("--data-dir")
         .arg(data_dir)
+        // Any free port: tests run side by side, and the default one may be taken.
+        .args(["--web", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .spawn()
         .expect("start periwire serve");
@@ -136,11 +143,14 @@ fn spawn_serve(dir: &Path, data_dir: &Path, port: u16) -> (Child, u16, Vec<(Stri
         }
     });
     let mut serial_ports = Vec::new();
+    let mut web_port = 0;
     let port = loop {
         let line = rx
             .recv_timeout(Duration::from_secs(60))
             .expect("periwire serve printed its ready line");
-        if let Some(rest) = line.strip_prefix("periwire: serial ") {
+        if let Some(rest) = line.strip_prefix("periwire: web page on http://") {
+            web_port = port_of(rest.trim_end_matches('/'));
+        } else if let Some(rest) = line.strip_prefix("periwire: serial ") {
             let (busid, addr) = rest.split_once(" host side on ").expect("serial line");
             serial_ports.push((busid.to_owned(), port_of(addr)));
         } else if let Some(rest) = line.strip_prefix("periwire: serving ") {
@@ -154,7 +164,7 @@ fn spawn_serve(dir: &Path, data_dir: &Path, port: u16) -> (Child, u16, Vec<(Stri
             break port_of(addr);
         }
     };
-    (child, port, serial_ports)
+    (child, port, serial_ports, web_port)
 }
 
 fn port_of(addr: &str) -> u16 {
