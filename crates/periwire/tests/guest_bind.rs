@@ -4,7 +4,8 @@
 //! and not after `unbind`. A stick bound by hardware id is still shared after it is unplugged
 //! and plugged into another port (QEMU monitor `device_del` / `device_add`), under its new bus
 //! id, within about a second. `list --local` and `status` show names and states, including
-//! the client that attached the stick and the bytes it moved.
+//! the client that attached the stick and the bytes it moved. `bind --force` takes a device
+//! from its local driver at once, and `unbind` gives it back.
 
 mod common;
 
@@ -68,6 +69,15 @@ fn scenario() -> String {
         pw list --local --json | sed 's/^/LJSON /'
         pw list -r 127.0.0.1 | sed 's/^/PWREMOTE /'
         mark M-BOUND
+
+        # --force takes the keyboard from usbhid at bind time; unbind gives it back.
+        wait_until 60 "usbhid on the keyboard" driver_is "$kbd:1.0" usbhid
+        pw bind -b "$kbd" --force | sed 's/^/FORCE /'
+        wait_until 30 "usbhid to let go of the forced keyboard" driver_is_not "$kbd:1.0" usbhid
+        mark M-FORCED driver=$(driver "$kbd:1.0")
+        pw unbind -b "$kbd" | sed 's/^/UNFORCE /'
+        wait_until 60 "usbhid to bind the keyboard again" driver_is "$kbd:1.0" usbhid
+        mark M-UNFORCED driver=$(driver "$kbd:1.0")
 
         # The binding is in the data directory: the next server shares it from the start.
         stop
@@ -223,6 +233,18 @@ fn bind_shares_at_once_survives_restart_unbind_withdraws_and_hardware_id_follows
         "periwire list -r names the class:\n{pw_remote}"
     );
 
+    let forced = expect(&mut guest, "M-FORCED ");
+    assert_ne!(
+        field(&forced, "driver"),
+        "usbhid",
+        "bind --force takes the device: {forced}"
+    );
+    let unforced = expect(&mut guest, "M-UNFORCED ");
+    assert_eq!(
+        field(&unforced, "driver"),
+        "usbhid",
+        "unbind gives it back: {unforced}"
+    );
     expect(&mut guest, "M-RESTARTED");
     let restarted = lines(&guest, "RESTARTED");
     assert!(
