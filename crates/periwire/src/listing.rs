@@ -300,6 +300,30 @@ pub async fn list_remote(remote: &str, json: bool) -> Result<(), AnyError> {
     Ok(())
 }
 
+/// `periwire list --discover`.
+pub async fn list_discovered(wait: Duration, json: bool) -> Result<(), AnyError> {
+    let servers = crate::discovery::discover(wait).await?;
+    if json {
+        return print_json(&servers);
+    }
+    if servers.is_empty() {
+        println!("no USB/IP servers announced themselves within {wait:?}");
+    }
+    for s in &servers {
+        println!("{} at {} ({})", s.name, s.address, s.host);
+        match &s.error {
+            Some(e) => println!("    cannot list its devices: {e}"),
+            None if s.devices.is_empty() => println!("    no exportable devices"),
+            None => {
+                for line in remote_table(&s.devices).render().lines() {
+                    println!("    {line}");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// `periwire bind`: through a running server, else into the bindings file for its next
 /// start.
 pub async fn bind(data_dir: Option<PathBuf>, req: BindRequest) -> Result<(), AnyError> {

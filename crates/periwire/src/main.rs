@@ -4,6 +4,7 @@ mod attach;
 mod config;
 mod control;
 mod devices;
+mod discovery;
 mod listing;
 mod names;
 mod serve;
@@ -13,6 +14,7 @@ mod web;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use control::{BindRequest, ControlRequest, ControlResponse, MouseButton, UnbindRequest};
@@ -45,8 +47,14 @@ enum Command {
         #[arg(long, short, default_value = "127.0.0.1")]
         remote: String,
         /// List this machine's USB devices, which `periwire bind` shares.
-        #[arg(long, short, conflicts_with = "remote")]
+        #[arg(long, short, conflicts_with_all = ["remote", "discover"])]
         local: bool,
+        /// Find the servers on the local network (DNS-SD, `_usbip._tcp`) and list theirs.
+        #[arg(long, conflicts_with = "remote")]
+        discover: bool,
+        /// With --discover: how long to listen for servers, in seconds.
+        #[arg(long, default_value_t = 3, requires = "discover")]
+        wait: u64,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -254,6 +262,12 @@ async fn run(command: Command, data_dir: Option<PathBuf>) -> Result<(), AnyError
         Command::List {
             local: true, json, ..
         } => listing::list_local(data_dir, json).await,
+        Command::List {
+            discover: true,
+            wait,
+            json,
+            ..
+        } => listing::list_discovered(Duration::from_secs(wait), json).await,
         Command::List { remote, json, .. } => listing::list_remote(&remote, json).await,
         Command::Bind {
             busid,

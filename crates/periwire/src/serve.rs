@@ -51,6 +51,10 @@ pub struct ServeArgs {
     /// lets whoever reaches that address bind and unbind devices.
     #[arg(long, value_name = "ADDR|off", default_value = "127.0.0.1:3280")]
     web: WebListen,
+    /// Do not announce the server on the local network (DNS-SD `_usbip._tcp`). Only a server
+    /// listening beyond loopback is announced at all.
+    #[arg(long)]
+    no_announce: bool,
     /// Export a demo set: keyboard, mouse, a 64 MiB FAT disk with a file on it, a serial port
     /// (host side on 127.0.0.1:3241). Added to the configured devices.
     #[arg(long)]
@@ -386,6 +390,17 @@ pub async fn run(args: ServeArgs, data_dir_arg: Option<PathBuf>) -> Result<(), A
     if !listen.ip().is_loopback() {
         tracing::warn!(%listen, "listening beyond loopback: anyone who reaches this address can use the devices");
     }
+    let announcement = if listen.ip().is_loopback() || args.no_announce {
+        None
+    } else {
+        match crate::discovery::announce(listener.local_addr()?) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                tracing::warn!(error = %e, "not announced on the local network");
+                None
+            }
+        }
+    };
     // Tests and scripts wait for this line to know the server is ready.
     println!(
         "periwire: serving {} device(s) on {} (data directory {})",
@@ -400,6 +415,7 @@ pub async fn run(args: ServeArgs, data_dir_arg: Option<PathBuf>) -> Result<(), A
         shutdown_signal(),
     )
     .await?;
+    drop(announcement);
     control_task.abort();
     watcher.abort();
     if let Some(w) = web_task {
