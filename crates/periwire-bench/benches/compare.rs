@@ -6,6 +6,8 @@
 //! run); `PERIWIRE_BENCH_NO_GUEST=1` skips the guest rows; `PERIWIRE_BENCH_ONLY=periwire`
 //! (or `usbip`) runs one server alone and `PERIWIRE_BENCH_ROWS=TEXT` only the rows whose
 //! label contains TEXT, and `PERIWIRE_BENCH_NO_LOOPBACK=1` skips the ceiling (for profiling).
+//! `PERIWIRE_BENCH_TLS=1` compares periwire over mutual TLS with periwire in the clear instead
+//! of with the `usbip` crate.
 
 mod usbip_peer;
 
@@ -37,7 +39,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     plan.loopback = !env_flag("PERIWIRE_BENCH_NO_LOOPBACK");
     let only = std::env::var("PERIWIRE_BENCH_ONLY").unwrap_or_default();
     let mut targets = vec![Target::periwire()?];
-    if only.is_empty() || only == "usbip" {
+    if env_flag("PERIWIRE_BENCH_TLS") {
+        // TLS next to plain: periwire over TLS first, so the ratio column is TLS ÷ plain.
+        targets.insert(0, Target::periwire_tls()?);
+    } else if only.is_empty() || only == "usbip" {
         targets.push(usbip_peer::start()?);
     }
     if only == "usbip" {

@@ -234,8 +234,8 @@ impl Session {
     fn open(target: &Target) -> io::Result<Self> {
         Ok(Self {
             conns: [
-                Connection::import(&target.addr, BUSIDS[0])?,
-                Connection::import(&target.addr, BUSIDS[1])?,
+                Connection::import_over(target.connect()?, BUSIDS[0])?,
+                Connection::import_over(target.connect()?, BUSIDS[1])?,
             ],
         })
     }

@@ -101,14 +101,26 @@ pub enum Stop {
     Count(u64),
 }
 
+/// A TCP connection to `addr` with TCP_NODELAY, as vhci-hcd's tools set it.
+pub fn connect(addr: &str) -> io::Result<TcpStream> {
+    let stream = TcpStream::connect(addr)?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
 /// An error for a reply that breaks the protocol or the expectation.
 fn protocol(msg: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.into())
 }
 
+/// A connected byte stream to a server: TCP, or TLS over TCP.
+pub trait ByteStream: Read + Write + Send {}
+
+impl<T: Read + Write + Send> ByteStream for T {}
+
 /// An imported device: a socket in the URB phase.
 pub struct Connection {
-    stream: TcpStream,
+    stream: Box<dyn ByteStream>,
     devid: u32,
     next_seqnum: u32,
     /// Received bytes not yet decoded live in `rbuf[rpos..rlen]`.
@@ -124,9 +136,12 @@ pub struct Connection {
 impl Connection {
     /// Imports `busid` from the server at `addr` (TCP_NODELAY, as vhci-hcd's tools set it).
     pub fn import(addr: &str, busid: &str) -> io::Result<Self> {
+        Self::import_over(Box::new(connect(addr)?), busid)
+    }
+
+    /// Imports `busid` over `stream`, a connection in the operation phase.
+    pub fn import_over(mut stream: Box<dyn ByteStream>, busid: &str) -> io::Result<Self> {
         let busid = BusId::new(busid).map_err(|e| protocol(e.to_string()))?;
-        let mut stream = TcpStream::connect(addr)?;
-        stream.set_nodelay(true)?;
         let mut out = Vec::new();
         OpRequest::Import { busid }.encode(&mut out);
         stream.write_all(&out)?;

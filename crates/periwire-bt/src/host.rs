@@ -40,6 +40,9 @@ const NAME_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a host inquiry runs for the guest (the guest's own inquiry length is not known to
 /// the link; this is what `hcitool scan` uses).
 const INQUIRY_LENGTH: Duration = Duration::from_millis(10_240);
+/// How long a host LE scan runs for the guest's scan (a guest scanning longer gets a new one
+/// when it restarts its scan).
+const LE_SCAN_LENGTH: Duration = Duration::from_secs(10);
 /// Payload bytes one channel reads from its host socket ahead of the guest: enough to take
 /// a remote's burst at radio speed (a BR/EDR link moves at most about 300 kB/s) while the
 /// guest catches up.
@@ -47,6 +50,9 @@ const READ_AHEAD_BYTES: usize = 256 * 1024;
 /// The receive buffer asked of each channel's host socket, in the kernel's accounting (an SDU
 /// of a few hundred bytes costs a couple of kilobytes of it).
 const HOST_SOCKET_BUFFER: usize = 1 << 20;
+/// ACL buffers a host-linked controller reports to its guest (Read Buffer Size), each of
+/// `acl_data_packet_length` bytes.
+const HOST_LINK_ACL_BUFFERS: u16 = 32;
 /// Adapter ids of host-linked adapters: far from the simulated radio's counter, which starts
 /// at 1, so the two never name the same adapter in logs.
 static NEXT_ID: AtomicU64 = AtomicU64::new(1 << 40);
@@ -119,6 +125,8 @@ pub struct HostAdapterStatus {
 #[derive(Debug, Clone)]
 pub struct HostMedium {
     inner: Arc<MediumInner>,
+    /// PSMs on which the adapters attached through this handle accept remotes' connections.
+    accept_psms: Arc<[u16]>,
 }
 
 #[derive(Debug)]
@@ -138,6 +146,18 @@ impl HostMedium {
                 keys_dir,
                 adapters: Mutex::new(Vec::new()),
             }),
+            accept_psms: Arc::new([]),
+        }
+    }
+
+    /// The same medium, for adapters that accept remotes' connections to `psms`: the host
+    /// listens on each (bound to the host controller's address) for as long as such an adapter
+    /// is attached, and offers every connection to that adapter's guest. A PSM can have one
+    /// listener per host controller, so give each PSM to one adapter.
+    pub fn accepting(&self, psms: &[u16]) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            accept_psms: psms.into(),
         }
     }
 
@@ -156,6 +176,10 @@ impl HostMedium {
             BTreeMap::new()
         });
         config.entropy = entropy();
+        // A guest's ACL buffers cost only memory here, and every one of them hides a round
+        // trip through a host socket: give the guest more than a radio controller would.
+        config.total_num_acl_data_packets =
+            config.total_num_acl_data_packets.max(HOST_LINK_ACL_BUFFERS);
         let id = AdapterId(NEXT_ID.fetch_add(1, Ordering::Relaxed));
         let shared = Arc::new(Shared {
             adapter: Mutex::new(HostLinkedAdapter::new(id, config, stored.clone())),
@@ -172,6 +196,7 @@ impl HostMedium {
             host: self.inner.host,
             keys,
             stored,
+            accept_psms: self.accept_psms.to_vec(),
         };
         let task = tokio::spawn(driver.run());
         tracing::info!(adapter = %id, host = %self.inner.host.address, "host-linked Bluetooth adapter attached");
@@ -315,6 +340,9 @@ enum Event {
     Name(BdAddr, Option<String>),
     Found(sys::InquiryResult),
     InquiryDone,
+    Accepted(u16, SeqPacket, SocketAddr),
+    LeFound(sys::LeAdvertiser),
+    LeScanDone,
 }
 
 #[derive(Debug)]
@@ -328,6 +356,7 @@ struct Driver {
     host: HostAdapter,
     keys: KeyStore,
     stored: BTreeMap<BdAddr, [u8; 16]>,
+    accept_psms: Vec<u16>,
 }
 
 impl Driver {
@@ -341,6 +370,21 @@ impl Driver {
         let mut socket_tasks: HashMap<SocketId, tokio::task::AbortHandle> = HashMap::new();
         // The SDP connection that holds each remote's ACL link up while the guest's is.
         let mut held: HashMap<BdAddr, SeqPacket> = HashMap::new();
+        for &psm in &self.accept_psms {
+            match listen(self.host.address, psm) {
+                Ok(listener) => {
+                    tracing::info!(psm = %format_args!("{psm:#06x}"), host = %self.host.address, "accepting remotes' connections for the guest");
+                    tasks.spawn(accept(listener, psm, events_tx.clone()));
+                }
+                Err(e) => tracing::error!(
+                    psm = %format_args!("{psm:#06x}"),
+                    host = %self.host.address,
+                    error = %e,
+                    "cannot listen on the host for this PSM (another adapter, bluetoothd or a \
+                     host program holds it?): remotes' connections to it are not offered"
+                ),
+            }
+        }
         loop {
             let (actions, deadline) = {
                 let mut a = lock(&self.shared.adapter);
@@ -372,7 +416,19 @@ impl Driver {
                         let tx = events_tx.clone();
                         let local = self.host.address;
                         let handle = tasks.spawn(async move {
-                            channel(local, remote, psm, imtu, security, socket, cmd_rx, tx).await
+                            let s = match connect(local, remote, psm, Some(imtu), security).await {
+                                Ok(s) => s,
+                                Err(e) => {
+                                    tracing::debug!(%remote, psm, error = %e, "host channel refused");
+                                    let _ = tx.send(Event::ConnectFailed(socket, classify(&e)));
+                                    return;
+                                }
+                            };
+                            let omtu = send_mtu(&s);
+                            tracing::debug!(%remote, psm, omtu, "host channel open");
+                            if tx.send(Event::Connected(socket, omtu)).is_ok() {
+                                carry(s, remote, psm, imtu, socket, cmd_rx, tx).await;
+                            }
                         });
                         socket_tasks.insert(socket, handle);
                     }
@@ -422,6 +478,21 @@ impl Driver {
                             let _ = tx.send(Event::Name(remote, name));
                         });
                     }
+                    HostAction::LeScan => {
+                        let tx = events_tx.clone();
+                        let index = self.host.index;
+                        tasks.spawn(async move {
+                            let found_tx = tx.clone();
+                            let r = sys::le_scan(index, LE_SCAN_LENGTH, |found| {
+                                let _ = found_tx.send(Event::LeFound(found));
+                            })
+                            .await;
+                            if let Err(e) = r {
+                                tracing::warn!(error = %e, "host LE scan failed");
+                            }
+                            let _ = tx.send(Event::LeScanDone);
+                        });
+                    }
                     HostAction::Inquiry => {
                         let tx = events_tx.clone();
                         let index = self.host.index;
@@ -466,6 +537,22 @@ impl Driver {
                             socket_tasks.remove(&socket);
                             Event::ConnectFailed(socket, f)
                         }
+                        Event::Accepted(psm, s, from) => {
+                            let remote = bd_addr_of(&from);
+                            let omtu = send_mtu(&s);
+                            tracing::debug!(%remote, psm, omtu, "remote connected on the host");
+                            let now = Instant::now();
+                            let socket = self.shared.with(|a| {
+                                a.with_link(now, |l| l.handle_incoming(now, remote, psm, omtu))
+                            });
+                            let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+                            sockets.insert(socket, cmd_tx);
+                            let tx = events_tx.clone();
+                            let imtu = periwire_hci::l2cap::DEFAULT_MTU;
+                            let handle = tasks.spawn(carry(s, remote, psm, imtu, socket, cmd_rx, tx));
+                            socket_tasks.insert(socket, handle);
+                            continue;
+                        }
                         other => other,
                     };
                     self.shared.with(|a| a.with_link(Instant::now(), |l| match event {
@@ -479,6 +566,9 @@ impl Driver {
                         Event::Name(remote, name) => l.handle_remote_name(remote, name),
                         Event::Found(r) => l.handle_inquiry_result(r.address, r.class_of_device, r.name),
                         Event::InquiryDone => l.handle_inquiry_complete(),
+                        Event::LeFound(a) => l.handle_le_found(a.address, a.address_type, &a.data),
+                        Event::LeScanDone => l.handle_le_scan_complete(),
+                        Event::Accepted(..) => {}
                     }));
                 }
                 Some(_) = tasks.join_next() => {}
@@ -503,11 +593,12 @@ const MODE_ERTM: u8 = 0x03;
 /// SEQPACKET socket).
 fn socket_on(
     local: BdAddr,
+    psm: u16,
     imtu: Option<u16>,
     security: SecurityLevel,
 ) -> io::Result<Socket<SeqPacket>> {
     let s = Socket::<SeqPacket>::new_seq_packet()?;
-    s.bind(l2cap_addr(local, 0))?;
+    s.bind(l2cap_addr(local, psm))?;
     if let Some(mtu) = imtu {
         // Room for a remote's burst while the guest catches up (a basic-mode channel cannot
         // hold the remote back; see `channel`).
@@ -539,7 +630,7 @@ async fn connect(
     imtu: Option<u16>,
     security: SecurityLevel,
 ) -> io::Result<SeqPacket> {
-    let s = socket_on(local, imtu, security)?;
+    let s = socket_on(local, 0, imtu, security)?;
     match tokio::time::timeout(CONNECT_TIMEOUT, s.connect(l2cap_addr(remote, psm))).await {
         Ok(r) => r,
         Err(_) => Err(io::Error::from(io::ErrorKind::TimedOut)),
@@ -582,7 +673,7 @@ async fn secure(host: HostAdapter, remote: BdAddr, level: SecurityLevel) -> bool
             // Without CAP_NET_ADMIN the kernel pairs on its own below, without bonding.
             Err(e) => tracing::debug!(%remote, error = %e, "host bonding unavailable"),
         }
-        let s = socket_on(host.address, None, level)?;
+        let s = socket_on(host.address, 0, None, level)?;
         s.connect(l2cap_addr(remote, PSM_SDP)).await.map(Some)
     };
     match tokio::time::timeout(SECURE_TIMEOUT, attempt).await {
@@ -611,40 +702,71 @@ fn classify(e: &io::Error) -> ConnectFailure {
     }
 }
 
-/// One channel: connects, then sends and reads SDUs as the link asks, until the link closes it
-/// (the task is aborted) or the socket ends.
-#[allow(clippy::too_many_arguments)]
-async fn channel(
-    local: BdAddr,
+/// The largest SDU the remote accepts on a connected socket.
+fn send_mtu(s: &SeqPacket) -> u16 {
+    s.send_mtu()
+        .ok()
+        .and_then(|m| u16::try_from(m).ok())
+        .unwrap_or(periwire_hci::l2cap::MIN_MTU)
+}
+
+/// The BD_ADDR of a socket address (most significant octet first) in HCI order.
+fn bd_addr_of(a: &SocketAddr) -> BdAddr {
+    let mut octets = a.addr.0;
+    octets.reverse();
+    BdAddr(octets)
+}
+
+/// A listening socket for `psm` on the host controller; what it accepts inherits its MTU,
+/// mode and buffer.
+fn listen(local: BdAddr, psm: u16) -> io::Result<bluer::l2cap::SeqPacketListener> {
+    let s = socket_on(
+        local,
+        psm,
+        Some(periwire_hci::l2cap::DEFAULT_MTU),
+        SecurityLevel::Low,
+    )?;
+    s.listen(4)
+}
+
+/// Hands every connection a remote makes to `psm` to the driver.
+async fn accept(
+    listener: bluer::l2cap::SeqPacketListener,
+    psm: u16,
+    events: mpsc::UnboundedSender<Event>,
+) {
+    loop {
+        match listener.accept().await {
+            Ok((s, from)) => {
+                if events.send(Event::Accepted(psm, s, from)).is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(psm, error = %e, "accepting on the host failed");
+                // A persistent failure (the controller went away) must not spin.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// One connected channel: sends and reads SDUs as the link asks, until the link closes it (the
+/// task is aborted) or the socket ends.
+async fn carry(
+    s: SeqPacket,
     remote: BdAddr,
     psm: u16,
     imtu: u16,
-    security: SecurityLevel,
     id: SocketId,
     mut cmds: mpsc::UnboundedReceiver<SocketCmd>,
     events: mpsc::UnboundedSender<Event>,
 ) {
-    let s = match connect(local, remote, psm, Some(imtu), security).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::debug!(%remote, psm, error = %e, "host channel refused");
-            let _ = events.send(Event::ConnectFailed(id, classify(&e)));
-            return;
-        }
-    };
-    let omtu = s
-        .send_mtu()
-        .ok()
-        .and_then(|m| u16::try_from(m).ok())
-        .unwrap_or(periwire_hci::l2cap::MIN_MTU);
-    tracing::debug!(%remote, psm, omtu, "host channel open");
-    if events.send(Event::Connected(id, omtu)).is_err() {
-        return;
-    }
     let mut buf = vec![0u8; usize::from(imtu.max(periwire_hci::l2cap::MIN_MTU))];
-    let mut pending: Option<Vec<u8>> = None;
-    // The link asked for the next SDU.
-    let mut reading = false;
+    // SDUs the link asked to send, oldest first.
+    let mut pending: VecDeque<Vec<u8>> = VecDeque::new();
+    // SDUs the link asked for and has not had yet.
+    let mut credits = 0usize;
     // SDUs read ahead of the link: the host socket is drained eagerly because a basic-mode
     // channel has no flow control, and a remote sending faster than the guest takes data
     // would otherwise overrun the socket's buffer. Bounded by READ_AHEAD_BYTES; beyond it
@@ -653,10 +775,10 @@ async fn channel(
     let mut ahead_bytes = 0usize;
     let mut ended = false;
     loop {
-        if reading {
+        if credits > 0 {
             if let Some(sdu) = ahead.pop_front() {
                 ahead_bytes -= sdu.len();
-                reading = false;
+                credits -= 1;
                 let _ = events.send(Event::Received(id, sdu));
                 continue;
             }
@@ -669,17 +791,17 @@ async fn channel(
         // nothing, and recv only consumes a packet when it returns.
         tokio::select! {
             cmd = cmds.recv() => match cmd {
-                Some(SocketCmd::Send(sdu)) => pending = Some(sdu),
-                Some(SocketCmd::Read) => reading = true,
+                Some(SocketCmd::Send(sdu)) => pending.push_back(sdu),
+                Some(SocketCmd::Read) => credits += 1,
                 None => return,
             },
-            r = async { s.send(pending.as_deref().unwrap_or_default()).await }, if pending.is_some() => {
+            r = async { s.send(pending.front().map_or(&[][..], Vec::as_slice)).await }, if !pending.is_empty() => {
                 if let Err(e) = r {
                     tracing::debug!(%remote, psm, error = %e, "host channel send failed");
                     let _ = events.send(Event::Closed(id));
                     return;
                 }
-                pending = None;
+                pending.pop_front();
                 let _ = events.send(Event::Sent(id));
             }
             r = s.recv(&mut buf), if !ended && ahead_bytes < READ_AHEAD_BYTES => match r {

@@ -176,6 +176,13 @@ pub fn set_receive_buffer(fd: &impl AsRawFd, bytes: usize) -> io::Result<()> {
     set(libc::SO_RCVBUFFORCE).or_else(|_| set(libc::SO_RCVBUF))
 }
 
+/// Registers an open (non-blocking) file with the runtime's reactor.
+pub fn async_file(file: std::fs::File) -> io::Result<AsyncFd<std::fs::File>> {
+    // SAFETY: the AsyncFd takes ownership of `file`, whose descriptor therefore stays open
+    // and the same for the AsyncFd's whole life.
+    unsafe { AsyncFd::register(file) }.map_err(io::Error::from)
+}
+
 /// A raw HCI socket bound to one controller, seeing every event it reports.
 struct RawHci {
     fd: AsyncFd<OwnedFd>,
@@ -311,6 +318,14 @@ const MGMT_STATUS_ALREADY_PAIRED: u8 = 0x13;
 /// NoInputNoOutput: the host pairs "Just Works" (Core Vol 3, Part C, 5.2.2.6).
 const IO_CAP_NO_INPUT_NO_OUTPUT: u8 = 0x03;
 
+/// A socket on the kernel's management interface (every controller's events).
+fn management_socket() -> io::Result<RawHci> {
+    let fd = bound_hci_socket(HCI_DEV_NONE, HCI_CHANNEL_CONTROL)?;
+    // SAFETY: as in RawHci::open: the AsyncFd owns the open descriptor for its whole life.
+    let fd = unsafe { AsyncFd::register(fd) }.map_err(io::Error::from)?;
+    Ok(RawHci { fd })
+}
+
 /// How a bonding through the host's management interface ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Bonding {
@@ -324,10 +339,7 @@ pub enum Bonding {
 /// interface (what bluetoothd's Device1.Pair does: dedicated bonding, so the key is kept), as
 /// NoInputNoOutput. Needs CAP_NET_ADMIN.
 pub async fn bond(index: u16, remote: BdAddr) -> io::Result<Bonding> {
-    let fd = bound_hci_socket(HCI_DEV_NONE, HCI_CHANNEL_CONTROL)?;
-    // SAFETY: as in RawHci::open: the AsyncFd owns the open descriptor for its whole life.
-    let fd = unsafe { AsyncFd::register(fd) }.map_err(io::Error::from)?;
-    let hci = RawHci { fd };
+    let hci = management_socket()?;
     // Header: opcode, controller index, parameter length; then address, BR/EDR, IO capability.
     let mut packet = Vec::with_capacity(14);
     packet.extend_from_slice(&MGMT_OP_PAIR_DEVICE.to_le_bytes());
@@ -358,6 +370,100 @@ pub async fn bond(index: u16, remote: BdAddr) -> io::Result<Bonding> {
             other => Bonding::Failed(other),
         });
     }
+}
+
+const MGMT_OP_START_DISCOVERY: u16 = 0x0023;
+const MGMT_OP_STOP_DISCOVERY: u16 = 0x0024;
+const MGMT_EV_DEVICE_FOUND: u16 = 0x0012;
+/// The LE public and random address types of Start Discovery.
+const MGMT_DISCOVERY_LE: u8 = 0x06;
+
+/// One LE advertiser the host found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeAdvertiser {
+    /// Its address (HCI octet order).
+    pub address: BdAddr,
+    /// 0 public, 1 random.
+    pub address_type: u8,
+    /// Its advertising data and scan response, as AD structures.
+    pub data: Vec<u8>,
+}
+
+/// Scans for LE advertisers on host controller `index` for about `length`, through the
+/// kernel's management interface (as bluetoothd does; the kernel runs the scan and reports
+/// each device with its merged advertising data), handing each to `found` as it comes. When
+/// the host is already discovering (bluetoothd), its results are taken instead. Needs
+/// CAP_NET_ADMIN.
+pub async fn le_scan(
+    index: u16,
+    length: Duration,
+    mut found: impl FnMut(LeAdvertiser),
+) -> io::Result<()> {
+    let mgmt = management_socket()?;
+    let command = |opcode: u16| {
+        let mut packet = Vec::with_capacity(7);
+        packet.extend_from_slice(&opcode.to_le_bytes());
+        packet.extend_from_slice(&index.to_le_bytes());
+        packet.extend_from_slice(&1u16.to_le_bytes());
+        packet.push(MGMT_DISCOVERY_LE);
+        packet
+    };
+    mgmt.write(&command(MGMT_OP_START_DISCOVERY)).await?;
+    let deadline = tokio::time::Instant::now() + length;
+    let mut started = false;
+    let mut buf = [0u8; 1024];
+    loop {
+        let Ok(n) = tokio::time::timeout_at(deadline, mgmt.read(&mut buf)).await else {
+            break;
+        };
+        let n = n?;
+        let Some((header, params)) = buf[..n].split_at_checked(6) else {
+            continue;
+        };
+        let event = u16::from_le_bytes([header[0], header[1]]);
+        if u16::from_le_bytes([header[2], header[3]]) != index {
+            continue;
+        }
+        match event {
+            MGMT_EV_CMD_COMPLETE | MGMT_EV_CMD_STATUS => {
+                if let [lo, hi, status, ..] = *params {
+                    if u16::from_le_bytes([lo, hi]) == MGMT_OP_START_DISCOVERY {
+                        started = status == 0;
+                        if !started {
+                            tracing::debug!(
+                                status,
+                                "host LE discovery not started (already discovering?)"
+                            );
+                        }
+                    }
+                }
+            }
+            MGMT_EV_DEVICE_FOUND => {
+                // Address, address type (1 LE public, 2 LE random), RSSI, flags (4), EIR
+                // length (2), EIR.
+                let Some((fixed, eir)) = params.split_at_checked(14) else {
+                    continue;
+                };
+                let kind = fixed[6];
+                let len = usize::from(u16::from_le_bytes([fixed[12], fixed[13]]));
+                let (Some(data), 1 | 2) = (eir.get(..len), kind) else {
+                    continue;
+                };
+                let mut address = [0u8; 6];
+                address.copy_from_slice(&fixed[..6]);
+                found(LeAdvertiser {
+                    address: BdAddr(address),
+                    address_type: kind - 1,
+                    data: data.to_vec(),
+                });
+            }
+            _ => {}
+        }
+    }
+    if started {
+        mgmt.write(&command(MGMT_OP_STOP_DISCOVERY)).await?;
+    }
+    Ok(())
 }
 
 /// One device an inquiry found.

@@ -6,10 +6,12 @@
 //! from the host and every `write` must carry exactly one H4 packet to it: the driver takes a
 //! write as one packet, so host-bound packets are never batched here (unlike H4 over sockets).
 
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use periwire_hci::controller::ToHost;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::unix::AsyncFd;
 
 use crate::{AdapterHandle, ServeError};
 
@@ -37,9 +39,12 @@ impl Vhci {
     /// Opens the vhci device at `path` (so a missing or forbidden device is an error at
     /// start-up, not later in a task).
     pub fn open(path: &Path) -> std::io::Result<Self> {
+        // Non-blocking, so that the runtime's reactor polls it: the driver supports poll, and a
+        // read or write in tokio's blocking pool would cost two thread hand-offs per packet.
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
+            .custom_flags(libc::O_NONBLOCK)
             .open(path)?;
         Ok(Self { file })
     }
@@ -60,17 +65,17 @@ async fn serve_file(
     adapter: &AdapterHandle,
     registered: impl FnOnce(u16),
 ) -> Result<(), ServeError> {
-    // Separate descriptors for the two directions: a blocking read that waits for the host
-    // must never hold up a write of an event.
-    let mut writer = tokio::fs::File::from_std(file.try_clone()?);
-    let mut reader = tokio::fs::File::from_std(file);
-    writer.write_all(&[VHCI_VENDOR, VHCI_PRIMARY]).await?;
-    let mut reply = [0u8; 4];
-    reader.read_exact(&mut reply).await?;
-    if reply[0] != VHCI_VENDOR || reply[1] != VHCI_PRIMARY {
+    let vhci = crate::sys::async_file(file)?;
+    write_packet(&vhci, &[VHCI_VENDOR, VHCI_PRIMARY]).await?;
+    let mut reply = [0u8; MAX_PACKET];
+    let n = read_packet(&vhci, &mut reply).await?;
+    if n != 4 || reply[0] != VHCI_VENDOR || reply[1] != VHCI_PRIMARY {
         return Err(ServeError::Io(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
-            format!("unexpected vhci registration reply {reply:02x?}"),
+            format!(
+                "unexpected vhci registration reply {:02x?}",
+                &reply[..n.min(8)]
+            ),
         )));
     }
     registered(u16::from_le_bytes([reply[2], reply[3]]));
@@ -79,7 +84,7 @@ async fn serve_file(
     let mut out = Vec::with_capacity(1024);
     loop {
         tokio::select! {
-            n = reader.read(&mut buf) => {
+            n = read_packet(&vhci, &mut buf) => {
                 let n = n?;
                 let Some((&indicator, packet)) = buf[..n].split_first() else {
                     return Ok(());
@@ -106,9 +111,38 @@ async fn serve_file(
                         out.extend_from_slice(&a);
                     }
                 }
-                writer.write_all(&out).await?;
-                writer.flush().await?;
+                write_packet(&vhci, &out).await?;
             }
+        }
+    }
+}
+
+/// Reads one packet from the kernel. Cancel-safe: a packet is consumed only by the `read`
+/// that returns it.
+async fn read_packet(vhci: &AsyncFd<std::fs::File>, buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        let mut ready = vhci.readable().await?;
+        match ready.try_io(|f| f.get_ref().read(buf)) {
+            Ok(r) => return r,
+            Err(_would_block) => continue,
+        }
+    }
+}
+
+/// Writes one packet: the driver takes a whole packet per `write` or refuses it.
+async fn write_packet(vhci: &AsyncFd<std::fs::File>, packet: &[u8]) -> std::io::Result<()> {
+    loop {
+        let mut ready = vhci.writable().await?;
+        match ready.try_io(|f| f.get_ref().write(packet)) {
+            Ok(Ok(n)) if n == packet.len() => return Ok(()),
+            Ok(Ok(n)) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::WriteZero,
+                    format!("vhci took {n} of a {}-byte packet", packet.len()),
+                ))
+            }
+            Ok(Err(e)) => return Err(e),
+            Err(_would_block) => continue,
         }
     }
 }

@@ -186,6 +186,16 @@ pub struct Forward {
     pub host_port: u16,
 }
 
+/// One port of the guest the host reaches: connections to 127.0.0.1:`host_port` on the host
+/// go to the guest's `guest_port` (QEMU's `hostfwd`; `restrict=on` still lets these in).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exposed {
+    /// The port the guest listens on (any of its addresses).
+    pub guest_port: u16,
+    /// The port on the host's loopback.
+    pub host_port: u16,
+}
+
 /// How to boot a guest. Build it with [`GuestConfig::new`] and the chained setters.
 #[derive(Debug, Clone)]
 pub struct GuestConfig {
@@ -198,10 +208,9 @@ pub struct GuestConfig {
     pub scenario: String,
     /// Ports forwarded from 10.0.2.100 in the guest to the host's loopback.
     pub forwards: Vec<Forward>,
-    /// Ports forwarded from the host's loopback into the guest: `(host_port, guest_port)`,
-    /// a connection to 127.0.0.1:`host_port` reaches the guest's `guest_port` (from
-    /// 10.0.2.2, so a guest server must listen beyond its loopback).
-    pub host_forwards: Vec<(u16, u16)>,
+    /// Guest ports the host's loopback reaches (e.g. a server in this guest that another
+    /// guest's forward leads to).
+    pub exposed: Vec<Exposed>,
     /// Extra files to put in the guest.
     pub files: Vec<GuestFile>,
     /// Extra QEMU arguments (e.g. `-device qemu-xhci -device usb-kbd`).
@@ -223,7 +232,7 @@ impl GuestConfig {
             modules: Vec::new(),
             scenario: scenario.into(),
             forwards: Vec::new(),
-            host_forwards: Vec::new(),
+            exposed: Vec::new(),
             files: Vec::new(),
             qemu_args: Vec::new(),
             kernel_args: Vec::new(),
@@ -256,9 +265,12 @@ impl GuestConfig {
         self
     }
 
-    /// Forwards the host's 127.0.0.1:`host_port` to the guest's port `guest_port`.
-    pub fn host_forward(mut self, host_port: u16, guest_port: u16) -> Self {
-        self.host_forwards.push((host_port, guest_port));
+    /// Makes the guest's `guest_port` reachable at 127.0.0.1:`host_port` on the host.
+    pub fn expose(mut self, guest_port: u16, host_port: u16) -> Self {
+        self.exposed.push(Exposed {
+            guest_port,
+            host_port,
+        });
         self
     }
 
@@ -458,11 +470,13 @@ impl fmt::Debug for Guest {
 }
 
 /// The `-netdev user` option: user-mode networking restricted to the forwards.
-fn netdev_arg(forwards: &[Forward], host_forwards: &[(u16, u16)]) -> String {
+fn netdev_arg(forwards: &[Forward], exposed: &[Exposed]) -> String {
     let mut arg = String::from("user,id=n0,restrict=on");
-    for (host, guest) in host_forwards {
-        // Allowed under restrict=on: it is the host that connects.
-        arg.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
+    for e in exposed {
+        arg.push_str(&format!(
+            ",hostfwd=tcp:127.0.0.1:{}-:{}",
+            e.host_port, e.guest_port
+        ));
     }
     for f in forwards {
         // QEMU runs the command (split into words, no shell) for every guest connection, with
@@ -618,7 +632,7 @@ impl Guest {
         .arg("-append")
         .arg(&append)
         .arg("-netdev")
-        .arg(netdev_arg(&config.forwards, &config.host_forwards))
+        .arg(netdev_arg(&config.forwards, &config.exposed))
         .args(["-device", "virtio-net-pci,netdev=n0,romfile="])
         .args(&config.qemu_args)
         .stdin(Stdio::piped())

@@ -25,7 +25,8 @@ use crate::l2cap::{
     self, config_result, info_type, reject_reason, BasicHeader, ConfigOption, ConnectionResult,
     L2capSignal, Reassembled, Reassembler, SignalCommand, CID_DYNAMIC_FIRST, CID_SIGNALING,
 };
-use crate::medium::{AdapterId, Dest, LinkPdu, Transmit, Transport};
+use crate::medium::{AdapterId, Advertisement, Dest, LinkPdu, Transmit, Transport};
+use crate::rng::KeyRng;
 use crate::wire::{BdAddr, ClassOfDevice, ErrorCode};
 
 /// Names one host socket for the lifetime of a [`HostLink`]; never reused.
@@ -69,14 +70,16 @@ pub enum HostAction {
         /// The security to ask for before connecting.
         security: SecurityLevel,
     },
-    /// Send one SDU; answer with [`HostLink::handle_sent`] once the socket took it.
+    /// Send one SDU; answer with [`HostLink::handle_sent`] once the socket took it. Several
+    /// Sends of one socket may be outstanding: they go out, and are answered, in order.
     Send {
         /// The socket.
         socket: SocketId,
         /// One SDU.
         sdu: Vec<u8>,
     },
-    /// Read one SDU when one arrives; answer with [`HostLink::handle_received`].
+    /// Read one SDU when one arrives; answer with [`HostLink::handle_received`]. Several
+    /// Reads of one socket may be outstanding: each is answered by one SDU, in order.
     Read {
         /// The socket.
         socket: SocketId,
@@ -109,6 +112,9 @@ pub enum HostAction {
     /// Run an inquiry on the host adapter; answer with [`HostLink::handle_inquiry_result`]
     /// per device and [`HostLink::handle_inquiry_complete`].
     Inquiry,
+    /// Scan for LE advertisers through the host adapter; answer with
+    /// [`HostLink::handle_le_found`] per device and [`HostLink::handle_le_scan_complete`].
+    LeScan,
 }
 
 /// Why a host socket could not connect, as the runtime classifies the OS error.
@@ -143,6 +149,8 @@ pub struct ChannelInfo {
     pub psm: u16,
     /// Whether the channel carries data yet (connected and configured).
     pub open: bool,
+    /// Whether the remote opened it (to a PSM the adapter accepts), not the guest.
+    pub incoming: bool,
     /// Payload bytes from the guest to the remote.
     pub bytes_to_remote: u64,
     /// Payload bytes from the remote to the guest.
@@ -153,7 +161,12 @@ pub struct ChannelInfo {
 /// channel's socket is read again: enough to keep the guest's host busy, few enough that a
 /// slow guest makes the remote wait (the socket's receive buffer fills, then L2CAP's and the
 /// remote's own flow control take over).
-const READ_AHEAD_FRAGMENTS: usize = 8;
+const READ_AHEAD_FRAGMENTS: usize = 16;
+
+/// How many SDUs of one channel may be with the runtime's socket at once: a few, so that the
+/// guest's next SDU is already queued when the socket takes one (each holds its fragments'
+/// controller buffers until then, so the guest's ACL buffers bound this anyway).
+const SENDS_IN_FLIGHT: usize = 4;
 
 /// The most channels one guest link may hold.
 const MAX_CHANNELS_PER_LINK: usize = 64;
@@ -162,6 +175,9 @@ const MAX_CHANNELS_PER_LINK: usize = 64;
 enum ChannelState {
     /// Connection Request answered "pending"; the host socket connects.
     Connecting { identifier: u8 },
+    /// A remote connected to an accepted PSM on the host; the guest is (or, once its link is
+    /// up, will be) asked with a Connection Request of this identifier.
+    Offered { identifier: Option<u8> },
     /// Connected on both sides; configuration runs.
     Config {
         ours_accepted: bool,
@@ -173,8 +189,10 @@ enum ChannelState {
 
 #[derive(Debug)]
 struct Channel {
-    /// The guest's channel endpoint.
+    /// The guest's channel endpoint (0 while the guest has not accepted an offered channel).
     guest_cid: u16,
+    /// The remote opened the channel.
+    incoming: bool,
     psm: u16,
     socket: SocketId,
     state: ChannelState,
@@ -184,14 +202,37 @@ struct Channel {
     remote_mtu: u16,
     /// Guest SDUs waiting for the socket, each with the fragments that carried it.
     to_send: VecDeque<(Vec<u8>, usize)>,
-    /// A Send is with the runtime.
-    sending: Option<usize>,
-    /// A Read is with the runtime.
-    reading: bool,
+    /// Sends with the runtime, oldest first: the fragments each SDU came in, freed when the
+    /// socket took it.
+    sending: VecDeque<usize>,
+    /// Reads with the runtime not yet answered.
+    reads: usize,
     /// Fragments of this channel queued in the controller and not yet taken by the guest.
     unacked_to_guest: usize,
     bytes_to_remote: u64,
     bytes_to_guest: u64,
+}
+
+impl Channel {
+    /// A channel of `socket` in `state`: a remote's incoming one (no guest endpoint yet) unless
+    /// the caller sets `guest_cid`.
+    fn new(psm: u16, socket: SocketId, state: ChannelState, remote_mtu: u16) -> Self {
+        Self {
+            guest_cid: 0,
+            incoming: matches!(state, ChannelState::Offered { .. }),
+            psm,
+            socket,
+            state,
+            guest_mtu: l2cap::DEFAULT_MTU,
+            remote_mtu,
+            to_send: VecDeque::new(),
+            sending: VecDeque::new(),
+            reads: 0,
+            unacked_to_guest: 0,
+            bytes_to_remote: 0,
+            bytes_to_guest: 0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -222,6 +263,35 @@ struct Remote {
     secured: bool,
     /// The identifier and local cid of our own Configuration Requests, by identifier.
     config_requests: BTreeMap<u8, u16>,
+    /// We paged the guest for a remote that connected on the host: the guest's controller
+    /// must accept the link by then.
+    answer_by: Option<Instant>,
+    /// The guest's link is encrypted (by the guest, or by us for incoming channels).
+    encrypted: bool,
+    /// We are securing the guest's link for incoming channels.
+    securing: Option<Securing>,
+    /// We encrypted the guest's link: its host reads the key size before it accepts a
+    /// channel, so offers wait for that read (or, for a host that does not read it, this
+    /// deadline).
+    key_size_by: Option<Instant>,
+}
+
+/// Our authentication of the guest's link, as the remote, before offering it incoming
+/// channels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Securing {
+    /// Our stored proxy key is being checked against the guest's.
+    KeyCheck,
+    /// Pairing asked; the guest's controller says whether its host does SSP.
+    PairingStart,
+    /// IO capabilities asked of the guest.
+    IoCapabilities,
+    /// Values sent: the host secures its own link, the guest confirms.
+    Confirm {
+        key: [u8; 16],
+        host: Option<bool>,
+        guest: Option<bool>,
+    },
 }
 
 impl Remote {
@@ -249,14 +319,22 @@ pub struct HostLink {
     /// The largest ACL fragment handed to the controller for the guest.
     fragment_len: usize,
     inquiring: bool,
+    le_scanning: bool,
     /// Remote devices the host names (inquiry, name requests), by address.
     names: BTreeMap<BdAddr, String>,
+    /// Classes of device the host's inquiries reported, for incoming pages.
+    classes: BTreeMap<BdAddr, ClassOfDevice>,
+    /// The generator of the proxy keys the link draws itself (incoming connections): a
+    /// stream apart from the controller's, seeded from the same entropy.
+    rng: KeyRng,
+    /// The time of the latest call into the link that told it.
+    now: Option<Instant>,
 }
 
 impl HostLink {
     /// A host link with the proxy keys stored earlier, handing the controller ACL fragments
     /// of at most `fragment_len` bytes.
-    pub fn new(keys: BTreeMap<BdAddr, [u8; 16]>, fragment_len: u16) -> Self {
+    pub fn new(keys: BTreeMap<BdAddr, [u8; 16]>, fragment_len: u16, entropy: u64) -> Self {
         Self {
             remotes: BTreeMap::new(),
             next_remote: 1,
@@ -267,7 +345,11 @@ impl HostLink {
             actions: VecDeque::new(),
             fragment_len: usize::from(fragment_len.max(27)),
             inquiring: false,
+            le_scanning: false,
             names: BTreeMap::new(),
+            classes: BTreeMap::new(),
+            rng: KeyRng::new(entropy ^ 0x6a09_e667_f3bc_c908),
+            now: None,
         }
     }
 
@@ -290,6 +372,7 @@ impl HostLink {
                     remote: r.addr,
                     psm: c.psm,
                     open: c.state == ChannelState::Open,
+                    incoming: c.incoming,
                     bytes_to_remote: c.bytes_to_remote,
                     bytes_to_guest: c.bytes_to_guest,
                 })
@@ -315,8 +398,12 @@ impl HostLink {
                 self.inquiring = true;
                 self.actions.push_back(HostAction::Inquiry);
             }
+            (Dest::Broadcast, LinkPdu::ScanStart) if !self.le_scanning => {
+                self.le_scanning = true;
+                self.actions.push_back(HostAction::LeScan);
+            }
             (Dest::Adapter(id), pdu) => self.handle_guest_pdu(id, pdu),
-            // LE advertising and scanning do not reach the host in this mode.
+            // The guest's own LE advertising and LE connections do not reach the host.
             _ => {}
         }
     }
@@ -343,6 +430,18 @@ impl HostLink {
                 }
             }
             LinkPdu::Disconnect { .. } => self.drop_remote(id),
+            // The guest took the link we paged it for: offer it the channels waiting.
+            LinkPdu::PageAccept { .. } => {
+                if let Some(r) = self.remotes.get_mut(&id) {
+                    r.up = true;
+                    r.answer_by = None;
+                }
+                self.offer_waiting(id);
+            }
+            LinkPdu::PageReject { .. } => {
+                tracing::debug!(remote = %addr, "the guest refused the link of an incoming connection");
+                self.drop_remote(id);
+            }
             LinkPdu::NameRequest => self.name_request(addr),
             LinkPdu::FeaturesRequest {
                 transport,
@@ -422,10 +521,195 @@ impl HostLink {
                     status: ErrorCode::PairingNotAllowed,
                 },
             )),
+            LinkPdu::StartEncryption { enable } => {
+                if let Some(r) = self.remotes.get_mut(&id) {
+                    r.encrypted = enable;
+                }
+            }
+            // Answers to our own authentication of the guest's link (incoming connections).
+            LinkPdu::KeyCheckResult { status }
+                if self.securing(id) == Some(&Securing::KeyCheck) =>
+            {
+                if status.is_success() {
+                    self.encrypt_guest_link(id);
+                } else {
+                    // The guest lost the key (or holds another): pair it again.
+                    self.start_pairing(id);
+                }
+            }
+            LinkPdu::PairingStartResponse { ssp }
+                if self.securing(id) == Some(&Securing::PairingStart) =>
+            {
+                if ssp {
+                    self.set_securing(id, Securing::IoCapabilities);
+                    self.to_controller.push_back((
+                        id,
+                        LinkPdu::IoCapabilityRequest {
+                            io_capability: 0x03,
+                            oob_data_present: 0,
+                            // General bonding, no MITM protection: Just Works.
+                            authentication_requirements: 0x04,
+                        },
+                    ));
+                } else {
+                    // Legacy PIN pairing needs a PIN the host's remote does not know.
+                    self.securing_failed(id, "the guest does not pair with SSP");
+                }
+            }
+            LinkPdu::IoCapabilityResponse { .. }
+                if self.securing(id) == Some(&Securing::IoCapabilities) =>
+            {
+                let link_key = self.random_key();
+                let numeric_value = (self.random() % 1_000_000) as u32;
+                self.set_securing(
+                    id,
+                    Securing::Confirm {
+                        key: link_key,
+                        host: None,
+                        guest: None,
+                    },
+                );
+                self.to_controller.push_back((
+                    id,
+                    LinkPdu::PairingValues {
+                        numeric_value,
+                        link_key,
+                        key_type: 0x04,
+                    },
+                ));
+                self.actions.push_back(HostAction::Secure {
+                    remote: addr,
+                    level: SecurityLevel::Medium,
+                });
+            }
+            LinkPdu::IoCapabilityReject { .. }
+                if self.securing(id) == Some(&Securing::IoCapabilities) =>
+            {
+                self.securing_failed(id, "the guest refused to pair");
+            }
+            LinkPdu::PairingConfirm { accepted } => {
+                if let Some(Securing::Confirm { guest, .. }) =
+                    self.remotes.get_mut(&id).and_then(|r| r.securing.as_mut())
+                {
+                    *guest = Some(accepted);
+                    self.pairing_confirmed(id);
+                }
+            }
             // Encryption follows the host link, secured before the guest's authentication
             // completed; the remaining LMP exchanges need no answer.
             _ => {}
         }
+    }
+
+    fn securing(&self, id: AdapterId) -> Option<&Securing> {
+        self.remotes.get(&id).and_then(|r| r.securing.as_ref())
+    }
+
+    fn set_securing(&mut self, id: AdapterId, securing: Securing) {
+        if let Some(r) = self.remotes.get_mut(&id) {
+            r.securing = Some(securing);
+        }
+    }
+
+    /// Secures the guest's link as the remote (Security Mode 4: an initiator authenticates and
+    /// encrypts before it opens a channel other than SDP), so that the guest accepts the
+    /// channels offered on it: with the proxy key the guest holds, else by pairing it.
+    fn secure_guest_link(&mut self, id: AdapterId) {
+        let Some(r) = self.remotes.get(&id) else {
+            return;
+        };
+        if r.securing.is_some() {
+            return;
+        }
+        match self.keys.get(&r.addr).copied() {
+            Some(key) => {
+                self.set_securing(id, Securing::KeyCheck);
+                self.to_controller
+                    .push_back((id, LinkPdu::KeyCheck { key }));
+            }
+            None => self.start_pairing(id),
+        }
+    }
+
+    fn start_pairing(&mut self, id: AdapterId) {
+        self.set_securing(id, Securing::PairingStart);
+        self.to_controller
+            .push_back((id, LinkPdu::PairingStart { ssp: true }));
+    }
+
+    /// Both sides of our pairing of the guest have answered (or one has refused).
+    fn pairing_confirmed(&mut self, id: AdapterId) {
+        let Some(r) = self.remotes.get_mut(&id) else {
+            return;
+        };
+        let Some(Securing::Confirm { key, host, guest }) = r.securing.clone() else {
+            return;
+        };
+        match (host, guest) {
+            (Some(true), Some(true)) => {
+                let remote = r.addr;
+                self.keys.insert(remote, key);
+                self.actions.push_back(HostAction::StoreKey {
+                    remote,
+                    key: Some(key),
+                });
+                self.encrypt_guest_link(id);
+            }
+            (Some(false), _) => self.securing_failed(id, "the host could not secure its link"),
+            (_, Some(false)) => self.securing_failed(id, "the guest refused to pair"),
+            _ => {}
+        }
+    }
+
+    /// The guest's link is authenticated: encrypt it and offer the waiting channels.
+    fn encrypt_guest_link(&mut self, id: AdapterId) {
+        let Some(r) = self.remotes.get_mut(&id) else {
+            return;
+        };
+        r.securing = None;
+        r.encrypted = true;
+        r.key_size_by = self.now.map(|t| t + KEY_SIZE_WAIT);
+        self.to_controller
+            .push_back((id, LinkPdu::StartEncryption { enable: true }));
+    }
+
+    /// The guest's host read the encryption key size of its link to the remote behind `peer`
+    /// (Read Encryption Key Size): it is ready for the channels we offer.
+    pub fn handle_key_size_read(&mut self, peer: AdapterId) {
+        if let Some(r) = self.remotes.get_mut(&peer) {
+            if r.key_size_by.take().is_some() {
+                self.offer_waiting(peer);
+            }
+        }
+    }
+
+    /// Sets the link's clock (the time of the call being handled).
+    pub fn set_now(&mut self, now: Instant) {
+        self.now = Some(now);
+    }
+
+    /// Securing the guest's link for incoming channels failed: they cannot be offered, so the
+    /// link goes with them.
+    fn securing_failed(&mut self, id: AdapterId, why: &str) {
+        if let Some(r) = self.remotes.get(&id) {
+            tracing::debug!(remote = %r.addr, why, "incoming channels refused");
+        }
+        self.to_controller.push_back((
+            id,
+            LinkPdu::Disconnect {
+                transport: Transport::BrEdr,
+                reason: ErrorCode::AuthenticationFailure,
+            },
+        ));
+        self.drop_remote(id);
+    }
+
+    fn random(&mut self) -> u64 {
+        self.rng.next_u64()
+    }
+
+    fn random_key(&mut self) -> [u8; 16] {
+        self.rng.key()
     }
 
     fn set_security(&mut self, id: AdapterId, security: Security) {
@@ -460,6 +744,10 @@ impl HostLink {
                 security: Security::Idle,
                 secured: false,
                 config_requests: BTreeMap::new(),
+                answer_by: None,
+                encrypted: false,
+                securing: None,
+                key_size_by: None,
             },
         );
         id
@@ -555,11 +843,11 @@ impl HostLink {
         else {
             return;
         };
-        if ch.sending.is_some() {
-            return;
-        }
-        if let Some((sdu, fragments)) = ch.to_send.pop_front() {
-            ch.sending = Some(fragments);
+        while ch.sending.len() < SENDS_IN_FLIGHT {
+            let Some((sdu, fragments)) = ch.to_send.pop_front() else {
+                return;
+            };
+            ch.sending.push_back(fragments);
             self.actions.push_back(HostAction::Send {
                 socket: ch.socket,
                 sdu,
@@ -645,7 +933,10 @@ impl HostLink {
             | L2capSignal::EchoResponse(_)
             | L2capSignal::InformationResponse { .. }
             | L2capSignal::CommandReject { .. } => {}
-            L2capSignal::ConnectionResponse { .. } | L2capSignal::Unknown { .. } => {
+            L2capSignal::ConnectionResponse {
+                dcid, scid, result, ..
+            } => self.guest_connect_response(id, ident, dcid, scid, result),
+            L2capSignal::Unknown { .. } => {
                 self.signal(id, ident, reject(reject_reason::NOT_UNDERSTOOD, &[]))
             }
         }
@@ -690,17 +981,12 @@ impl HostLink {
             local_cid,
             Channel {
                 guest_cid: scid,
-                psm,
-                socket,
-                state: ChannelState::Connecting { identifier: ident },
-                guest_mtu: l2cap::DEFAULT_MTU,
-                remote_mtu: l2cap::DEFAULT_MTU,
-                to_send: VecDeque::new(),
-                sending: None,
-                reading: false,
-                unacked_to_guest: 0,
-                bytes_to_remote: 0,
-                bytes_to_guest: 0,
+                ..Channel::new(
+                    psm,
+                    socket,
+                    ChannelState::Connecting { identifier: ident },
+                    l2cap::DEFAULT_MTU,
+                )
             },
         );
         self.sockets.insert(socket, (id, local_cid));
@@ -905,11 +1191,12 @@ impl HostLink {
         else {
             return;
         };
-        if ch.state == ChannelState::Open
-            && !ch.reading
-            && ch.unacked_to_guest < READ_AHEAD_FRAGMENTS
-        {
-            ch.reading = true;
+        if ch.state != ChannelState::Open {
+            return;
+        }
+        // Each read may bring a fragment or more: ask for no more than the window leaves.
+        while ch.reads + ch.unacked_to_guest < READ_AHEAD_FRAGMENTS {
+            ch.reads += 1;
             self.actions
                 .push_back(HostAction::Read { socket: ch.socket });
         }
@@ -930,7 +1217,7 @@ impl HostLink {
             }
         }
         let pending: usize =
-            ch.to_send.iter().map(|(_, n)| n).sum::<usize>() + ch.sending.unwrap_or(0);
+            ch.to_send.iter().map(|(_, n)| n).sum::<usize>() + ch.sending.iter().sum::<usize>();
         self.sockets.remove(&ch.socket);
         self.actions
             .push_back(HostAction::Close { socket: ch.socket });
@@ -998,6 +1285,7 @@ impl HostLink {
                         role_switch: false,
                     },
                 ));
+                self.offer_waiting(id);
             }
             Err(reason) => {
                 self.remotes.remove(&id);
@@ -1086,7 +1374,7 @@ impl HostLink {
         else {
             return;
         };
-        let fragments = ch.sending.take().unwrap_or(0);
+        let fragments = ch.sending.pop_front().unwrap_or(0);
         self.ack_guest(id, fragments);
         self.pump_send(id, cid);
     }
@@ -1103,7 +1391,7 @@ impl HostLink {
         else {
             return;
         };
-        ch.reading = false;
+        ch.reads = ch.reads.saturating_sub(1);
         if sdu.len() > usize::from(ch.guest_mtu) {
             // The host socket's imtu is the L2CAP default; a guest that configured less
             // cannot take this SDU (Vol 3, Part A, 5.1: an SDU above the MTU is not sent).
@@ -1127,15 +1415,19 @@ impl HostLink {
         let Some(&(id, cid)) = self.sockets.get(&socket) else {
             return;
         };
-        let connecting = self
+        let state = self
             .remotes
             .get(&id)
             .and_then(|r| r.channels.get(&cid))
-            .is_some_and(|c| matches!(c.state, ChannelState::Connecting { .. }));
-        if connecting {
-            self.handle_connect_failed(socket, ConnectFailure::Resources);
-        } else {
-            self.disconnect_guest_channel(id, cid);
+            .map(|c| c.state);
+        match state {
+            Some(ChannelState::Connecting { .. }) => {
+                self.handle_connect_failed(socket, ConnectFailure::Resources)
+            }
+            // The guest has not accepted yet; should it still, its channel is disconnected
+            // then (see `guest_connect_response`).
+            Some(ChannelState::Offered { .. }) => self.close_channel(id, cid),
+            _ => self.disconnect_guest_channel(id, cid),
         }
     }
 
@@ -1148,6 +1440,13 @@ impl HostLink {
             return;
         };
         r.secured |= ok;
+        if let Some(Securing::Confirm { host, .. }) = r.securing.as_mut() {
+            *host = Some(ok);
+            self.to_controller
+                .push_back((id, LinkPdu::PairingConfirm { accepted: ok }));
+            self.pairing_confirmed(id);
+            return;
+        }
         match std::mem::replace(&mut r.security, Security::Idle) {
             Security::Idle => {}
             Security::KeyCheck => self.to_controller.push_back((
@@ -1198,6 +1497,7 @@ impl HostLink {
         name: Option<String>,
     ) {
         let name = name.or_else(|| self.names.get(&remote).cloned());
+        self.classes.insert(remote, class_of_device);
         let mut eir = [0u8; 240];
         if let Some(n) = &name {
             let bytes = &n.as_bytes()[..n.len().min(238)];
@@ -1219,12 +1519,263 @@ impl HostLink {
     pub fn handle_inquiry_complete(&mut self) {
         self.inquiring = false;
     }
+
+    /// The host's LE scan found `address` (type 0 public, 1 random) advertising `data` (its
+    /// advertising data and scan response as the host merged them, AD structures). The guest
+    /// gets it as a non-connectable advertiser (LE connections are not carried), with what
+    /// does not fit a legacy advertisement as its scan response.
+    pub fn handle_le_found(&mut self, address: BdAddr, address_type: u8, data: &[u8]) {
+        let (data, scan_response) = split_advertising_data(data);
+        self.to_controller.push_back((
+            unlinked_id(address),
+            LinkPdu::Advertisement(Advertisement {
+                // ADV_SCAN_IND when a scan response is there to give, ADV_NONCONN_IND else.
+                advertising_type: if scan_response.is_empty() { 3 } else { 2 },
+                address,
+                address_type: address_type & 1,
+                direct: None,
+                data,
+                scan_response,
+            }),
+        ));
+    }
+
+    /// The host's LE scan ended.
+    pub fn handle_le_scan_complete(&mut self) {
+        self.le_scanning = false;
+    }
+
+    /// A remote connected on the host to `psm`, one the adapter accepts: the runtime holds
+    /// the accepted socket (whose largest outgoing SDU is `omtu`) under the returned name and
+    /// reads it once the link asks. The guest is paged for the link if it has none to the
+    /// remote, then asked with an L2CAP Connection Request; a guest that refuses either closes
+    /// the socket ([`HostAction::Close`]).
+    pub fn handle_incoming(
+        &mut self,
+        now: Instant,
+        remote: BdAddr,
+        psm: u16,
+        omtu: u16,
+    ) -> SocketId {
+        self.now = Some(now);
+        let socket = SocketId(self.next_socket);
+        self.next_socket += 1;
+        let id = match self.id_of(remote) {
+            Some(id) => id,
+            None => {
+                let id = self.new_remote(remote);
+                if let Some(r) = self.remotes.get_mut(&id) {
+                    r.answer_by = Some(now + INCOMING_ANSWER_TIMEOUT);
+                }
+                let class_of_device = self
+                    .classes
+                    .get(&remote)
+                    .copied()
+                    .unwrap_or(ClassOfDevice(0));
+                self.to_controller.push_back((
+                    id,
+                    LinkPdu::Page {
+                        bd_addr: remote,
+                        class_of_device,
+                    },
+                ));
+                id
+            }
+        };
+        let Some(r) = self.remotes.get_mut(&id) else {
+            return socket;
+        };
+        let free = r.free_cid();
+        let (Some(local_cid), true) = (free, r.channels.len() < MAX_CHANNELS_PER_LINK) else {
+            self.actions.push_back(HostAction::Close { socket });
+            return socket;
+        };
+        r.channels.insert(
+            local_cid,
+            Channel::new(
+                psm,
+                socket,
+                ChannelState::Offered { identifier: None },
+                omtu.max(l2cap::MIN_MTU),
+            ),
+        );
+        self.sockets.insert(socket, (id, local_cid));
+        if r.up {
+            self.offer_waiting(id);
+        }
+        socket
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) must next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.remotes
+            .values()
+            .flat_map(|r| [r.answer_by, r.key_size_by])
+            .flatten()
+            .min()
+    }
+
+    /// Gives up on the incoming links the guest did not take in time (it is not page
+    /// scanning): their sockets close.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = Some(now);
+        let settled: Vec<AdapterId> = self
+            .remotes
+            .values()
+            .filter(|r| r.key_size_by.is_some_and(|t| t <= now))
+            .map(|r| r.id)
+            .collect();
+        for id in settled {
+            self.handle_key_size_read(id);
+        }
+        let late: Vec<AdapterId> = self
+            .remotes
+            .values()
+            .filter(|r| r.answer_by.is_some_and(|t| t <= now))
+            .map(|r| r.id)
+            .collect();
+        for id in late {
+            if let Some(addr) = self.remotes.get(&id).map(|r| r.addr) {
+                tracing::debug!(remote = %addr, "the guest did not take the link of an incoming connection");
+            }
+            self.to_controller.push_back((id, LinkPdu::PageCancel));
+            self.drop_remote(id);
+        }
+    }
+
+    /// Sends the guest a Connection Request for each offered channel not yet asked about,
+    /// once the guest's link is secured.
+    fn offer_waiting(&mut self, id: AdapterId) {
+        let Some(r) = self.remotes.get(&id) else {
+            return;
+        };
+        let waits = r
+            .channels
+            .values()
+            .any(|c| c.state == ChannelState::Offered { identifier: None });
+        if waits && !r.encrypted {
+            self.secure_guest_link(id);
+            return;
+        }
+        if r.key_size_by.is_some() {
+            return;
+        }
+        let waiting: Vec<(u16, u16)> = r
+            .channels
+            .iter()
+            .filter(|(_, c)| c.state == ChannelState::Offered { identifier: None })
+            .map(|(cid, c)| (*cid, c.psm))
+            .collect();
+        for (local_cid, psm) in waiting {
+            let Some(r) = self.remotes.get_mut(&id) else {
+                return;
+            };
+            let ident = r.identifier();
+            if let Some(c) = r.channels.get_mut(&local_cid) {
+                c.state = ChannelState::Offered {
+                    identifier: Some(ident),
+                };
+            }
+            self.signal(
+                id,
+                ident,
+                L2capSignal::ConnectionRequest {
+                    psm,
+                    scid: local_cid,
+                },
+            );
+        }
+    }
+
+    /// The guest answered our Connection Request for an offered channel.
+    fn guest_connect_response(
+        &mut self,
+        id: AdapterId,
+        ident: u8,
+        dcid: u16,
+        scid: u16,
+        result: ConnectionResult,
+    ) {
+        let Some(r) = self.remotes.get_mut(&id) else {
+            return;
+        };
+        let offered = r.channels.get(&scid).is_some_and(|c| {
+            c.state
+                == ChannelState::Offered {
+                    identifier: Some(ident),
+                }
+        });
+        if !offered {
+            // The remote gave up meanwhile (or this answers nothing we asked): a guest that
+            // accepted holds a channel nobody serves, so it is told to close it.
+            if result == ConnectionResult::Success && dcid >= CID_DYNAMIC_FIRST {
+                let ident = r.identifier();
+                self.signal(id, ident, L2capSignal::DisconnectionRequest { dcid, scid });
+            }
+            return;
+        }
+        match result {
+            ConnectionResult::Pending => {}
+            ConnectionResult::Success
+                if dcid >= CID_DYNAMIC_FIRST
+                    && !r.channels.values().any(|c| c.guest_cid == dcid) =>
+            {
+                if let Some(c) = r.channels.get_mut(&scid) {
+                    c.guest_cid = dcid;
+                    c.state = ChannelState::Config {
+                        ours_accepted: false,
+                        theirs_accepted: false,
+                    };
+                }
+                self.send_config_request(id, scid);
+            }
+            refused => {
+                tracing::debug!(remote = %r.addr, ?refused, "the guest refused an incoming channel");
+                self.close_channel(id, scid);
+            }
+        }
+    }
 }
+
+/// How long the guest's controller may take to accept the link of an incoming connection:
+/// its host answers a Connection Request event within the connection accept timeout (5 s by
+/// default), so this only ends pages it never saw (page scan off).
+const INCOMING_ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long offers wait, after we encrypted the guest's link, for its host to read the key
+/// size (Linux refuses channels until it has; a host that never reads it is served anyway).
+const KEY_SIZE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The sender id for PDUs from a remote the guest has no link to (inquiry, name responses):
 /// far above the counter that numbers linked remotes, so the two never meet.
 fn unlinked_id(remote: BdAddr) -> AdapterId {
     AdapterId(u64::MAX - remote.to_u64())
+}
+
+/// Largest legacy advertising data and scan response (Vol 6, Part B, 2.3.1).
+const LEGACY_ADV_DATA: usize = 31;
+
+/// Splits AD structures into a legacy advertisement's data and scan response, each at most 31
+/// bytes and cut only between structures; what fits neither is dropped, as is a malformed
+/// tail.
+fn split_advertising_data(ad: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let mut parts = (Vec::new(), Vec::new());
+    let mut rest = ad;
+    while let Some((&len, _)) = rest.split_first() {
+        let Some(structure) = rest.get(..1 + usize::from(len)) else {
+            break;
+        };
+        rest = &rest[structure.len()..];
+        if len == 0 {
+            break;
+        }
+        if parts.0.len() + structure.len() <= LEGACY_ADV_DATA && parts.1.is_empty() {
+            parts.0.extend_from_slice(structure);
+        } else if parts.1.len() + structure.len() <= LEGACY_ADV_DATA {
+            parts.1.extend_from_slice(structure);
+        }
+    }
+    parts
 }
 
 fn reject(reason: u16, data: &[u8]) -> L2capSignal {
@@ -1280,10 +1831,10 @@ impl HostLinkedAdapter {
     /// A controller with `config` on a host link with the stored proxy `keys`. The proxy
     /// keys the guest gets are drawn by the controller: give `config.entropy` real entropy.
     pub fn new(id: AdapterId, config: ControllerConfig, keys: BTreeMap<BdAddr, [u8; 16]>) -> Self {
-        let fragment_len = config.acl_data_packet_length;
+        let (fragment_len, entropy) = (config.acl_data_packet_length, config.entropy);
         Self {
             controller: Controller::new(id, config),
-            link: HostLink::new(keys, fragment_len),
+            link: HostLink::new(keys, fragment_len, entropy),
         }
     }
 
@@ -1300,8 +1851,28 @@ impl HostLinkedAdapter {
     /// Hands a command packet from the guest's host to the controller.
     pub fn handle_command(&mut self, now: Instant, packet: &[u8]) -> Result<(), HostLinkError> {
         let r = self.controller.handle_command(now, packet);
+        if r.is_ok() {
+            self.watch_command(packet);
+        }
         self.shuttle(now);
         Ok(r?)
+    }
+
+    /// Tells the link about the guest's commands it waits for.
+    fn watch_command(&mut self, packet: &[u8]) {
+        // Read Encryption Key Size (Vol 4, Part E, 7.5.7): opcode 0x1408, a 2-byte handle.
+        if let [0x08, 0x14, 2, lo, hi, ..] = *packet {
+            let handle = u16::from_le_bytes([lo, hi]) & 0x0fff;
+            let peer = self
+                .controller
+                .links()
+                .into_iter()
+                .find(|l| l.handle == handle)
+                .map(|l| l.peer);
+            if let Some(peer) = peer {
+                self.link.handle_key_size_read(peer);
+            }
+        }
     }
 
     /// Hands an ACL packet from the guest's host to the controller.
@@ -1327,12 +1898,16 @@ impl HostLinkedAdapter {
 
     /// When [`handle_timeout`](Self::handle_timeout) must next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.controller.poll_timeout()
+        match (self.controller.poll_timeout(), self.link.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
-    /// Fires the controller's timers due at `now`.
+    /// Fires the controller's and the link's timers due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.controller.handle_timeout(now);
+        self.link.handle_timeout(now);
         self.shuttle(now);
     }
 
@@ -1349,6 +1924,7 @@ impl HostLinkedAdapter {
     }
 
     fn shuttle(&mut self, now: Instant) {
+        self.link.set_now(now);
         let mut moved = 0usize;
         loop {
             let mut idle = true;

@@ -12,7 +12,7 @@ use periwire_wire::usbip::{
     BusId, CmdSubmit, CmdUnlink, DeviceRecord, Direction, ExportedDevice, Limits, OpReply,
     OpRequest, OpStatus, PendingUrb, SubmitHeader, UrbReply, USBIP_PORT,
 };
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::framing::{read_message, FrameError};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -35,11 +35,46 @@ pub enum ClientError {
     #[error("unexpected reply from server")]
     UnexpectedReply,
     /// The server refused the import.
-    #[error("import refused: {0}")]
+    #[error("import refused: {}", refusal(*.0))]
     Refused(OpStatus),
+    /// The server ended the TLS session with access_denied: it does not trust this client's
+    /// key.
+    #[error(
+        "the server does not trust this client: on the server, `periwire trust add NAME \
+         FINGERPRINT` with what `periwire id` prints here"
+    )]
+    NotTrusted,
     /// The server did not answer in time.
     #[error("server did not answer within {0:?}")]
     Timeout(Duration),
+}
+
+/// What a refusal status means, as a client tells its user.
+fn refusal(status: OpStatus) -> String {
+    match status {
+        // periwire's server answers ST_NA when a device's allow list leaves the client out.
+        OpStatus::NotAvailable => {
+            "device not available to this client (the server's allow list for it does not \
+             name this client)"
+                .to_owned()
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Reads a TLS access_denied alert out of an I/O error as [`ClientError::NotTrusted`].
+fn from_io(e: std::io::Error) -> ClientError {
+    let denied = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|r| {
+            *r == rustls::Error::AlertReceived(rustls::AlertDescription::AccessDenied)
+        });
+    if denied {
+        ClientError::NotTrusted
+    } else {
+        ClientError::Io(e)
+    }
 }
 
 /// A USB/IP server as the user names it: `HOST` or `HOST:PORT` (IPv6 in brackets).
@@ -94,15 +129,22 @@ impl fmt::Display for Remote {
     }
 }
 
-async fn request(stream: &mut TcpStream, req: OpRequest) -> Result<OpReply, ClientError> {
+async fn request<S>(stream: &mut S, req: OpRequest) -> Result<OpReply, ClientError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let mut out = Vec::new();
     req.encode(&mut out);
-    stream.write_all(&out).await?;
+    stream.write_all(&out).await.map_err(from_io)?;
+    stream.flush().await.map_err(from_io)?;
     let mut buf = BytesMut::with_capacity(4096);
     let limits = Limits::default();
-    read_message(stream, &mut buf, |b| OpReply::decode(b, &limits))
-        .await?
-        .ok_or(ClientError::Closed)
+    match read_message(stream, &mut buf, |b| OpReply::decode(b, &limits)).await {
+        Ok(Some(reply)) => Ok(reply),
+        Ok(None) => Err(ClientError::Closed),
+        Err(FrameError::Io(e)) => Err(from_io(e)),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Connects to `addr` with TCP_NODELAY set, as USB/IP clients do.
@@ -120,7 +162,19 @@ pub async fn list_devices(
     timeout: Duration,
 ) -> Result<Vec<ExportedDevice>, ClientError> {
     let mut stream = connect(addr, timeout).await?;
-    let reply = tokio::time::timeout(timeout, request(&mut stream, OpRequest::Devlist))
+    list_devices_on(&mut stream, timeout).await
+}
+
+/// Asks for the exported devices on `stream`, a connection in the operation phase (TCP,
+/// TLS, ...).
+pub async fn list_devices_on<S>(
+    stream: &mut S,
+    timeout: Duration,
+) -> Result<Vec<ExportedDevice>, ClientError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let reply = tokio::time::timeout(timeout, request(stream, OpRequest::Devlist))
         .await
         .map_err(|_| ClientError::Timeout(timeout))??;
     match reply {
@@ -136,19 +190,31 @@ pub async fn import(
     timeout: Duration,
 ) -> Result<(TcpStream, DeviceRecord), ClientError> {
     let mut stream = connect(addr, timeout).await?;
-    let reply = tokio::time::timeout(
-        timeout,
-        request(
-            &mut stream,
-            OpRequest::Import {
-                busid: busid.clone(),
-            },
-        ),
-    )
-    .await
-    .map_err(|_| ClientError::Timeout(timeout))??;
+    let device = import_on(&mut stream, busid, timeout).await?;
+    Ok((stream, device))
+}
+
+/// Imports `busid` on `stream`, a connection in the operation phase (TCP, TLS, ...); on
+/// success it is in the URB phase.
+pub async fn import_on<S>(
+    stream: &mut S,
+    busid: &BusId,
+    timeout: Duration,
+) -> Result<DeviceRecord, ClientError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let request = request(
+        stream,
+        OpRequest::Import {
+            busid: busid.clone(),
+        },
+    );
+    let reply = tokio::time::timeout(timeout, request)
+        .await
+        .map_err(|_| ClientError::Timeout(timeout))??;
     match reply {
-        OpReply::Import(Ok(d)) => Ok((stream, d)),
+        OpReply::Import(Ok(d)) => Ok(d),
         OpReply::Import(Err(status)) => Err(ClientError::Refused(status)),
         OpReply::Devlist(_) => Err(ClientError::UnexpectedReply),
     }

@@ -26,6 +26,17 @@ pub enum FrameError {
 pub async fn read_message<T>(
     rd: &mut (impl AsyncRead + Unpin),
     buf: &mut BytesMut,
+    decode: impl FnMut(&[u8]) -> Result<Option<(T, usize)>, WireError>,
+) -> Result<Option<T>, FrameError> {
+    read_message_in_chunks(rd, buf, 64 * 1024, decode).await
+}
+
+/// [`read_message`] reading at most `chunk` bytes at a time, so that a short message (an
+/// operation request) costs a few bytes of buffer, not a full read's worth.
+pub async fn read_message_in_chunks<T>(
+    rd: &mut (impl AsyncRead + Unpin),
+    buf: &mut BytesMut,
+    chunk: usize,
     mut decode: impl FnMut(&[u8]) -> Result<Option<(T, usize)>, WireError>,
 ) -> Result<Option<T>, FrameError> {
     loop {
@@ -33,7 +44,7 @@ pub async fn read_message<T>(
             buf.advance(n);
             return Ok(Some(msg));
         }
-        buf.reserve(64 * 1024);
+        buf.reserve(chunk);
         if rd.read_buf(buf).await? == 0 {
             return if buf.is_empty() {
                 Ok(None)

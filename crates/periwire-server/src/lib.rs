@@ -8,6 +8,8 @@
 //! - [`registry`]: the exported devices and who holds each.
 //! - [`client`]: a USB/IP client for listing and importing devices.
 //! - [`stats`]: what each import and each device has moved.
+//! - [`secure`]: identities, pins, mutual TLS and the plain-USB/IP policy.
+//! - [`front_door`]: one port for TLS and plain USB/IP, told apart by the first byte.
 //! - [`serial`]: bridges between a virtual serial port and a host TCP socket.
 
 #![forbid(unsafe_code)]
@@ -15,7 +17,9 @@
 
 pub mod client;
 pub mod framing;
+pub mod front_door;
 pub mod registry;
+pub mod secure;
 pub mod serial;
 pub mod server;
 pub mod session;
@@ -23,6 +27,6 @@ pub mod stats;
 pub mod urb_stream;
 pub mod usbip_map;
 
-pub use registry::{ClaimInfo, DeviceTotals, Export, Registry};
-pub use server::{serve, serve_stream, ServerConfig};
+pub use registry::{ClaimInfo, DeviceTotals, Export, Peer, Registry};
+pub use server::{serve, serve_stream, serve_stream_gated, ServerConfig};
 pub use session::DeviceSession;

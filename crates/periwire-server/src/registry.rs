@@ -86,11 +86,39 @@ pub enum ImportError {
     Device(BusId, AttachError),
 }
 
+/// Who a client is, as logs and status name it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Peer {
+    /// Its address as the server saw it (`127.0.0.1:51234`), or empty.
+    pub address: String,
+    /// The name its key is trusted under, when it came over mutual TLS.
+    pub identity: Option<String>,
+}
+
+impl Peer {
+    /// A client known only by its address.
+    pub fn at(address: impl std::fmt::Display) -> Self {
+        Self {
+            address: address.to_string(),
+            identity: None,
+        }
+    }
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.identity {
+            Some(name) => write!(f, "{name} ({})", self.address),
+            None => f.write_str(&self.address),
+        }
+    }
+}
+
 /// Who holds a device, and since when.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClaimInfo {
-    /// The client's address as the server saw it (`127.0.0.1:51234`), or empty.
-    pub client: String,
+    /// The client.
+    pub client: Peer,
     /// When it imported the device.
     pub since: SystemTime,
     /// What the import has moved so far.
@@ -98,7 +126,7 @@ pub struct ClaimInfo {
 }
 
 struct Held {
-    client: String,
+    client: Peer,
     since: SystemTime,
     stats: Arc<TransferStats>,
     /// Set when the device is withdrawn from under the client.
@@ -230,11 +258,11 @@ impl Registry {
 
     /// Takes `busid` for a client that gave no address.
     pub fn claim(&self, busid: &BusId) -> Result<Claim, ImportError> {
-        self.claim_by(busid, "")
+        self.claim_by(busid, Peer::default())
     }
 
-    /// Takes `busid` for the client at `client` (its address, as status shows it).
-    pub fn claim_by(&self, busid: &BusId, client: &str) -> Result<Claim, ImportError> {
+    /// Takes `busid` for `client` (as status shows it).
+    pub fn claim_by(&self, busid: &BusId, client: Peer) -> Result<Claim, ImportError> {
         let export = self
             .lock()
             .exports
@@ -255,7 +283,7 @@ impl Registry {
         inner.claimed.insert(
             busid.clone(),
             Held {
-                client: client.to_owned(),
+                client,
                 since: SystemTime::now(),
                 stats: Arc::clone(&stats),
                 withdraw,

@@ -18,23 +18,25 @@
 
 use std::fmt::Display;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::BytesMut;
 
-use crate::framing::{read_message, FrameError};
+use crate::framing::{read_message_in_chunks, FrameError};
 use periwire_usb::{TransferError, Urb};
 use periwire_wire::usbip::{
-    CmdUnlink, Event, Limits, OpReply, OpRequest, OpStatus, ServerConnection, SubmitError,
-    SubmitHeader, UrbCommandHeader,
+    encode_op_failure, CmdUnlink, Event, Limits, OpReply, OpRequest, OpStatus, ServerConnection,
+    SubmitError, SubmitHeader, UrbCommandHeader,
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
-use crate::registry::{ImportError, Registry};
+use crate::registry::{Export, ImportError, Peer, Registry};
 use crate::session::{Completed, DeviceSession};
 use crate::urb_stream::{CommandReader, Outbox};
 use crate::usbip_map;
@@ -50,6 +52,10 @@ pub struct ServerConfig {
     /// Bytes of transfer buffers one client may have in flight, counted by
     /// `transfer_buffer_length`; must be at least `limits.max_transfer_length`.
     pub max_bytes_in_flight: u32,
+    /// How long a client has, from the start of the stream, to send its whole operation
+    /// request (and, over TLS, to finish the handshake before it); then it is dropped, so an
+    /// idle or trickling peer holds nothing for long.
+    pub request_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -58,6 +64,7 @@ impl Default for ServerConfig {
             limits: Limits::default(),
             max_urbs_in_flight: 256,
             max_bytes_in_flight: 64 * 1024 * 1024,
+            request_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -77,7 +84,18 @@ pub enum ConnectionError {
     /// The connection is being torn down.
     #[error("connection closing")]
     Closing,
+    /// The client did not send its operation request in time.
+    #[error("no complete operation request within {0:?}")]
+    RequestTimeout(Duration),
 }
+
+/// Bytes read at a time in the operation phase: a request is 8 or 40 bytes, so an
+/// unauthenticated peer makes the server hold no more than this per connection.
+const OP_READ_CHUNK: usize = 64;
+
+/// Whether the client on this connection may see and import an export; checked at device
+/// list and import (allow lists of the config).
+pub type Gate<'a> = &'a (dyn Fn(&Export) -> bool + Sync);
 
 /// Serves USB/IP on `listener` until `shutdown` resolves; then closes every connection,
 /// waits for the devices to be released and tells them to make their data durable.
@@ -87,6 +105,32 @@ pub async fn serve(
     config: ServerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    let handler = move |stream: TcpStream, peer: SocketAddr, registry: Registry, stop: Stopped| async move {
+        let result = match stream.set_nodelay(true) {
+            Ok(()) => serve_stream(stream, peer, &registry, config, stop.wait()).await,
+            Err(e) => Err(e.into()),
+        };
+        match result {
+            Ok(()) => debug!(%peer, "connection closed"),
+            Err(e) => warn!(%peer, reason = %e, "dropped client"),
+        }
+    };
+    accept_loop(listener, registry, shutdown, handler).await
+}
+
+/// Accepts connections on `listener`, each handled by its own task running `handler`, until
+/// `shutdown` resolves; then tells every handler to stop (the future it was given resolves),
+/// waits for them, and shuts the registry down.
+pub async fn accept_loop<H, F>(
+    listener: TcpListener,
+    registry: Registry,
+    shutdown: impl Future<Output = ()>,
+    handler: H,
+) -> std::io::Result<()>
+where
+    H: Fn(TcpStream, SocketAddr, Registry, Stopped) -> F,
+    F: Future<Output = ()> + Send + 'static,
+{
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
@@ -101,22 +145,9 @@ pub async fn serve(
                         continue;
                     }
                 };
-                let registry = registry.clone();
-                let mut stop = stop_rx.clone();
-                connections.spawn(async move {
-                    let stopped = async move {
-                        // An error means the server is gone: stop as well.
-                        let _ = stop.wait_for(|stopping| *stopping).await;
-                    };
-                    let result = match stream.set_nodelay(true) {
-                        Ok(()) => serve_stream(stream, peer, &registry, config, stopped).await,
-                        Err(e) => Err(e.into()),
-                    };
-                    match result {
-                        Ok(()) => debug!(%peer, "connection closed"),
-                        Err(e) => warn!(%peer, reason = %e, "dropped client"),
-                    }
-                });
+                registry.count_connection();
+                let stopped = Stopped(stop_rx.clone());
+                connections.spawn(handler(stream, peer, registry.clone(), stopped));
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             () = &mut shutdown => break,
@@ -129,12 +160,24 @@ pub async fn serve(
     Ok(())
 }
 
+/// Resolves when the server stops: what a connection handler of [`accept_loop`] hands on as
+/// the `stop` of [`serve_stream`].
+pub struct Stopped(watch::Receiver<bool>);
+
+impl Stopped {
+    /// Waits until the server stops.
+    pub async fn wait(mut self) {
+        // An error means the server is gone: stop as well.
+        let _ = self.0.wait_for(|stopping| *stopping).await;
+    }
+}
+
 /// Serves one USB/IP client on `stream`, any connected byte stream (TCP, TLS, a Unix
 /// socket), from its operation request to the end of the URB phase of the device it imports.
 /// `peer` names the client in logs. An imported device is released when the client goes away
 /// or `stop` resolves.
 pub async fn serve_stream<S>(
-    mut stream: S,
+    stream: S,
     peer: impl Display,
     registry: &Registry,
     config: ServerConfig,
@@ -143,43 +186,99 @@ pub async fn serve_stream<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    registry.count_connection();
-    let mut buf = BytesMut::with_capacity(64 * 1024);
-    let Some(request) = read_message(&mut stream, &mut buf, OpRequest::decode).await? else {
-        return Ok(());
+    let peer = Peer::at(peer);
+    serve_stream_gated(stream, peer, registry, config, &|_| true, stop).await
+}
+
+/// [`serve_stream`] for a client that sees and imports only the exports `gate` lets
+/// through; a refused import is answered ST_NA and logged with the client and the device.
+/// `peer` is who the client is, as logs and the registry's [`ClaimInfo`](crate::ClaimInfo) show it.
+pub async fn serve_stream_gated<S>(
+    mut stream: S,
+    peer: Peer,
+    registry: &Registry,
+    config: ServerConfig,
+    gate: Gate<'_>,
+    stop: impl Future<Output = ()>,
+) -> Result<(), ConnectionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut buf = BytesMut::with_capacity(OP_READ_CHUNK);
+    let read = read_message_in_chunks(&mut stream, &mut buf, OP_READ_CHUNK, OpRequest::decode);
+    let request = match tokio::time::timeout(config.request_timeout, read).await {
+        Err(_) => return Err(ConnectionError::RequestTimeout(config.request_timeout)),
+        Ok(Ok(Some(request))) => request,
+        Ok(Ok(None)) => return Ok(()),
+        Ok(Err(FrameError::Protocol(e))) => {
+            // A malformed request gets the failure reply of its kind where there is one.
+            let mut out = Vec::new();
+            if encode_op_failure(&buf, OpStatus::Error, &mut out) {
+                info!(%peer, reason = %e, "malformed request answered with an error status");
+                send_and_close(&mut stream, &out).await?;
+            }
+            return Err(FrameError::Protocol(e).into());
+        }
+        Ok(Err(e)) => return Err(e.into()),
     };
     let mut out = Vec::new();
     match request {
         OpRequest::Devlist => {
             debug!(%peer, "device list");
-            let list = registry.present().iter().map(|e| e.listing()).collect();
+            let list = (registry.present().iter())
+                .filter(|e| gate(e))
+                .map(|e| e.listing())
+                .collect();
             OpReply::Devlist(list).encode(&mut out);
-            stream.write_all(&out).await?;
+            send_and_close(&mut stream, &out).await?;
             Ok(())
         }
-        OpRequest::Import { busid } => match registry.claim_by(&busid, &peer.to_string()) {
-            Err(e) => {
-                info!(%peer, %busid, reason = %e, "import refused");
-                let status = match e {
-                    ImportError::NoDevice(_) => OpStatus::NoDevice,
-                    ImportError::Busy(_) => OpStatus::DeviceBusy,
-                    ImportError::Device(..) => OpStatus::DeviceError,
-                };
-                OpReply::Import(Err(status)).encode(&mut out);
-                stream.write_all(&out).await?;
-                Ok(())
+        OpRequest::Import { busid } => {
+            let allowed = registry
+                .exports()
+                .iter()
+                .find(|e| e.busid == busid)
+                .is_none_or(gate);
+            if !allowed {
+                warn!(%peer, %busid, "import refused: the device's allow list does not name this client");
+                OpReply::Import(Err(OpStatus::NotAvailable)).encode(&mut out);
+                send_and_close(&mut stream, &out).await?;
+                return Ok(());
             }
-            Ok(claim) => {
-                info!(%peer, %busid, name = %claim.export().name, "imported");
-                OpReply::Import(Ok(claim.export().record())).encode(&mut out);
-                stream.write_all(&out).await?;
-                let session = DeviceSession::new(claim);
-                let result = run_urb_phase(stream, buf, session, config, stop).await;
-                info!(%peer, %busid, "released");
-                result
+            match registry.claim_by(&busid, peer.clone()) {
+                Err(e) => {
+                    info!(%peer, %busid, reason = %e, "import refused");
+                    let status = match e {
+                        ImportError::NoDevice(_) => OpStatus::NoDevice,
+                        ImportError::Busy(_) => OpStatus::DeviceBusy,
+                        ImportError::Device(..) => OpStatus::DeviceError,
+                    };
+                    OpReply::Import(Err(status)).encode(&mut out);
+                    send_and_close(&mut stream, &out).await?;
+                    Ok(())
+                }
+                Ok(claim) => {
+                    info!(%peer, %busid, name = %claim.export().name, "imported");
+                    let record = claim.export().record();
+                    OpReply::Import(Ok(record.clone())).encode(&mut out);
+                    stream.write_all(&out).await?;
+                    stream.flush().await?;
+                    let session = DeviceSession::new(claim);
+                    let result =
+                        run_urb_phase(stream, buf, session, record.devid(), config, stop).await;
+                    info!(%peer, %busid, "released");
+                    result
+                }
             }
-        },
+        }
     }
+}
+
+/// Writes an operation reply that ends the connection, and ends it in order (a TCP FIN, a
+/// TLS close_notify), so the client reads the reply and then the end of the stream.
+async fn send_and_close<S: AsyncWrite + Unpin>(stream: &mut S, out: &[u8]) -> std::io::Result<()> {
+    stream.write_all(out).await?;
+    stream.shutdown().await
 }
 
 /// A command from the reader task to the session task.
@@ -204,6 +303,7 @@ async fn run_urb_phase<S>(
     stream: S,
     buf: BytesMut,
     session: DeviceSession<u32, Permit>,
+    devid: u32,
     config: ServerConfig,
     stop: impl Future<Output = ()>,
 ) -> Result<(), ConnectionError>
@@ -219,7 +319,7 @@ where
     let (cmd_tx, mut cmd_rx) = mpsc::channel(64);
     let mut reader = tokio::spawn(read_commands(rd, buf, config, cmd_tx));
     let mut phase = UrbPhase {
-        connection: ServerConnection::new(),
+        connection: ServerConnection::new(devid),
         session,
         outbox: Outbox::new(),
         device_gone: false,
@@ -313,7 +413,7 @@ impl UrbPhase {
                 self.session.submit(header.seqnum, urb, permit);
             }
             Command::Unlink(unlink) => {
-                self.connection.handle_unlink(&unlink);
+                self.connection.handle_unlink(&unlink)?;
                 let mut cancelled = false;
                 while let Some(event) = self.connection.poll_event() {
                     match event {

@@ -230,7 +230,8 @@ impl Outbox {
         self.bytes.clear();
         self.payloads.clear();
         self.payload_bytes = 0;
-        Ok(())
+        // A TLS stream may keep records back until flushed; on TCP this does nothing.
+        wr.flush().await
     }
 }
 

@@ -5,7 +5,9 @@
 //!
 //! [`status`] is the sans-IO part (the kernel's status tables, the usbip tool's records);
 //! [`Vhci`] reads and writes the sysfs attributes; [`attach`] and [`keep_attached`] add the
-//! network.
+//! network. Over TLS ([`Transport::Tls`]) periwire keeps the TLS session itself and hands
+//! the kernel one end of a Unix socketpair, relaying between the two: vhci-hcd takes any
+//! connected stream socket, and never sees TLS.
 
 pub mod status;
 
@@ -15,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use periwire_server::client::{self, ClientError};
+use periwire_server::secure::connect::{ConnectError, TlsClient};
 use periwire_wire::usbip::{BusId, DeviceRecord};
 
 pub use periwire_server::client::Remote;
@@ -44,6 +47,18 @@ pub enum VhciError {
     /// Detach of a port with nothing attached.
     #[error("port {0} has no device attached (see `periwire port`)")]
     NotAttached(u32),
+    /// The TLS connection to the server was not made: its key is not trusted, or it does not
+    /// trust ours, or the handshake failed.
+    #[error("importing {busid} from {remote}: {source}")]
+    Secure {
+        /// The server.
+        remote: Remote,
+        /// The device.
+        busid: String,
+        /// Why (boxed: it carries two fingerprints).
+        #[source]
+        source: Box<ConnectError>,
+    },
     /// The server could not be reached or refused the import.
     #[error("importing {busid} from {remote}: {source}")]
     Import {
@@ -236,7 +251,16 @@ pub struct Attachment {
     pub devid: u32,
 }
 
-/// Imports `busid` from `remote` and attaches it to a free vhci port.
+/// How a client reaches the server.
+#[derive(Debug, Clone)]
+pub enum Transport {
+    /// Plain USB/IP: the kernel gets the TCP socket itself.
+    Plain,
+    /// USB/IP inside mutual TLS; periwire relays between the session and the kernel.
+    Tls(TlsClient),
+}
+
+/// Imports `busid` from `remote` over plain USB/IP and attaches it to a free vhci port.
 pub async fn attach(vhci: &Vhci, remote: &Remote, busid: &BusId) -> Result<Attachment, VhciError> {
     vhci.check_loaded()?;
     let import_error = |source| VhciError::Import {
@@ -250,27 +274,117 @@ pub async fn attach(vhci: &Vhci, remote: &Remote, busid: &BusId) -> Result<Attac
     let stream = stream
         .into_std()
         .map_err(|e| import_error(ClientError::Io(e)))?;
-    // The kernel reads and writes the socket itself, blocking; keepalive lets it notice a
-    // server that vanished without closing the connection.
+    // The kernel reads and writes the socket itself, blocking.
     let prepare = || -> std::io::Result<()> {
         stream.set_nonblocking(false)?;
-        let keepalive = socket2::TcpKeepalive::new()
-            .with_time(KEEPALIVE_IDLE)
-            .with_interval(KEEPALIVE_INTERVAL)
-            .with_retries(KEEPALIVE_RETRIES);
-        socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive)
+        set_keepalive(&stream)
     };
     prepare().map_err(|e| import_error(ClientError::Io(e)))?;
-    let record = Record {
+    let port = vhci.attach(&stream, &device, &record_of(remote, busid))?;
+    Ok(Attachment {
+        port,
+        devid: device.devid(),
+    })
+}
+
+/// Keepalive lets a dead server be noticed, by the kernel on a plain connection, by the
+/// relay over TLS, so that the attachment can be renewed.
+fn set_keepalive(socket: &impl std::os::fd::AsFd) -> std::io::Result<()> {
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_RETRIES);
+    socket2::SockRef::from(socket).set_tcp_keepalive(&keepalive)
+}
+
+fn record_of(remote: &Remote, busid: &BusId) -> Record {
+    Record {
         host: remote.host.clone(),
         service: remote.port.to_string(),
         busid: busid.to_string(),
+    }
+}
+
+/// Buffer of each direction of the TLS relay: one read per large bulk transfer's worth.
+const RELAY_BUFFER: usize = 256 * 1024;
+
+/// Imports `busid` from `remote` over TLS and attaches it to a free vhci port through a
+/// socketpair. The returned task relays between the TLS session and the kernel's end until
+/// either closes (a detach, the server gone); it must keep running while the device is used.
+pub async fn attach_tls(
+    vhci: &Vhci,
+    remote: &Remote,
+    busid: &BusId,
+    tls: &TlsClient,
+) -> Result<(Attachment, tokio::task::JoinHandle<()>), VhciError> {
+    vhci.check_loaded()?;
+    let secure_error = |source| VhciError::Secure {
+        remote: remote.clone(),
+        busid: busid.to_string(),
+        source: Box::new(source),
     };
-    let port = vhci.attach(&stream, &device, &record)?;
-    Ok(Attachment {
-        port,
-        devid: (device.busnum << 16) | (device.devnum & 0xffff),
-    })
+    let import_error = |source| VhciError::Import {
+        remote: remote.clone(),
+        busid: busid.to_string(),
+        source,
+    };
+    let mut connected = tls
+        .connect(remote, IMPORT_TIMEOUT)
+        .await
+        .map_err(secure_error)?;
+    set_keepalive(connected.stream.get_ref().0).map_err(|e| import_error(ClientError::Io(e)))?;
+    let device = client::import_on(&mut connected.stream, busid, IMPORT_TIMEOUT)
+        .await
+        .map_err(import_error)?;
+    let io = |what: &str| {
+        let what = what.to_owned();
+        move |source| VhciError::Io { what, source }
+    };
+    let (kernel_end, relay_end) =
+        std::os::unix::net::UnixStream::pair().map_err(io("creating a socketpair"))?;
+    let port = vhci.attach(&kernel_end, &device, &record_of(remote, busid))?;
+    // The kernel holds its own reference to its end.
+    drop(kernel_end);
+    relay_end
+        .set_nonblocking(true)
+        .map_err(io("preparing the relay socket"))?;
+    let mut relay_end =
+        tokio::net::UnixStream::from_std(relay_end).map_err(io("preparing the relay socket"))?;
+    let mut session = connected.stream;
+    let relay = tokio::spawn(async move {
+        let copied = tokio::io::copy_bidirectional_with_sizes(
+            &mut session,
+            &mut relay_end,
+            RELAY_BUFFER,
+            RELAY_BUFFER,
+        )
+        .await;
+        match copied {
+            Ok((up, down)) => tracing::debug!(up, down, "TLS relay ended"),
+            Err(e) => tracing::info!(error = %e, "TLS relay ended"),
+        }
+    });
+    Ok((
+        Attachment {
+            port,
+            devid: device.devid(),
+        },
+        relay,
+    ))
+}
+
+/// Imports and attaches `busid` from `remote` over `transport`; over TLS the relay runs on
+/// by itself until the connection ends.
+pub async fn attach_via(
+    vhci: &Vhci,
+    remote: &Remote,
+    busid: &BusId,
+    transport: &Transport,
+) -> Result<Attachment, VhciError> {
+    match transport {
+        Transport::Plain => attach(vhci, remote, busid).await,
+        Transport::Tls(tls) => Ok(attach_tls(vhci, remote, busid, tls).await?.0),
+    }
 }
 
 /// Idle time before the first keepalive probe.
@@ -303,13 +417,14 @@ pub enum Event<'a> {
     },
 }
 
-/// Keeps `busid` from `remote` attached, starting from `attachment`: whenever its port lets
-/// go of it, imports it again, with a growing pause between failed tries. Runs until
-/// dropped, or fails if the vhci status can no longer be read.
+/// Keeps `busid` from `remote` attached over `transport`, starting from `attachment`:
+/// whenever its port lets go of it, imports it again, with a growing pause between failed
+/// tries. Runs until dropped, or fails if the vhci status can no longer be read.
 pub async fn keep_attached(
     vhci: &Vhci,
     remote: &Remote,
     busid: &BusId,
+    transport: &Transport,
     mut attachment: Attachment,
     mut report: impl FnMut(Event<'_>),
 ) -> Result<(), VhciError> {
@@ -322,7 +437,7 @@ pub async fn keep_attached(
         report(Event::Lost(&attachment));
         let mut pause = RETRY_FIRST;
         attachment = loop {
-            match attach(vhci, remote, busid).await {
+            match attach_via(vhci, remote, busid, transport).await {
                 Ok(a) => break a,
                 Err(error) => {
                     report(Event::RetryFailed {

@@ -1,15 +1,30 @@
 //! `periwire attach`, `detach` and `port`: the client side, through this machine's vhci-hcd.
 
-use periwire_vhci::{Event, Remote, Vhci};
+use periwire_vhci::{Event, Remote, Transport, Vhci};
 use periwire_wire::usbip::BusId;
 
 use crate::AnyError;
 
-/// Imports `busid` from `remote` and attaches it here once; the vhci port it got.
-pub async fn attach_once(remote: &str, busid: &str) -> Result<u32, AnyError> {
+/// Imports `busid` from `remote` over `transport` and attaches it here once; the vhci port
+/// it got. Over TLS the relay runs as a task of this process, so the device stays attached
+/// while the process runs (`periwire ui`).
+pub async fn attach_once(
+    remote: &str,
+    busid: &str,
+    transport: &Transport,
+) -> Result<u32, AnyError> {
     let remote = Remote::parse(remote)?;
     let busid = BusId::new(busid).map_err(|e| format!("bus id {busid:?}: {e}"))?;
-    let attachment = periwire_vhci::attach(&Vhci::system(), &remote, &busid).await?;
+    let vhci = Vhci::system();
+    let attachment = match transport {
+        Transport::Plain => periwire_vhci::attach(&vhci, &remote, &busid).await?,
+        // Dropping the relay's handle leaves the task running.
+        Transport::Tls(tls) => {
+            periwire_vhci::attach_tls(&vhci, &remote, &busid, tls)
+                .await?
+                .0
+        }
+    };
     Ok(attachment.port)
 }
 
@@ -30,16 +45,35 @@ pub fn port_rows() -> Result<Vec<serde_json::Value>, AnyError> {
         .collect())
 }
 
-/// Imports `busid` from `remote` and attaches it here; with `persist`, stays and attaches it
-/// again whenever it is lost, until SIGINT or SIGTERM.
-pub async fn attach(remote: &str, busid: &str, persist: bool) -> Result<(), AnyError> {
+/// Imports `busid` from `remote` over `transport` and attaches it here; with `persist`,
+/// stays and attaches it again whenever it is lost, until SIGINT or SIGTERM. Over TLS
+/// without `persist`, stays until the TLS session ends (a detach, the server gone) or a
+/// signal.
+pub async fn attach(
+    remote: &str,
+    busid: &str,
+    persist: bool,
+    transport: Transport,
+) -> Result<(), AnyError> {
     let remote = Remote::parse(remote)?;
     let busid = BusId::new(busid).map_err(|e| format!("bus id {busid:?}: {e}"))?;
     let vhci = Vhci::system();
     let url = format!("usbip://{remote}/{busid}");
-    let attachment = periwire_vhci::attach(&vhci, &remote, &busid).await?;
+    let (attachment, relay) = match &transport {
+        Transport::Plain => (periwire_vhci::attach(&vhci, &remote, &busid).await?, None),
+        Transport::Tls(tls) => {
+            let (a, relay) = periwire_vhci::attach_tls(&vhci, &remote, &busid, tls).await?;
+            (a, Some(relay))
+        }
+    };
     println!("periwire: attached {url} on port {}", attachment.port);
     if !persist {
+        if let Some(relay) = relay {
+            tokio::select! {
+                _ = relay => println!("periwire: TLS session of {url} ended"),
+                () = crate::serve::shutdown_signal() => {}
+            }
+        }
         return Ok(());
     }
     let report = |event: Event<'_>| match event {
@@ -50,7 +84,7 @@ pub async fn attach(remote: &str, busid: &str, persist: bool) -> Result<(), AnyE
         }
     };
     tokio::select! {
-        result = periwire_vhci::keep_attached(&vhci, &remote, &busid, attachment, report) => result?,
+        result = periwire_vhci::keep_attached(&vhci, &remote, &busid, &transport, attachment, report) => result?,
         () = crate::serve::shutdown_signal() => {}
     }
     Ok(())

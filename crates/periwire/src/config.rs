@@ -2,6 +2,7 @@
 //!
 //! ```toml
 //! listen = "127.0.0.1:3240"          # optional; loopback unless you say otherwise
+//! plain_allow = ["192.0.2.0/24"]      # networks besides loopback that may skip TLS
 //!
 //! [[device]]
 //! kind = "keyboard"                   # keyboard | mouse | storage | serial | host
@@ -14,6 +15,7 @@
 //! [[device]]
 //! kind = "storage"
 //! busid = "1-3"
+//! allow = ["laptop"]                  # trusted clients that may import it (default: all)
 //! image = "disk.img"                  # relative to the data directory
 //! size = "64MiB"                      # created sparse at this size when missing
 //! read_only = false
@@ -34,6 +36,7 @@
 //! transport = "vhci"
 //! link = "host"                       # simulated (the default) | host
 //! host_adapter = "hci0"               # hciN or the host controller's BD_ADDR
+//! accept_psms = [0x1001]              # optional: remotes' connections to these PSMs reach it
 //! ```
 
 use std::net::SocketAddr;
@@ -73,6 +76,9 @@ pub struct Config {
     pub listen: Option<SocketAddr>,
     /// Directory for images and the control socket.
     pub data_dir: Option<PathBuf>,
+    /// Networks besides loopback from which plain (not TLS) USB/IP is accepted.
+    #[serde(default)]
+    pub plain_allow: Vec<PlainNetwork>,
     /// Exported devices.
     #[serde(default, rename = "device")]
     pub devices: Vec<DeviceConfig>,
@@ -106,6 +112,9 @@ pub enum AdapterLink {
     Host {
         /// `hciN` or the controller's BD_ADDR.
         adapter: String,
+        /// PSMs the host listens on for this adapter: a remote's connection to one is offered
+        /// to the adapter's guest.
+        accept_psms: Vec<u16>,
     },
 }
 
@@ -132,6 +141,19 @@ pub enum AdapterTransport {
         /// The vhci device (`/dev/vhci` unless given).
         path: PathBuf,
     },
+}
+
+/// A network of `plain_allow`, written as CIDR (`192.0.2.0/24`) or one address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlainNetwork(pub periwire_server::secure::Network);
+
+impl<'de> Deserialize<'de> for PlainNetwork {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse()
+            .map(PlainNetwork)
+            .map_err(|e: String| serde::de::Error::custom(format!("plain_allow: {e}")))
+    }
 }
 
 /// A BD_ADDR written `XX:XX:XX:XX:XX:XX`.
@@ -162,6 +184,7 @@ struct RawAdapter {
     path: Option<PathBuf>,
     link: Option<String>,
     host_adapter: Option<String>,
+    accept_psms: Option<Vec<u16>>,
 }
 
 impl TryFrom<RawAdapter> for AdapterConfig {
@@ -210,8 +233,22 @@ impl TryFrom<RawAdapter> for AdapterConfig {
             },
         };
         let link = match (raw.link.as_deref().unwrap_or("simulated"), raw.host_adapter) {
+            ("simulated", None) if raw.accept_psms.is_some() => {
+                return Err(format!(
+                    "adapter {name}: `accept_psms` only applies to link \"host\""
+                ))
+            }
             ("simulated", None) => AdapterLink::Simulated,
-            ("host", Some(adapter)) => AdapterLink::Host { adapter },
+            ("host", Some(adapter)) => {
+                let accept_psms = raw.accept_psms.unwrap_or_default();
+                for &psm in &accept_psms {
+                    check_accept_psm(psm).map_err(|e| format!("adapter {name}: {e}"))?;
+                }
+                AdapterLink::Host {
+                    adapter,
+                    accept_psms,
+                }
+            }
             ("host", None) => {
                 return Err(format!(
                     "adapter {name}: link \"host\" needs `host_adapter` (hciN or a BD_ADDR)"
@@ -222,6 +259,7 @@ impl TryFrom<RawAdapter> for AdapterConfig {
                     "adapter {name}: `host_adapter` only applies to link \"host\""
                 ))
             }
+
             (other, _) => {
                 return Err(format!(
                     "adapter {name}: unknown link {other:?} (simulated, host)"
@@ -234,6 +272,20 @@ impl TryFrom<RawAdapter> for AdapterConfig {
             transport,
             link,
         })
+    }
+}
+
+/// Whether remotes' connections to `psm` can be offered to a guest: a valid PSM (odd, the
+/// least significant bit of its upper octet clear; Vol 3, Part A, 4.2) that the host's own
+/// stack does not keep.
+fn check_accept_psm(psm: u16) -> Result<(), String> {
+    match psm {
+        0x0001 => Err("PSM 0x0001 (SDP) belongs to the host's SDP server".to_owned()),
+        0x0003 => Err("PSM 0x0003 (RFCOMM) belongs to the host kernel's RFCOMM".to_owned()),
+        p if p & 0x0001 == 0 || p & 0x0100 != 0 => {
+            Err(format!("{p:#06x} is not a valid PSM (odd, bit 8 clear)"))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -260,6 +312,9 @@ pub struct DeviceConfig {
     pub name: Option<String>,
     /// What the device is.
     pub kind: DeviceKind,
+    /// Names of the trusted clients (`periwire trust list`) that may import it over TLS;
+    /// `None` lets every trusted client.
+    pub allow: Option<Vec<String>>,
 }
 
 /// The kinds of virtual device.
@@ -299,6 +354,7 @@ struct RawDevice {
     size: Option<ByteSize>,
     read_only: Option<bool>,
     tcp: Option<SocketAddr>,
+    allow: Option<Vec<String>>,
 }
 
 impl TryFrom<RawDevice> for DeviceConfig {
@@ -349,10 +405,19 @@ impl TryFrom<RawDevice> for DeviceConfig {
             ))
             }
         };
+        if let Some(bad) =
+            (raw.allow.iter().flatten()).find(|n| !periwire_server::secure::trust::valid_name(n))
+        {
+            return Err(format!(
+                "device {busid}: allow: {bad:?} is not a peer name (one word, as `periwire trust \
+                 list` shows them)"
+            ));
+        }
         Ok(DeviceConfig {
             busid,
             name: raw.name,
             kind,
+            allow: raw.allow,
         })
     }
 }
@@ -438,12 +503,29 @@ impl Config {
             }
         }
         let mut adapters = std::collections::HashSet::new();
+        // A PSM has one listener per host controller.
+        let mut accepted = std::collections::HashMap::new();
         for a in &self.adapters {
             if !adapters.insert(a.name.as_str()) {
                 return Err(ConfigError::Invalid(format!(
                     "adapter name {} is used twice",
                     a.name
                 )));
+            }
+            if let AdapterLink::Host {
+                adapter,
+                accept_psms,
+            } = &a.link
+            {
+                for psm in accept_psms {
+                    if let Some(other) = accepted.insert((adapter.as_str(), *psm), &a.name) {
+                        return Err(ConfigError::Invalid(format!(
+                            "adapters {other} and {} both accept PSM {psm:#06x} on {adapter}: \
+                             the host can offer a remote's connection to one of them only",
+                            a.name
+                        )));
+                    }
+                }
             }
         }
         let mut names = std::collections::HashSet::new();
@@ -473,6 +555,41 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_allow_and_allow_lists() {
+        let c: Config = toml::from_str(
+            r#"
+            plain_allow = ["192.0.2.0/24", "2001:db8::/32", "198.51.100.7"]
+            [[device]]
+            kind = "keyboard"
+            busid = "1-1"
+            allow = ["laptop", "tablet"]
+            [[device]]
+            kind = "mouse"
+            busid = "1-2"
+            "#,
+        )
+        .unwrap();
+        let nets: Vec<String> = c.plain_allow.iter().map(|n| n.0.to_string()).collect();
+        assert_eq!(nets, ["192.0.2.0/24", "2001:db8::/32", "198.51.100.7/32"]);
+        assert_eq!(
+            c.devices[0].allow.as_deref(),
+            Some(&["laptop".to_owned(), "tablet".to_owned()][..])
+        );
+        assert_eq!(c.devices[1].allow, None);
+        for (bad, says) in [
+            ("plain_allow = [\"192.0.2.1/24\"]", "beyond the prefix"),
+            ("plain_allow = [\"lan\"]", "not a network"),
+            (
+                "[[device]]\nkind = \"mouse\"\nbusid = \"1-1\"\nallow = [\"two words\"]",
+                "not a peer name",
+            ),
+        ] {
+            let e = toml::from_str::<Config>(bad).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn parses_every_kind() {
@@ -578,12 +695,48 @@ mod tests {
         assert_eq!(
             host.adapters[0].link,
             AdapterLink::Host {
-                adapter: "hci0".to_owned()
+                adapter: "hci0".to_owned(),
+                accept_psms: Vec::new(),
             }
         );
+        let accepting: Config = toml::from_str(
+            "[[adapter]]\nname = \"h\"\ntransport = \"vhci\"\nlink = \"host\"\nhost_adapter = \"hci0\"\naccept_psms = [0x1001, 0x0019]",
+        )
+        .unwrap();
+        assert!(matches!(
+            &accepting.adapters[0].link,
+            AdapterLink::Host { accept_psms, .. } if accept_psms == &[0x1001, 0x0019]
+        ));
+        let twice: Config = toml::from_str(
+            "[[adapter]]\nname = \"a\"\ntransport = \"vhci\"\nlink = \"host\"\nhost_adapter = \"hci0\"\naccept_psms = [0x1001]\n\
+             [[adapter]]\nname = \"b\"\ntransport = \"vhci\"\nlink = \"host\"\nhost_adapter = \"hci0\"\naccept_psms = [0x1001]",
+        )
+        .unwrap();
+        assert!(twice
+            .check()
+            .unwrap_err()
+            .to_string()
+            .contains("both accept PSM 0x1001"));
         for (text, error) in [
             ("link = \"host\"", "needs `host_adapter`"),
             ("host_adapter = \"hci0\"", "only applies to link"),
+            ("accept_psms = [0x1001]", "only applies to link"),
+            (
+                "link = \"host\"\nhost_adapter = \"hci0\"\naccept_psms = [3]",
+                "kernel's RFCOMM",
+            ),
+            (
+                "link = \"host\"\nhost_adapter = \"hci0\"\naccept_psms = [1]",
+                "SDP",
+            ),
+            (
+                "link = \"host\"\nhost_adapter = \"hci0\"\naccept_psms = [0x1002]",
+                "not a valid PSM",
+            ),
+            (
+                "link = \"host\"\nhost_adapter = \"hci0\"\naccept_psms = [0x1101]",
+                "not a valid PSM",
+            ),
             ("link = \"radio\"", "unknown link"),
         ] {
             let e = toml::from_str::<Config>(&format!(

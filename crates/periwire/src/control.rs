@@ -208,6 +208,9 @@ pub struct ChannelStatus {
     pub psm: u16,
     /// Whether it carries data yet.
     pub open: bool,
+    /// Whether the remote opened it (to a PSM the adapter accepts).
+    #[serde(default)]
+    pub incoming: bool,
     /// Payload bytes from the guest to the remote.
     pub bytes_to_remote: u64,
     /// Payload bytes from the remote to the guest.
@@ -386,6 +389,7 @@ impl ControlState {
                                     remote: c.remote.to_string(),
                                     psm: c.psm,
                                     open: c.open,
+                                    incoming: c.incoming,
                                     bytes_to_remote: c.bytes_to_remote,
                                     bytes_to_guest: c.bytes_to_guest,
                                 })

@@ -89,7 +89,8 @@ impl DeviceState {
 pub struct ClientStatus {
     /// Its address as the server saw it.
     pub address: String,
-    /// The name of its identity, once clients authenticate (secure sharing); null until then.
+    /// The name its TLS key is trusted under (`periwire trust`); null for a plain USB/IP
+    /// client.
     pub identity: Option<String>,
     /// When it attached, in seconds since the Unix epoch.
     pub since: u64,
@@ -212,8 +213,8 @@ fn shared_by(binding: &Binding) -> SharedBy {
 /// The client holding `busid` in `registry`, if any.
 pub fn client_of(registry: &Registry, busid: &BusId) -> Option<ClientStatus> {
     registry.claim_info(busid).map(|c| ClientStatus {
-        address: c.client,
-        identity: None,
+        address: c.client.address,
+        identity: c.client.identity,
         since: c
             .since
             .duration_since(UNIX_EPOCH)

@@ -3,14 +3,17 @@
 //! own thread and sockets).
 //!
 //! Only a server listening beyond loopback is announced: nobody else could reach one on
-//! loopback. The TXT record carries `version`; once secure sharing lands it carries the
-//! server's certificate fingerprint too, so a client can pin what it found.
+//! loopback. The TXT record carries `version` and `fingerprint`, the server's TLS key as
+//! `periwire id` prints it, so a user can check what `--trust-new` would pin. Beyond
+//! loopback a server lists its devices over TLS only (or to its `plain_allow` networks), so
+//! `list --discover --tls` asks each server found over mutual TLS.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use mdns_sd::{ServiceDaemon, ServiceEvent, ServiceInfo};
+use periwire_server::secure::connect::TlsClient;
 use serde::{Deserialize, Serialize};
 
 use crate::listing::RemoteDevice;
@@ -44,12 +47,16 @@ fn host_name() -> String {
         .unwrap_or_else(|| "periwire".to_owned())
 }
 
-/// Announces the server listening at `listen` (unspecified: on every interface's address).
-pub fn announce(listen: SocketAddr) -> Result<Announcement, AnyError> {
+/// Announces the server listening at `listen` (unspecified: on every interface's address)
+/// whose TLS key has `fingerprint`.
+pub fn announce(listen: SocketAddr, fingerprint: &str) -> Result<Announcement, AnyError> {
     let daemon = ServiceDaemon::new().map_err(|e| format!("mDNS: {e}"))?;
     let host = host_name();
     let instance = format!("periwire on {host} port {}", listen.port());
-    let properties = [("version", env!("CARGO_PKG_VERSION"))];
+    let properties = [
+        ("version", env!("CARGO_PKG_VERSION")),
+        ("fingerprint", fingerprint),
+    ];
     let host_fqdn = format!("{host}.local.");
     let info = if listen.ip().is_unspecified() {
         ServiceInfo::new(
@@ -98,8 +105,12 @@ pub struct FoundServer {
     pub error: Option<String>,
 }
 
-/// Browses for `wait` and lists the devices of every server found.
-pub async fn discover(wait: Duration) -> Result<Vec<FoundServer>, AnyError> {
+/// Browses for `wait` and lists the devices of every server found (over mutual TLS with
+/// `tls`).
+pub async fn discover(
+    wait: Duration,
+    tls: Option<&TlsClient>,
+) -> Result<Vec<FoundServer>, AnyError> {
     let daemon = ServiceDaemon::new().map_err(|e| format!("mDNS: {e}"))?;
     let events = daemon
         .browse(SERVICE_TYPE)
@@ -148,7 +159,7 @@ pub async fn discover(wait: Duration) -> Result<Vec<FoundServer>, AnyError> {
             continue;
         };
         let address = SocketAddr::new(*ip, port).to_string();
-        let (devices, error) = match crate::listing::remote_devices(&address).await {
+        let (devices, error) = match crate::listing::remote_devices(&address, tls).await {
             Ok((_, d)) => (d, None),
             Err(e) => (Vec::new(), Some(e.to_string())),
         };

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use periwire_server::secure::connect::TlsClient;
 use periwire_server::usbip_map;
 use serde::{Deserialize, Serialize};
 
@@ -256,10 +257,22 @@ pub fn print_status(devices: &[DeviceStatus], json: bool) -> Result<(), AnyError
     Ok(())
 }
 
-/// The device list of the server at `remote`, with names from the database.
-pub async fn remote_devices(remote: &str) -> Result<(String, Vec<RemoteDevice>), AnyError> {
-    let addr = periwire_server::client::Remote::parse(remote)?.to_string();
-    let devices = periwire_server::client::list_devices(&addr, Duration::from_secs(10)).await?;
+/// The device list of the server at `remote` (over mutual TLS with `tls`), with names from
+/// the database.
+pub async fn remote_devices(
+    remote: &str,
+    tls: Option<&TlsClient>,
+) -> Result<(String, Vec<RemoteDevice>), AnyError> {
+    let remote = periwire_server::client::Remote::parse(remote)?;
+    let addr = remote.to_string();
+    let timeout = Duration::from_secs(10);
+    let devices = match tls {
+        None => periwire_server::client::list_devices(&addr, timeout).await?,
+        Some(tls) => {
+            let mut connected = tls.connect(&remote, timeout).await?;
+            periwire_server::client::list_devices_on(&mut connected.stream, timeout).await?
+        }
+    };
     let rows = devices
         .iter()
         .map(|d| {
@@ -287,8 +300,12 @@ pub async fn remote_devices(remote: &str) -> Result<(String, Vec<RemoteDevice>),
 }
 
 /// `periwire list --remote`.
-pub async fn list_remote(remote: &str, json: bool) -> Result<(), AnyError> {
-    let (addr, devices) = remote_devices(remote).await?;
+pub async fn list_remote(
+    remote: &str,
+    json: bool,
+    tls: Option<&TlsClient>,
+) -> Result<(), AnyError> {
+    let (addr, devices) = remote_devices(remote, tls).await?;
     if json {
         return print_json(&devices);
     }
@@ -300,9 +317,14 @@ pub async fn list_remote(remote: &str, json: bool) -> Result<(), AnyError> {
     Ok(())
 }
 
-/// `periwire list --discover`.
-pub async fn list_discovered(wait: Duration, json: bool) -> Result<(), AnyError> {
-    let servers = crate::discovery::discover(wait).await?;
+/// `periwire list --discover`: the devices of each server found asked over mutual TLS with
+/// `tls`.
+pub async fn list_discovered(
+    wait: Duration,
+    json: bool,
+    tls: Option<TlsClient>,
+) -> Result<(), AnyError> {
+    let servers = crate::discovery::discover(wait, tls.as_ref()).await?;
     if json {
         return print_json(&servers);
     }

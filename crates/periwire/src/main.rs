@@ -7,6 +7,7 @@ mod devices;
 mod discovery;
 mod listing;
 mod names;
+mod secure;
 mod serve;
 mod state;
 mod table;
@@ -58,6 +59,12 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Ask over mutual TLS, the server's key checked against the pins.
+        #[arg(long, conflicts_with = "local")]
+        tls: bool,
+        /// With --tls: pin a server seen for the first time (printing its fingerprint).
+        #[arg(long, requires = "tls")]
+        trust_new: bool,
     },
     /// Share a USB device of this machine: now if a server runs, and from its next start.
     #[command(group = clap::ArgGroup::new("what").required(true).args(["busid", "hardware_id"]))]
@@ -100,6 +107,25 @@ enum Command {
         /// break), until interrupted.
         #[arg(long)]
         persist: bool,
+        /// Import over mutual TLS. periwire keeps the TLS session and relays it to vhci-hcd,
+        /// so it stays running while the device is attached.
+        #[arg(long)]
+        tls: bool,
+        /// With --tls: pin a server seen for the first time (printing its fingerprint).
+        #[arg(long, requires = "tls")]
+        trust_new: bool,
+    },
+    /// Print this periwire's name and key fingerprint (made on first use), for peers to
+    /// `periwire trust add`.
+    Id {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage the peers this periwire trusts over TLS.
+    Trust {
+        #[command(subcommand)]
+        action: secure::TrustAction,
     },
     /// Detach a device attached to this machine.
     Detach {
@@ -133,9 +159,16 @@ enum Command {
         /// The server, HOST or HOST:PORT.
         #[arg(long, short)]
         remote: String,
-        /// Where the page listens.
+        /// Where the page listens. Beyond loopback it asks for the token in the data
+        /// directory (`web-token`).
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:3280")]
         web: std::net::SocketAddr,
+        /// List and import over mutual TLS, the server's key checked against the pins.
+        #[arg(long)]
+        tls: bool,
+        /// With --tls: pin a server seen for the first time (printing its fingerprint).
+        #[arg(long, requires = "tls")]
+        trust_new: bool,
     },
     /// Show the devices of a running server, who uses each, and what they moved.
     Status {
@@ -183,8 +216,13 @@ fn print_adapters(adapters: &[control::AdapterStatus], json: bool) -> Result<(),
         }
         for c in &a.channels {
             let state = if c.open { "open" } else { "opening" };
+            let (way, direction) = if c.incoming {
+                ("from", ", incoming")
+            } else {
+                ("to", "")
+            };
             println!(
-                "    channel psm {:#06x} to {}  {}  {} B sent, {} B received",
+                "    channel psm {:#06x} {way} {}  {}{direction}  {} B sent, {} B received",
                 c.psm, c.remote, state, c.bytes_to_remote, c.bytes_to_guest
             );
         }
@@ -263,12 +301,23 @@ async fn run(command: Command, data_dir: Option<PathBuf>) -> Result<(), AnyError
             local: true, json, ..
         } => listing::list_local(data_dir, json).await,
         Command::List {
-            discover: true,
+            remote,
+            discover,
             wait,
             json,
+            tls,
+            trust_new,
             ..
-        } => listing::list_discovered(Duration::from_secs(wait), json).await,
-        Command::List { remote, json, .. } => listing::list_remote(&remote, json).await,
+        } => {
+            let tls = match tls {
+                true => Some(secure::tls_client(serve::data_dir(data_dir)?, trust_new)?),
+                false => None,
+            };
+            match discover {
+                true => listing::list_discovered(Duration::from_secs(wait), json, tls).await,
+                false => listing::list_remote(&remote, json, tls.as_ref()).await,
+            }
+        }
         Command::Bind {
             busid,
             hardware_id,
@@ -299,15 +348,29 @@ async fn run(command: Command, data_dir: Option<PathBuf>) -> Result<(), AnyError
             remote,
             busid,
             persist,
-        } => attach::attach(&remote, &busid, persist).await,
+            tls,
+            trust_new,
+        } => {
+            let transport = transport(tls, trust_new, data_dir)?;
+            attach::attach(&remote, &busid, persist, transport).await
+        }
+        Command::Id { json } => secure::id(&serve::data_dir(data_dir)?, json),
+        Command::Trust { action } => secure::trust(&serve::data_dir(data_dir)?, action),
         Command::Detach { port } => attach::detach(port),
-        Command::Ui { remote, web } => {
-            let listener = tokio::net::TcpListener::bind(web)
-                .await
-                .map_err(|e| format!("web page on {web}: {e}"))?;
-            println!("periwire: web page on http://{}/", listener.local_addr()?);
+        Command::Ui {
+            remote,
+            web,
+            tls,
+            trust_new,
+        } => {
+            let data_dir = serve::data_dir(data_dir)?;
+            let transport = transport(tls, trust_new, Some(data_dir.clone()))?;
+            let Some((listener, token)) = serve::bind_web(web, &data_dir, false).await? else {
+                return Ok(());
+            };
+            let mode = web::Mode::Client { remote, transport };
             tokio::select! {
-                r = web::serve(listener, web::Mode::Client { remote }) => r?,
+                r = web::serve(listener, mode, token) => r?,
                 () = serve::shutdown_signal() => {}
             }
             Ok(())
@@ -378,6 +441,22 @@ async fn control(
         ControlResponse::Error { message } => Err(message.into()),
         other => Ok(other),
     }
+}
+
+/// How `attach` and `ui` reach a server: plain USB/IP, or (`tls`) mutual TLS with this
+/// periwire's identity and pins.
+fn transport(
+    tls: bool,
+    trust_new: bool,
+    data_dir: Option<PathBuf>,
+) -> Result<periwire_vhci::Transport, AnyError> {
+    Ok(match tls {
+        true => periwire_vhci::Transport::Tls(secure::tls_client(
+            serve::data_dir(data_dir)?,
+            trust_new,
+        )?),
+        false => periwire_vhci::Transport::Plain,
+    })
 }
 
 /// Interfaces as `class/subclass/protocol` in hex, as `usbip list` prints them.

@@ -8,6 +8,7 @@ use periwire_bt::host::{HostAdapter, HostMedium};
 use periwire_bt::usb_dongle::UsbDongle;
 use periwire_bt::{AdapterPlan, ControllerConfig, H4Server, Medium, SharedRadio};
 use periwire_host::HostDevice;
+use periwire_server::front_door::FrontDoor;
 use periwire_server::{Export, Registry, ServerConfig};
 use periwire_usb::cdc_acm::CdcAcm;
 use periwire_usb::hid::{Keyboard, Mouse};
@@ -22,6 +23,7 @@ use crate::config::{
 use crate::control::{ControlState, NamedInput};
 use crate::devices::{busnum_of, Declared, DeviceManager, ExportKind};
 use crate::state::StateFile;
+use crate::web::WebToken;
 use crate::AnyError;
 
 /// File name of the control socket inside the data directory.
@@ -47,8 +49,8 @@ pub struct ServeArgs {
     /// Configuration file (TOML) declaring the devices.
     #[arg(long, short)]
     config: Option<PathBuf>,
-    /// Where the web page and its API listen, or `off`. Loopback by default; anything else
-    /// lets whoever reaches that address bind and unbind devices.
+    /// Where the web page and its API listen, or `off`. Loopback by default; beyond it the
+    /// page asks for the token in the data directory (`web-token`).
     #[arg(long, value_name = "ADDR|off", default_value = "127.0.0.1:3280")]
     web: WebListen,
     /// Do not announce the server on the local network (DNS-SD `_usbip._tcp`). Only a server
@@ -77,18 +79,32 @@ impl std::str::FromStr for WebListen {
     }
 }
 
-/// Binds the web listener at `addr`. A busy default port is not worth failing the server
-/// for (another periwire may have it); a port asked for is.
-pub async fn bind_web(addr: SocketAddr) -> Result<Option<TcpListener>, AnyError> {
+/// Binds the web listener at `addr`, with the token it asks for beyond loopback (kept in
+/// `data_dir`). With `busy_default_ok`, a busy default port is not worth failing for
+/// (another periwire may have it: the server then runs without its page); a port asked for
+/// always is.
+pub async fn bind_web(
+    addr: SocketAddr,
+    data_dir: &Path,
+    busy_default_ok: bool,
+) -> Result<Option<(TcpListener, Option<WebToken>)>, AnyError> {
     match TcpListener::bind(addr).await {
         Ok(l) => {
-            if !addr.ip().is_loopback() {
-                tracing::warn!(%addr, "web page beyond loopback: whoever reaches it can bind and unbind devices");
-            }
+            let token = crate::web::token_for(addr, data_dir)?;
             println!("periwire: web page on http://{}/", l.local_addr()?);
-            Ok(Some(l))
+            if let Some(t) = &token {
+                println!(
+                    "periwire: the web page listens beyond loopback: open it as /?token=TOKEN with the token in {}",
+                    t.path.display()
+                );
+            }
+            Ok(Some((l, token)))
         }
-        Err(e) if addr == crate::web::DEFAULT_WEB && e.kind() == std::io::ErrorKind::AddrInUse => {
+        Err(e)
+            if busy_default_ok
+                && addr == crate::web::DEFAULT_WEB
+                && e.kind() == std::io::ErrorKind::AddrInUse =>
+        {
             println!("periwire: web page off: {addr} is in use (pass --web ADDR)");
             Ok(None)
         }
@@ -116,6 +132,7 @@ fn demo_devices() -> Result<Vec<DeviceConfig>, AnyError> {
         busid: busid.into(),
         name: Some(name.into()),
         kind,
+        allow: None,
     };
     Ok(vec![
         device("1-1", "keyboard", DeviceKind::Keyboard),
@@ -278,7 +295,10 @@ pub async fn run(args: ServeArgs, data_dir_arg: Option<PathBuf>) -> Result<(), A
                 Some(radio) => Medium::Simulated(radio.clone()),
                 None => continue,
             },
-            AdapterLink::Host { adapter } => {
+            AdapterLink::Host {
+                adapter,
+                accept_psms,
+            } => {
                 let host = HostAdapter::resolve(adapter)
                     .map_err(|e| format!("adapter {}: host adapter {adapter}: {e}", a.name))?;
                 let medium = match host_media.iter().find(|(_, m)| m.host() == host) {
@@ -293,7 +313,7 @@ pub async fn run(args: ServeArgs, data_dir_arg: Option<PathBuf>) -> Result<(), A
                     "periwire: adapter {} links through host adapter hci{} ({})",
                     a.name, host.index, host.address
                 );
-                Medium::Host(medium)
+                Medium::Host(medium.accepting(accept_psms))
             }
         };
         let address = a.address.map_or_else(|| address_for(&a.name), |a| a.0);
@@ -370,12 +390,12 @@ pub async fn run(args: ServeArgs, data_dir_arg: Option<PathBuf>) -> Result<(), A
         .map_err(|e| format!("control socket {}: {e}", socket.display()))?;
     let control = Arc::new(control);
     let web_task = match args.web.0 {
-        Some(addr) => bind_web(addr).await?.map(|listener| {
-            tokio::spawn(crate::web::serve(
-                listener,
-                crate::web::Mode::Server(Arc::clone(&control)),
-            ))
-        }),
+        Some(addr) => bind_web(addr, &data_dir, true)
+            .await?
+            .map(|(listener, token)| {
+                let mode = crate::web::Mode::Server(Arc::clone(&control));
+                tokio::spawn(crate::web::serve(listener, mode, token))
+            }),
         None => None,
     };
     let control_task = tokio::spawn(crate::control::serve(control_listener, control));
@@ -387,13 +407,28 @@ pub async fn run(args: ServeArgs, data_dir_arg: Option<PathBuf>) -> Result<(), A
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|e| format!("listening on {listen}: {e}"))?;
-    if !listen.ip().is_loopback() {
-        tracing::warn!(%listen, "listening beyond loopback: anyone who reaches this address can use the devices");
+    let identity = crate::secure::identity(&data_dir)?;
+    let door = FrontDoor {
+        identity,
+        data_dir: data_dir.clone(),
+        plain_allow: config.plain_allow.iter().map(|n| n.0).collect(),
+        allow: (config.devices.iter())
+            .filter_map(|d| Some((BusId::new(&d.busid).ok()?, d.allow.clone()?)))
+            .collect(),
+    };
+    if !listen.ip().is_loopback() && !door.plain_allow.is_empty() {
+        let networks: Vec<String> = door.plain_allow.iter().map(|n| n.to_string()).collect();
+        tracing::warn!(%listen, networks = %networks.join(", "), "plain USB/IP, without authentication or encryption, is accepted from these networks");
     }
+    println!(
+        "periwire: identity {} {} (TLS clients pin this)",
+        door.identity.name, door.identity.fingerprint
+    );
     let announcement = if listen.ip().is_loopback() || args.no_announce {
         None
     } else {
-        match crate::discovery::announce(listener.local_addr()?) {
+        let fingerprint = door.identity.fingerprint.to_string();
+        match crate::discovery::announce(listener.local_addr()?, &fingerprint) {
             Ok(a) => Some(a),
             Err(e) => {
                 tracing::warn!(error = %e, "not announced on the local network");
@@ -408,8 +443,9 @@ pub async fn run(args: ServeArgs, data_dir_arg: Option<PathBuf>) -> Result<(), A
         listener.local_addr()?,
         data_dir.display()
     );
-    periwire_server::serve(
+    periwire_server::front_door::serve_front_door(
         listener,
+        Arc::new(door),
         registry,
         ServerConfig::default(),
         shutdown_signal(),

@@ -14,7 +14,13 @@
 //!
 //! A POST must be `application/json`, which a page of another origin cannot send without the
 //! CORS preflight this server never grants; and on loopback, the `Host` header must name
-//! loopback, so that a DNS-rebound name cannot reach the API either.
+//! loopback, so that a DNS-rebound name cannot reach the API either. A page listening beyond
+//! loopback asks every request for its token ([`WebToken`]): `Authorization: Bearer TOKEN`,
+//! or the cookie that opening `/?token=TOKEN` sets (`HttpOnly`, `SameSite=Strict`).
+
+mod token;
+
+pub use token::WebToken;
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -37,6 +43,7 @@ use crate::control::{
 };
 use crate::devices::{DeviceStatus, LocalDevice};
 use crate::listing::RemoteDevice;
+use periwire_vhci::Transport;
 
 /// The page.
 const INDEX_HTML: &str = include_str!("web/index.html");
@@ -61,6 +68,8 @@ pub enum Mode {
     Client {
         /// The server, HOST or HOST:PORT.
         remote: String,
+        /// How its devices are listed and imported.
+        transport: Transport,
     },
 }
 
@@ -69,6 +78,20 @@ struct App {
     mode: Mode,
     /// The listener's address: a loopback listener accepts only loopback `Host` names.
     listen: SocketAddr,
+    /// What every request must present, for a listener beyond loopback.
+    token: Option<WebToken>,
+}
+
+/// The token a page listening at `listen` asks for: none on loopback, else the one in
+/// `data_dir` (made on first use).
+pub fn token_for(
+    listen: SocketAddr,
+    data_dir: &std::path::Path,
+) -> Result<Option<WebToken>, token::TokenError> {
+    if listen.ip().is_loopback() {
+        return Ok(None);
+    }
+    WebToken::load_or_create(data_dir).map(Some)
 }
 
 /// What `GET /api/state` answers and each event carries.
@@ -114,10 +137,19 @@ fn bad_request(message: impl Into<String>) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, message.into())
 }
 
-/// Serves the page on `listener` until the task is dropped.
-pub async fn serve(listener: tokio::net::TcpListener, mode: Mode) -> std::io::Result<()> {
+/// Serves the page on `listener` until the task is dropped; with `token`, only to requests
+/// that present it.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    mode: Mode,
+    token: Option<WebToken>,
+) -> std::io::Result<()> {
     let listen = listener.local_addr()?;
-    let app = App { mode, listen };
+    let app = App {
+        mode,
+        listen,
+        token,
+    };
     let router = Router::new()
         .route("/", get(index))
         .route("/api/state", get(state))
@@ -134,18 +166,89 @@ pub async fn serve(listener: tokio::net::TcpListener, mode: Mode) -> std::io::Re
         .route("/metrics", get(metrics))
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
-            check_host,
+            check_access,
         ))
         .with_state(app);
     axum::serve(listener, router).await
 }
 
-/// Refuses a request to a loopback listener whose `Host` is not a loopback name.
-async fn check_host(
+/// How a request showed the token.
+#[derive(Debug, PartialEq, Eq)]
+enum Presented {
+    /// `Authorization: Bearer` or the page's cookie.
+    Kept,
+    /// `?token=` in the URL: the page is given the cookie.
+    InUrl,
+}
+
+/// Name of the page's cookie: per port, as cookies are shared by every port of a host.
+fn cookie_name(listen: SocketAddr) -> String {
+    format!("periwire_token_{}", listen.port())
+}
+
+/// How `request` presented `token`, if it did.
+fn presented(
+    request: &axum::extract::Request,
+    token: &WebToken,
+    cookie: &str,
+) -> Option<Presented> {
+    let headers = request.headers();
+    let bearer = (headers.get_all(header::AUTHORIZATION).iter())
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| v.strip_prefix("Bearer "));
+    let cookies = (headers.get_all(header::COOKIE).iter())
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .filter(|(name, _)| *name == cookie)
+        .map(|(_, value)| value);
+    if bearer.chain(cookies).any(|t| token.matches(t.trim())) {
+        return Some(Presented::Kept);
+    }
+    let query = request.uri().query().unwrap_or("");
+    (query.split('&'))
+        .filter_map(|p| p.strip_prefix("token="))
+        .any(|t| token.matches(t))
+        .then_some(Presented::InUrl)
+}
+
+/// Refuses a request to a loopback listener whose `Host` is not a loopback name, and one to
+/// a listener beyond loopback that does not present the token.
+async fn check_access(
     State(app): State<App>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    if let Some(token) = &app.token {
+        let cookie = cookie_name(app.listen);
+        match presented(&request, token, &cookie) {
+            Some(Presented::Kept) => {}
+            Some(Presented::InUrl) if request.uri().path() == "/" => {
+                // The page keeps the token as a cookie, and the URL bar loses it.
+                let set = format!(
+                    "{cookie}={}; HttpOnly; SameSite=Strict; Path=/",
+                    token.secret()
+                );
+                return (
+                    StatusCode::SEE_OTHER,
+                    [
+                        (header::SET_COOKIE, set),
+                        (header::LOCATION, "/".to_owned()),
+                    ],
+                )
+                    .into_response();
+            }
+            Some(Presented::InUrl) => {}
+            None => {
+                let message = format!(
+                    "this page listens beyond loopback and needs its token (in {} of the \
+                     machine it runs on): open /?token=TOKEN, or send Authorization: Bearer TOKEN",
+                    token.path.display()
+                );
+                return ApiError(StatusCode::UNAUTHORIZED, message).into_response();
+            }
+        }
+    }
     if app.listen.ip().is_loopback() {
         let host = request
             .headers()
@@ -178,9 +281,9 @@ fn server(app: &App) -> Result<&Arc<ControlState>, ApiError> {
     }
 }
 
-fn client(app: &App) -> Result<&str, ApiError> {
+fn client(app: &App) -> Result<(&str, &Transport), ApiError> {
     match &app.mode {
-        Mode::Client { remote } => Ok(remote),
+        Mode::Client { remote, transport } => Ok((remote, transport)),
         Mode::Server(_) => Err(ApiError(
             StatusCode::NOT_FOUND,
             "this page is a server's: run `periwire ui --remote HOST` for the client's view".into(),
@@ -195,8 +298,12 @@ async fn adapter_list(control: &ControlState) -> Vec<AdapterStatus> {
     }
 }
 
-async fn remote_view(remote: &str) -> RemoteView {
-    let listed = tokio::time::timeout(REMOTE_TIMEOUT, crate::listing::remote_devices(remote));
+async fn remote_view(remote: &str, transport: &Transport) -> RemoteView {
+    let tls = match transport {
+        Transport::Plain => None,
+        Transport::Tls(tls) => Some(tls),
+    };
+    let listed = tokio::time::timeout(REMOTE_TIMEOUT, crate::listing::remote_devices(remote, tls));
     match listed.await {
         Ok(Ok((address, devices))) => RemoteView {
             address,
@@ -227,13 +334,13 @@ async fn page_state(app: &App) -> PageState {
             remote: None,
             ports: Vec::new(),
         },
-        Mode::Client { remote } => PageState {
+        Mode::Client { remote, transport } => PageState {
             mode: "client".into(),
             devices: Vec::new(),
             local: Vec::new(),
             adapters: Vec::new(),
             connections: 0,
-            remote: Some(remote_view(remote).await),
+            remote: Some(remote_view(remote, transport).await),
             ports: crate::attach::port_rows().unwrap_or_default(),
         },
     }
@@ -256,7 +363,8 @@ async fn adapters(State(app): State<App>) -> Result<Json<Vec<AdapterStatus>>, Ap
 }
 
 async fn remote(State(app): State<App>) -> Result<Json<RemoteView>, ApiError> {
-    Ok(Json(remote_view(client(&app)?).await))
+    let (remote, transport) = client(&app)?;
+    Ok(Json(remote_view(remote, transport).await))
 }
 
 async fn ports(State(app): State<App>) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
@@ -382,9 +490,9 @@ async fn attach(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let remote = client(&app)?;
+    let (remote, transport) = client(&app)?;
     let request: AttachRequest = json_body(&headers, &body)?;
-    let port = crate::attach::attach_once(remote, &request.busid)
+    let port = crate::attach::attach_once(remote, &request.busid, transport)
         .await
         .map_err(|e| bad_request(e.to_string()))?;
     Ok(Json(
@@ -519,5 +627,65 @@ mod tests {
     #[test]
     fn labels_are_escaped() {
         assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+    /// One HTTP/1.1 request to `addr`; the whole answer (the server closes after it).
+    async fn get(addr: SocketAddr, target: &str, extra: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request =
+            format!("GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra}Connection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        answer
+    }
+
+    #[tokio::test]
+    async fn a_page_with_a_token_serves_only_who_presents_it() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mode = Mode::Client {
+            remote: "127.0.0.1:1".into(),
+            transport: Transport::Plain,
+        };
+        let secret = "ab".repeat(32);
+        let token = WebToken::with_secret(&secret);
+        tokio::spawn(serve(listener, mode, Some(token)));
+        let cookie = cookie_name(addr);
+
+        let refused = get(addr, "/", "").await;
+        assert!(refused.starts_with("HTTP/1.1 401"), "{refused}");
+        assert!(refused.contains("needs its token"), "{refused}");
+        let wrong = get(
+            addr,
+            "/",
+            &format!("Authorization: Bearer {}\r\n", "cd".repeat(32)),
+        )
+        .await;
+        assert!(wrong.starts_with("HTTP/1.1 401"), "{wrong}");
+        let wrong = get(addr, &format!("/?token={}", &secret[2..]), "").await;
+        assert!(wrong.starts_with("HTTP/1.1 401"), "{wrong}");
+
+        let opened = get(addr, &format!("/?token={secret}"), "").await;
+        assert!(opened.starts_with("HTTP/1.1 303"), "{opened}");
+        let set = format!("set-cookie: {cookie}={secret}; HttpOnly; SameSite=Strict; Path=/");
+        assert!(
+            opened.to_lowercase().contains(&set.to_lowercase()),
+            "{opened}"
+        );
+
+        let page = get(
+            addr,
+            "/",
+            &format!("Cookie: other=1; {cookie}={secret}\r\n"),
+        )
+        .await;
+        assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+        assert!(page.contains("<html"), "{page}");
+        let bearer = format!("Authorization: Bearer {secret}\r\n");
+        // Past the token, client mode answers the server-only API with its own 404.
+        let api = get(addr, "/api/devices", &bearer).await;
+        assert!(api.starts_with("HTTP/1.1 404"), "{api}");
+        assert!(api.contains("client's view"), "{api}");
     }
 }

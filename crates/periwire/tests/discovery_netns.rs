@@ -1,7 +1,9 @@
 //! DNS-SD discovery between two network namespaces the test creates, joined by a veth pair
-//! (nothing can leave them): `periwire serve` in one announces `_usbip._tcp`, and
-//! `periwire list --discover` in the other finds it over multicast DNS and lists its devices
-//! from its announced address. A server on loopback is not announced.
+//! (nothing can leave them): `periwire serve` in one announces `_usbip._tcp` with its key's
+//! fingerprint, and `periwire list --discover --tls` in the other finds it over multicast DNS
+//! and lists its devices from its announced address over mutual TLS (plain USB/IP from
+//! there is refused). A server on loopback is not announced. The server's web page, beyond
+//! loopback here, answers curl only with its token.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
@@ -92,11 +94,12 @@ impl Drop for Running {
     }
 }
 
-/// `periwire serve` in namespace `ns` listening at `listen`, once it is ready.
-fn serve(ns: &str, dir: &std::path::Path, listen: &str) -> Running {
+/// `periwire serve` in namespace `ns` listening at `listen` (its page at `web`, or `off`),
+/// once it is ready.
+fn serve(ns: &str, dir: &std::path::Path, listen: &str, web: &str) -> Running {
     std::fs::write(dir.join("periwire.toml"), CONFIG).expect("config");
     let mut child = Pair::command(ns)
-        .args(["serve", "--web", "off", "--listen", listen, "--config"])
+        .args(["serve", "--web", web, "--listen", listen, "--config"])
         .arg(dir.join("periwire.toml"))
         .arg("--data-dir")
         .arg(dir.join("data"))
@@ -119,9 +122,12 @@ fn serve(ns: &str, dir: &std::path::Path, listen: &str) -> Running {
     Running(child)
 }
 
-fn discover(ns: &str) -> Output {
+/// `periwire list --discover` in `ns` with `args`, as the client with data directory `dir`.
+fn discover(ns: &str, dir: &std::path::Path, args: &[&str]) -> Output {
     let out = Pair::command(ns)
-        .args(["list", "--discover", "--wait", "4", "--json"])
+        .args(["list", "--discover", "--wait", "4", "--json", "--data-dir"])
+        .arg(dir)
+        .args(args)
         .output()
         .expect("periwire list --discover");
     assert!(
@@ -132,11 +138,57 @@ fn discover(ns: &str) -> Output {
     out
 }
 
+/// `periwire ARGS --data-dir DIR` (no namespace: it touches only files); its stdout.
+fn periwire(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_periwire"))
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir)
+        .output()
+        .expect("run periwire");
+    assert!(
+        out.status.success(),
+        "periwire {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The fingerprint `periwire id` prints for the data directory `dir`.
+fn fingerprint(dir: &std::path::Path) -> String {
+    let id: Value = serde_json::from_str(&periwire(dir, &["id", "--json"])).expect("id JSON");
+    id["fingerprint"].as_str().expect("fingerprint").to_owned()
+}
+
+/// curl in `ns` (someone else's HTTP client): the status code and the body.
+fn curl(ns: &str, args: &[&str]) -> (String, String) {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "curl", "-sS", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .expect("curl (scripts/install-test-deps installs it)");
+    assert!(
+        out.status.success(),
+        "curl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').expect("status line");
+    (code.to_owned(), body.to_owned())
+}
+
 #[test]
 fn a_server_in_another_namespace_is_discovered_with_its_devices() {
     let pair = Pair::new();
     let dir = tempfile::tempdir().expect("temp dir");
-    let server = serve(&pair.a, dir.path(), "10.201.0.1:3240");
+    let server = serve(&pair.a, dir.path(), "10.201.0.1:3240", "10.201.0.1:3280");
+    let server_data = dir.path().join("data");
+    let client_data = dir.path().join("client");
+    // Each side trusts the other's key: the server by name (`trust add`), the client on
+    // first sight (--trust-new), checked below against the announced fingerprint.
+    let server_key = fingerprint(&server_data);
+    let client_key = fingerprint(&client_data);
+    periwire(&server_data, &["trust", "add", "desk-client", &client_key]);
 
     // Wireshark listens on b's side of the link meanwhile: a dissector someone else wrote
     // must read the DNS-SD exchange as well-formed.
@@ -166,7 +218,7 @@ fn a_server_in_another_namespace_is_discovered_with_its_devices() {
             break;
         }
     }
-    let out = discover(&pair.b);
+    let out = discover(&pair.b, &client_data, &["--tls", "--trust-new"]);
     stop(&mut tshark);
     let found: Value = serde_json::from_slice(&out.stdout).expect("JSON");
     let servers = found.as_array().expect("array");
@@ -174,6 +226,12 @@ fn a_server_in_another_namespace_is_discovered_with_its_devices() {
     let s = &servers[0];
     assert_eq!(s["address"], "10.201.0.1:3240", "{s}");
     assert_eq!(s["txt"]["version"], env!("CARGO_PKG_VERSION"), "{s}");
+    assert_eq!(s["txt"]["fingerprint"], server_key.as_str(), "{s}");
+    let pinned = periwire(&client_data, &["trust", "list"]);
+    assert!(
+        pinned.contains("10.201.0.1") && pinned.contains(&server_key),
+        "--trust-new pinned the key the TXT record announced: {pinned}"
+    );
     assert!(
         s["name"]
             .as_str()
@@ -212,12 +270,50 @@ fn a_server_in_another_namespace_is_discovered_with_its_devices() {
         "",
         "no malformed mDNS packets:\n{answers}"
     );
+
+    // Plain USB/IP from beyond loopback is refused: found, but not listed.
+    let out = discover(&pair.b, &client_data, &[]);
+    let found: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let s = &found[0];
+    assert_eq!(s["address"], "10.201.0.1:3240", "{found}");
+    assert!(s["error"].is_string(), "plain listing refused: {s}");
+    assert_eq!(s["devices"], Value::Array(Vec::new()), "{s}");
+
+    // The page beyond loopback: nothing without the token, everything with it.
+    let token = std::fs::read_to_string(server_data.join("web-token")).expect("web-token");
+    let token = token.trim();
+    let api = "http://10.201.0.1:3280/api/devices";
+    let (code, body) = curl(&pair.b, &[api]);
+    assert_eq!(code, "401", "{body}");
+    assert!(body.contains("token"), "the refusal says why: {body}");
+    let (code, body) = curl(
+        &pair.b,
+        &["-H", &format!("Authorization: Bearer {token}x"), api],
+    );
+    assert_eq!(code, "401", "a wrong token: {body}");
+    let (code, body) = curl(
+        &pair.b,
+        &["-H", &format!("Authorization: Bearer {token}"), api],
+    );
+    assert_eq!(code, "200", "{body}");
+    let devices: Value = serde_json::from_str(&body).expect("devices JSON");
+    assert_eq!(devices.as_array().map(Vec::len), Some(2), "{devices}");
+    // A browser opens /?token=..., keeps the cookie it is given, and needs no more.
+    let jar = dir.path().join("cookies");
+    let jar = jar.to_str().expect("path");
+    let page = format!("http://10.201.0.1:3280/?token={token}");
+    let (code, body) = curl(&pair.b, &["-L", "-c", jar, &page]);
+    assert_eq!(code, "200", "{body}");
+    assert!(body.contains("<html"), "the page: {body}");
+    let (code, body) = curl(&pair.b, &["-b", jar, "http://10.201.0.1:3280/metrics"]);
+    assert_eq!(code, "200", "{body}");
+    assert!(body.contains("periwire_devices 2"), "{body}");
     drop(server);
 
     // On loopback it is not announced (nobody else could reach it).
     let dir = tempfile::tempdir().expect("temp dir");
-    let server = serve(&pair.a, dir.path(), "127.0.0.1:3240");
-    let out = discover(&pair.b);
+    let server = serve(&pair.a, dir.path(), "127.0.0.1:3240", "off");
+    let out = discover(&pair.b, &client_data, &[]);
     let found: Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(
         found,

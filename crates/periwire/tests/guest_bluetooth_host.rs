@@ -44,7 +44,7 @@ guest_adapter_up() {
 start_periwire() {
     mkdir -p /tmp/pw
     cat >/tmp/pw/periwire.toml
-    RUST_LOG=periwire_bt=debug,info periwire serve --config /tmp/pw/periwire.toml --data-dir /tmp/pw >/tmp/pw/log 2>&1 &
+    RUST_LOG=periwire_bt=debug,periwire_hci=debug,info periwire serve --config /tmp/pw/periwire.toml --data-dir /tmp/pw >/tmp/pw/log 2>&1 &
     PW_PID=$!
 }
 "#;
@@ -302,5 +302,301 @@ EOF
          l2test from remote {direct_l2u:8.1} | {proxied_l2u:8.1}\n\
          rctest to remote   {direct_rc:8.1} | {proxied_rc:8.1}\n\
          rctest from remote {direct_rcu:8.1} | {proxied_rcu:8.1}"
+    );
+}
+
+/// Two host-linked adapters ("two VMs") share the host's one controller: a remote's
+/// connections to the PSMs one of them accepts reach that guest (both ways, every frame
+/// checked); both stream to the same remote at once, each on its own host sockets, and when
+/// one goes (powered off by its guest) the other's transfer carries on intact.
+#[test]
+fn two_host_linked_adapters_share_the_host_and_accept_incoming_channels() {
+    let in_total = L2_FRAMES * L2_FRAME;
+    // How far each stream must get before the second adapter goes, and what the first moves
+    // in all.
+    let before = 60 * L2_FRAME;
+    let a_frames = 600;
+    let a_total = a_frames * L2_FRAME;
+    let scenario = format!(
+        r#"{GUEST_WAIT_HELPERS}{BT_HOST_HELPERS}{SCENARIO_SETUP}
+        BT_L2_FRAMES={L2_FRAMES}; BT_L2_FRAME={L2_FRAME}; BT_L2_CHUNK=$((BT_L2_FRAME * 10))
+        PSM_IN_R=4145; PSM_IN_W=4147; PSM_A=4131; PSM_B=4133
+        bt_host_up
+        # The remote pages the host's adapter for the incoming channels.
+        btmgmt --index 0 connectable on >/dev/null
+        # The remote's receivers are basic mode, which has no flow control: one guest CPU
+        # running two senders and both receivers could overrun a receiver's socket buffer, and
+        # the remote's kernel drops what does not fit. Large buffers and paced senders keep
+        # the check about periwire, not about the guest's scheduler.
+        echo 8388608 >/proc/sys/net/core/rmem_max
+        l2test -r -H 8388608 -i hci1 -P "$PSM_A" -b "$BT_L2_CHUNK" >/tmp/bt/a.log 2>&1 &
+        l2test -r -H 8388608 -i hci1 -P "$PSM_B" -b "$BT_L2_CHUNK" >/tmp/bt/b.log 2>&1 &
+        for l in a b; do
+            wait_until 60 "$l listening" bt_logged /tmp/bt/$l.log "Waiting for connection" || {{ bt_dump "LISTEN-$l" /tmp/bt/$l.log; exit 1; }}
+        done
+
+        start_periwire <<EOF
+[[adapter]]
+name = "vm-a"
+transport = "vhci"
+address = "00:50:57:00:02:0A"
+link = "host"
+host_adapter = "hci0"
+accept_psms = [$PSM_IN_R, $PSM_IN_W]
+
+[[adapter]]
+name = "vm-b"
+transport = "vhci"
+address = "00:50:57:00:02:0B"
+link = "host"
+host_adapter = "hci0"
+EOF
+        index_of() {{ for i in 2 3; do bt_mgmt_has $i "addr $1" && echo $i && return 0; done; return 1; }}
+        wait_until 120 "both adapters from periwire" bt_mgmt_has 3 "addr "
+        A=$(index_of 00:50:57:00:02:0A); B=$(index_of 00:50:57:00:02:0B)
+        echo "INDEXES a=hci$A b=hci$B"
+        guest_adapter_up "$A"
+        guest_adapter_up "$B"
+        btmgmt --index "$A" connectable on >/dev/null
+        btmon -i "hci$A" >/tmp/bt/btmon-a.log 2>&1 &
+        wait_until 60 "periwire listening for vm-a" grep -q "accepting remotes' connections" /tmp/pw/log
+        sed 's/^/SERVE /' /tmp/pw/log
+
+        # Incoming: the remote connects to the host's adapter; vm-a's guest takes the channel.
+        l2test -r -i "hci$A" -P "$PSM_IN_R" -b "$BT_L2_CHUNK" >/tmp/bt/in-r.log 2>&1 &
+        l2test -w -i "hci$A" -P "$PSM_IN_W" -b "$BT_L2_FRAME" -N "$BT_L2_FRAMES" -g 600000 >/tmp/bt/in-w.log 2>&1 &
+        for l in in-r in-w; do
+            wait_until 60 "$l listening" bt_logged /tmp/bt/$l.log "Waiting for connection"
+        done
+        l2test -s -i hci1 -P "$PSM_IN_R" -b "$BT_L2_FRAME" -N "$BT_L2_FRAMES" -g 600000 "$BT_HCI0" >/tmp/bt/in-s.log 2>&1 &
+        s=$!
+        bt_wait_bytes 60 /tmp/bt/in-r.log {in_total} || {{ bt_dump IN-S /tmp/bt/in-s.log; grep -E "HCI Event|HCI Command|L2CAP:|Result|Status|Encryption|Reason" /tmp/bt/btmon-a.log | head -150 | sed 's/^/BTMON /'; btmgmt --index "$A" info | sed 's/^/INFO-A /'; pw_adapters | sed 's/^/ADAPTERS-IN /'; sed 's/^/SERVE /' /tmp/pw/log; exit 1; }}
+        pw_adapters | sed 's/^/ADAPTERS-IN /'
+        kill $s
+        l2test -u -i hci1 -P "$PSM_IN_W" -b "$BT_L2_CHUNK" "$BT_HCI0" >/tmp/bt/in-u.log 2>&1 &
+        s=$!
+        bt_wait_bytes 200 /tmp/bt/in-u.log {in_total} || {{ bt_dump IN-W /tmp/bt/in-w.log; sed 's/^/SERVE /' /tmp/pw/log; exit 1; }}
+        kill $s
+        mark INCOMING-DONE
+
+        # Both adapters stream to the same remote at once, ten frames every 50 ms each.
+        l2test -s -C 10 -D 50 -i "hci$A" -P "$PSM_A" -b "$BT_L2_FRAME" -N {a_frames} -g 600000 "$BT_HCI1" >/tmp/bt/as.log 2>&1 &
+        sa=$!
+        l2test -s -C 10 -D 50 -i "hci$B" -P "$PSM_B" -b "$BT_L2_FRAME" -N 1000000 -g 600000 "$BT_HCI1" >/tmp/bt/bs.log 2>&1 &
+        sb=$!
+        bt_wait_bytes 200 /tmp/bt/a.log {before}
+        bt_wait_bytes 200 /tmp/bt/b.log {before}
+        pw_adapters | sed 's/^/ADAPTERS-BOTH /'
+        # vm-b goes; vm-a carries on.
+        echo "A-AT-CUT $(bt_sum_bytes /tmp/bt/a.log)"
+        btmgmt --index "$B" power off >/dev/null
+        wait_until 60 "vm-b's sender to fail" exited $sb
+        wait_until 60 "vm-b's host socket to close" pw_no_channel 0x1025
+        pw_adapters | sed 's/^/ADAPTERS-ONE /'
+        bt_wait_bytes 200 /tmp/bt/a.log {a_total}
+        kill $sa
+        mark SHARED-DONE
+        for l in a b in-r in-u; do bt_dump "LOG-$l" /tmp/bt/$l.log; done
+        "#
+    );
+    let mut guest = boot(scenario);
+    if let Err(e) = guest.expect_line("INCOMING-DONE", STEP * 3) {
+        for l in guest.transcript() {
+            println!("{}", l.text);
+        }
+        panic!("incoming channels: {e}");
+    }
+    guest
+        .expect_line("SHARED-DONE", STEP * 3)
+        .expect("two adapters at once");
+    let outcome = guest.wait_success(STEP).expect("scenario succeeds");
+    let log = |name: &str| text(&outcome, &format!("LOG-{name} "));
+
+    received(
+        &log("in-r"),
+        in_total,
+        "l2test remote -> guest on an accepted PSM",
+    );
+    received(
+        &log("in-u"),
+        in_total,
+        "l2test guest -> remote on an accepted PSM",
+    );
+    let incoming = text(&outcome, "ADAPTERS-IN ");
+    assert!(
+        incoming.contains("channel psm 0x1031") && incoming.contains("incoming"),
+        "periwire adapters shows the incoming channel:\n{incoming}"
+    );
+
+    let both = text(&outcome, "ADAPTERS-BOTH ");
+    assert!(
+        both.contains("channel psm 0x1023") && both.contains("channel psm 0x1025"),
+        "each adapter holds its own channel:\n{both}"
+    );
+    let one = text(&outcome, "ADAPTERS-ONE ");
+    assert!(
+        one.contains("channel psm 0x1023") && !one.contains("channel psm 0x1025"),
+        "only vm-b's channel closed:\n{one}"
+    );
+    let b = log("b");
+    assert!(
+        !l2test_reports_mismatch(&b),
+        "vm-b's stream arrived corrupted:\n{b}"
+    );
+    received(&log("a"), a_total, "vm-a's stream, on after vm-b went");
+    let cut: u64 = text(&outcome, "A-AT-CUT ")
+        .trim()
+        .parse()
+        .expect("vm-a's bytes when vm-b went");
+    assert!(
+        cut < a_total,
+        "vm-b went while vm-a's stream still ran ({cut} of {a_total} bytes)"
+    );
+}
+
+/// The real VM shape: periwire in the "host" guest exports a host-linked USB dongle over
+/// USB/IP; a second guest (the VM) attaches it with the stock `usbip` through vhci-hcd, its
+/// `btusb` binds it, and its BlueZ moves l2test data to the remote both ways, every frame
+/// checked, through the host's adapter.
+#[test]
+fn a_second_guest_uses_a_host_linked_dongle_over_usbip() {
+    let total = L2_FRAMES * L2_FRAME;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port();
+    let host_scenario = format!(
+        r#"{GUEST_WAIT_HELPERS}{BT_HOST_HELPERS}{SCENARIO_SETUP}
+        BT_L2_FRAMES={L2_FRAMES}; BT_L2_FRAME={L2_FRAME}; BT_L2_CHUNK=$((BT_L2_FRAME * 10))
+        bt_host_up
+        bt_start_receivers
+        start_periwire <<EOF
+listen = "0.0.0.0:3240"
+# The VM's connections arrive through QEMU's user network, from its gateway.
+plain_allow = ["10.0.2.0/24"]
+
+[[adapter]]
+name = "vm-dongle"
+transport = "usb"
+busid = "1-1"
+address = "00:50:57:00:02:0C"
+link = "host"
+host_adapter = "hci0"
+EOF
+        wait_until 60 "periwire serving" grep -q "serving" /tmp/pw/log
+        mark HOST-READY
+        bt_wait_bytes 300 /tmp/bt/l2r.log {total} || {{ sed 's/^/SERVE /' /tmp/pw/log; exit 1; }}
+        pw_adapters | sed 's/^/ADAPTERS /'
+        mark RECEIVED
+        read -r _
+        bt_dump LOG-l2r /tmp/bt/l2r.log
+        "#
+    );
+    let mut host = Guest::boot(
+        with_periwire(with_bt_host(GuestConfig::new(host_scenario)))
+            .memory_mib(768)
+            .expose(3240, port)
+            .timeout(std::time::Duration::from_secs(900)),
+    )
+    .expect("boot the host guest");
+    host.expect_line("HOST-READY", STEP * 2)
+        .expect("host guest ready");
+    let remote = prefixed_lines(host.transcript(), "BT-ADDR hci1 ")
+        .first()
+        .cloned()
+        .expect("the remote's address");
+
+    let vm_scenario = format!(
+        r#"{GUEST_WAIT_HELPERS}{BT_HOST_HELPERS}
+        usbip attach -r "$PERIWIRE_SERVER" -b 1-1
+        wait_until 300 "btusb's controller" bt_mgmt_has 0 "addr "
+        btmgmt --index 0 io-cap 3 >/dev/null
+        btmgmt --index 0 bondable on >/dev/null
+        btmgmt --index 0 ssp on >/dev/null
+        btmgmt --index 0 power on >/dev/null
+        btmgmt --index 0 info | sed 's/^/INFO /'
+        l2test -s -i hci0 -P 4113 -b {L2_FRAME} -N {L2_FRAMES} -g 600000 {remote} >/tmp/bt/send.log 2>&1 &
+        s=$!
+        mark SENDING
+        read -r _
+        kill $s
+        l2test -u -i hci0 -P 4115 -b $(({L2_FRAME} * 10)) {remote} >/tmp/bt/recv.log 2>&1 &
+        s=$!
+        bt_wait_bytes 300 /tmp/bt/recv.log {total} || {{ bt_dump SEND /tmp/bt/send.log; exit 1; }}
+        kill $s
+        bt_dump LOG-recv /tmp/bt/recv.log
+        "#
+    );
+    let mut vm = Guest::boot(
+        GuestConfig::new(vm_scenario)
+            .modules(["vhci-hcd", "btusb"])
+            .server_port(port),
+    )
+    .expect("boot the VM guest");
+    vm.expect_line("SENDING", STEP * 2).expect("the VM sends");
+    host.expect_line("RECEIVED", STEP * 2)
+        .expect("the remote received the VM's frames");
+    vm.send_line("next").expect("console");
+    let vm_outcome = vm.wait_success(STEP * 2).expect("the VM received");
+    host.send_line("done").expect("console");
+    let host_outcome = host.wait_success(STEP).expect("host guest succeeds");
+
+    let info = text(&vm_outcome, "INFO ");
+    assert!(
+        info.contains("addr 00:50:57:00:02:0C"),
+        "btusb bound the host-linked dongle:\n{info}"
+    );
+    received(
+        &text(&host_outcome, "LOG-l2r "),
+        total,
+        "l2test VM -> remote through the dongle",
+    );
+    received(
+        &text(&vm_outcome, "LOG-recv "),
+        total,
+        "l2test remote -> VM through the dongle",
+    );
+    let adapters = text(&host_outcome, "ADAPTERS ");
+    assert!(
+        adapters.contains("vm-dongle") || adapters.contains("00:50:57:00:02:0C"),
+        "periwire adapters shows the dongle's adapter:\n{adapters}"
+    );
+    assert!(
+        adapters.contains("(host:hci0)") && adapters.contains("channel psm 0x1011"),
+        "its link is the host's and it holds the channel:\n{adapters}"
+    );
+}
+
+/// Discovery through the host: a guest's inquiry and remote name requests are answered with
+/// what the host's adapter finds and names.
+#[test]
+fn a_host_linked_guest_discovers_what_the_host_finds() {
+    let scenario = format!(
+        r#"{GUEST_WAIT_HELPERS}{BT_HOST_HELPERS}{SCENARIO_SETUP}
+        bt_host_up
+        btmgmt --index 1 name periwire-remote >/dev/null
+        start_periwire <<EOF
+[[adapter]]
+name = "vm-a"
+transport = "vhci"
+address = "00:50:57:00:02:0A"
+link = "host"
+host_adapter = "hci0"
+EOF
+        guest_adapter_up 2
+        hcitool -i hci2 scan 2>&1 | sed 's/^/INQUIRY /'
+        mark DISCOVERED
+        "#
+    );
+    let mut guest = boot(scenario);
+    guest
+        .expect_line("DISCOVERED", STEP * 2)
+        .expect("discovery");
+    let outcome = guest.wait_success(STEP).expect("scenario succeeds");
+    let remote = text(&outcome, "BT-ADDR hci1 ");
+    let inquiry = text(&outcome, "INQUIRY ");
+    assert!(
+        inquiry.contains(&remote) && inquiry.contains("periwire-remote"),
+        "the guest's inquiry found the remote ({remote}) with its name:\n{inquiry}"
     );
 }

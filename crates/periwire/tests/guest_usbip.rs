@@ -267,25 +267,9 @@ fn serial_port_carries_bytes_both_ways() {
     guest.wait_success(STEP).expect("scenario succeeds");
 }
 
-const FAULT_DEVICES: &str = r#"
-[[device]]
-kind = "storage"
-busid = "1-1"
-image = "ext4.img"
-"#;
-
 #[test]
 fn killed_guest_mid_write_leaves_a_consistent_image_and_the_server_running() {
-    let mut server = Server::start(FAULT_DEVICES, |dir| {
-        let image = dir.join("ext4.img");
-        let status = std::process::Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-L", "periwire"])
-            .arg(&image)
-            .arg("64M")
-            .status()
-            .expect("mkfs.ext4");
-        assert!(status.success(), "mkfs.ext4");
-    });
+    let mut server = Server::start(common::EXT4_DISK, common::prepare_ext4_disk);
     let modules = [
         "vhci-hcd",
         "usb-storage",
@@ -373,17 +357,7 @@ fn killed_guest_mid_write_leaves_a_consistent_image_and_the_server_running() {
     guest.wait_success(STEP).expect("second guest succeeds");
     assert!(server.stop(), "server stops cleanly");
 
-    let fsck = std::process::Command::new("e2fsck")
-        .args(["-f", "-n"])
-        .arg(server.data_dir.join("ext4.img"))
-        .output()
-        .expect("e2fsck");
-    assert!(
-        fsck.status.success(),
-        "image is fsck-clean after recovery: {}{}",
-        String::from_utf8_lossy(&fsck.stdout),
-        String::from_utf8_lossy(&fsck.stderr)
-    );
+    common::assert_fsck_clean(&server.data_dir.join("ext4.img"));
 }
 
 /// Wireshark's USB/IP dissector reads a whole session (device list, import, enumeration,

@@ -439,6 +439,20 @@ fn page_shows_devices_binds_and_unbinds_and_follows_an_attach_live() {
     guest.wait_success(STEP).expect("scenario");
 }
 
+/// One GET to 127.0.0.1:`port`: the whole answer.
+fn http_get(port: u16, target: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    write!(
+        stream,
+        "GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("answer");
+    answer
+}
+
 /// A free port on the host's loopback, for QEMU to forward from.
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -450,7 +464,8 @@ fn free_port() -> u16 {
 /// The client's view: `periwire ui --remote` runs in a Linux guest with vhci-hcd, showing the
 /// host server's devices; Chromium on the host (through a forwarded port) clicks Attach, the
 /// guest's kernel gets the disk through vhci-hcd and the page lists its port; Detach gives it
-/// back.
+/// back. Listening beyond the guest's loopback, the page wants its token: nothing without
+/// it, and Chromium opens `/?token=...` once and carries on with the cookie it is given.
 #[test]
 fn client_page_attaches_and_detaches_a_remote_device_with_a_click() {
     let server = Server::start(&demo_config(), prepare_fat_disk);
@@ -458,22 +473,35 @@ fn client_page_attaches_and_detaches_a_remote_device_with_a_click() {
     let mut guest = Guest::boot(common::with_periwire(
         GuestConfig::new(format!(
             r#"{GUEST_WAIT_HELPERS}
-                periwire ui --remote "$PERIWIRE_SERVER" --web 0.0.0.0:3280 >/tmp/ui.log 2>&1 &
-                wait_until 60 "periwire ui to listen" grep -q "web page on" /tmp/ui.log
+                periwire --data-dir /tmp/ui ui --remote "$PERIWIRE_SERVER" --web 0.0.0.0:3280 \
+                    >/tmp/ui.log 2>&1 &
+                # Its last line before it serves: the listener is bound, the token made.
+                wait_until 60 "periwire ui to listen" \
+                    grep -q "token=TOKEN with the token in /tmp/ui/web-token" /tmp/ui.log
+                mark TOKEN $(cat /tmp/ui/web-token)
                 mark UI-UP
                 wait_for /dev/sda 120
                 mark ATTACHED $(cat /sys/block/sda/device/vendor 2>/dev/null)
                 wait_until 120 "the disk to go away" sh -c '! [ -e /dev/sda ]'
                 mark DETACHED
+                # The page must see it too before periwire ui goes down with the guest.
+                read -r _
                 "#
         ))
         .modules(["vhci-hcd", "usb-storage", "sd_mod"])
         .server_port(server.port)
-        .host_forward(web, 3280),
+        .expose(3280, web),
     ))
     .expect("boot");
+    let token = guest.expect_line("TOKEN ", STEP).expect("the page's token");
+    let token = token.trim_start_matches("TOKEN ").trim().to_owned();
     guest.expect_line("UI-UP", STEP).expect("periwire ui runs");
-    let mut browser = Browser::open(&format!("http://127.0.0.1:{web}/"));
+    let refused = http_get(web, "/api/ports");
+    assert!(
+        refused.starts_with("HTTP/1.1 401") && refused.contains("needs its token"),
+        "no token, no API: {refused}"
+    );
+    let mut browser = Browser::open(&format!("http://127.0.0.1:{web}/?token={token}"));
     browser.wait_for(
         "the server's devices, each with an Attach button",
         &DEMO_BUSIDS
@@ -509,5 +537,6 @@ fn client_page_attaches_and_detaches_a_remote_device_with_a_click() {
         "no vhci port in use",
         "document.querySelector('#ports').innerText.includes('nothing attached')",
     );
+    guest.send_line("seen").expect("console");
     guest.wait_success(STEP).expect("scenario");
 }

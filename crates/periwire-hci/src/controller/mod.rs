@@ -19,6 +19,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::medium::{AdapterId, Dest, LinkPdu, Transmit, Transport};
+use crate::rng::KeyRng;
 use crate::wire::{
     AclRepr, BdAddr, ClassOfDevice, CommandPacket, ErrorCode, HciCommand, HciEvent, LeMetaEvent,
     Opcode, PacketBoundary, PacketError,
@@ -427,7 +428,7 @@ pub struct Controller {
     /// ACL data received while the host queue was full: (from, transport, packet).
     rx_backlog: VecDeque<(AdapterId, Transport, Vec<u8>)>,
     transmit: VecDeque<Transmit>,
-    rng: u64,
+    rng: KeyRng,
     supported_commands: [u8; 64],
 }
 
@@ -457,7 +458,7 @@ impl Controller {
             acl_to_host: 0,
             rx_backlog: VecDeque::new(),
             transmit: VecDeque::new(),
-            rng: seed,
+            rng: KeyRng::new(seed),
             supported_commands: [0; 64],
             config,
         };
@@ -859,20 +860,11 @@ impl Controller {
     }
 
     fn random(&mut self) -> u64 {
-        // xorshift64*: deterministic per adapter, good enough for a simulation.
-        let mut x = self.rng;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.rng = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        self.rng.next_u64()
     }
 
     fn random_key(&mut self) -> [u8; 16] {
-        let mut k = [0u8; 16];
-        k[..8].copy_from_slice(&self.random().to_le_bytes());
-        k[8..].copy_from_slice(&self.random().to_le_bytes());
-        k
+        self.rng.key()
     }
 
     fn alloc_handle(&mut self) -> u16 {

@@ -268,7 +268,10 @@ impl Bed {
                 options: Vec::new(),
             },
         );
-        assert_eq!(self.action(), HostAction::Read { socket });
+        // The link asks for a window of reads at once.
+        for _ in 0..READ_AHEAD_FRAGMENTS {
+            assert_eq!(self.action(), HostAction::Read { socket });
+        }
         (dcid, socket)
     }
 }
@@ -580,4 +583,309 @@ fn a_slow_guest_stops_the_socket_reads() {
     // Once the guest reads, the socket is read again.
     bed.drain();
     assert_eq!(bed.actions.pop_front(), Some(HostAction::Read { socket }));
+}
+
+impl Bed {
+    /// A remote connects on the host to `psm`; the guest's host (page scanning) accepts the
+    /// link. Returns the handle, the socket and the Connection Request the guest got.
+    fn incoming(&mut self, psm: u16) -> (u16, SocketId, SignalCommand) {
+        self.command(w::WriteScanEnable { scan_enable: 0x02 });
+        let now = self.now;
+        let socket = self.link(|l| l.handle_incoming(now, addr(REMOTE), psm, 900));
+        let bd_addr = self.event(|e| match e {
+            HciEvent::ConnectionRequest(r) => Some(r.bd_addr),
+            _ => None,
+        });
+        assert_eq!(bd_addr, addr(REMOTE));
+        self.command(w::AcceptConnectionRequest { bd_addr, role: 1 });
+        let handle = self.event(|e| match e {
+            HciEvent::ConnectionComplete(c) if c.status == ErrorCode::Success => {
+                Some(c.connection_handle)
+            }
+            _ => None,
+        });
+        // Before offering the channel the link secures the guest's link: by pairing it, the
+        // guest's host answering as BlueZ does for Just Works.
+        if self.adapter.link().keys.contains_key(&addr(REMOTE)) {
+            self.event(|e| matches!(e, HciEvent::LinkKeyRequest(_)).then_some(()));
+            let key = self.adapter.link().keys[&addr(REMOTE)];
+            self.command(w::LinkKeyRequestReply {
+                bd_addr,
+                link_key: key,
+            });
+        } else {
+            self.event(|e| matches!(e, HciEvent::IoCapabilityRequest(_)).then_some(()));
+            self.command(w::IoCapabilityRequestReply {
+                bd_addr,
+                io_capability: 3,
+                oob_data_present: 0,
+                authentication_requirements: 0x04,
+            });
+            self.event(|e| matches!(e, HciEvent::UserConfirmationRequest(_)).then_some(()));
+            self.command(w::UserConfirmationRequestReply { bd_addr });
+            assert_eq!(
+                self.action(),
+                HostAction::Secure {
+                    remote: bd_addr,
+                    level: SecurityLevel::Medium
+                }
+            );
+            assert!(
+                self.frames.is_empty(),
+                "no channel before the link is secure"
+            );
+            self.link(|l| l.handle_secured(bd_addr, true));
+            let key = self.event(|e| match e {
+                HciEvent::LinkKeyNotification(n) => Some(n.link_key),
+                _ => None,
+            });
+            assert_eq!(
+                self.actions.pop_front(),
+                Some(HostAction::StoreKey {
+                    remote: bd_addr,
+                    key: Some(key)
+                })
+            );
+        }
+        let encrypted = self.event(|e| match e {
+            HciEvent::EncryptionChange(c) => Some(c.encryption_enabled),
+            _ => None,
+        });
+        assert_eq!(encrypted, 1);
+        // Linux reads the key size before it accepts a channel; the offer waits for that.
+        assert!(
+            self.frames.is_empty(),
+            "no channel offered before the key size is read"
+        );
+        self.command(w::ReadEncryptionKeySize {
+            connection_handle: handle,
+        });
+        let req = self.signal_in();
+        (handle, socket, req)
+    }
+}
+
+#[test]
+fn an_incoming_connection_pages_the_guest_and_opens_a_channel_it_accepts() {
+    let mut bed = Bed::new(BTreeMap::new());
+    let (h, socket, req) = bed.incoming(0x1021);
+    let L2capSignal::ConnectionRequest { psm, scid: ours } = req.signal else {
+        panic!("expected a connection request, got {req:?}");
+    };
+    assert_eq!(psm, 0x1021);
+    assert!(
+        bed.actions.is_empty(),
+        "nothing read before the guest accepts"
+    );
+    bed.signal(
+        h,
+        req.identifier,
+        L2capSignal::ConnectionResponse {
+            dcid: 0x0050,
+            scid: ours,
+            result: ConnectionResult::Success,
+            status: 0,
+        },
+    );
+    let our_config = bed.signal_in();
+    assert!(matches!(
+        our_config.signal,
+        L2capSignal::ConfigurationRequest { dcid: 0x0050, .. }
+    ));
+    bed.signal(
+        h,
+        3,
+        L2capSignal::ConfigurationRequest {
+            dcid: ours,
+            flags: 0,
+            options: Vec::new(),
+        },
+    );
+    assert!(matches!(
+        bed.signal_in().signal,
+        L2capSignal::ConfigurationResponse {
+            scid: 0x0050,
+            result: config_result::SUCCESS,
+            ..
+        }
+    ));
+    bed.signal(
+        h,
+        our_config.identifier,
+        L2capSignal::ConfigurationResponse {
+            scid: ours,
+            flags: 0,
+            result: config_result::SUCCESS,
+            options: Vec::new(),
+        },
+    );
+    assert_eq!(bed.action(), HostAction::Read { socket });
+    let info = bed.adapter.link().channels();
+    assert_eq!(
+        (info[0].psm, info[0].open, info[0].incoming),
+        (0x1021, true, true)
+    );
+    // Data both ways, as on a channel the guest opened.
+    bed.actions.clear();
+    bed.send_frame(h, ours, b"hello");
+    assert_eq!(
+        bed.action(),
+        HostAction::Send {
+            socket,
+            sdu: b"hello".to_vec()
+        }
+    );
+    bed.link(|l| l.handle_received(socket, b"world"));
+    let frame = bed.frames.pop_front().expect("data frame");
+    assert_eq!(BasicHeader::parse(&frame).unwrap().cid, 0x0050);
+    assert_eq!(&frame[4..], b"world");
+}
+
+#[test]
+fn an_incoming_channel_the_guest_refuses_closes_its_socket() {
+    let mut bed = Bed::new(BTreeMap::new());
+    let (h, socket, req) = bed.incoming(0x1023);
+    let L2capSignal::ConnectionRequest { scid: ours, .. } = req.signal else {
+        panic!("expected a connection request, got {req:?}");
+    };
+    bed.signal(
+        h,
+        req.identifier,
+        L2capSignal::ConnectionResponse {
+            dcid: 0,
+            scid: ours,
+            result: ConnectionResult::PsmNotSupported,
+            status: 0,
+        },
+    );
+    assert_eq!(bed.action(), HostAction::Close { socket });
+    assert!(bed.adapter.link().channels().is_empty());
+}
+
+#[test]
+fn an_incoming_connection_the_guest_never_takes_is_given_up() {
+    let mut bed = Bed::new(BTreeMap::new());
+    // Page scan off: the guest's controller never reports the page.
+    let now = bed.now;
+    let socket = bed.link(|l| l.handle_incoming(now, addr(REMOTE), 0x1025, 672));
+    assert!(bed.actions.is_empty());
+    let deadline = bed.adapter.poll_timeout().expect("a deadline");
+    assert!(deadline > bed.now);
+    bed.now = deadline;
+    bed.adapter.handle_timeout(deadline);
+    bed.drain();
+    assert_eq!(bed.actions.pop_front(), Some(HostAction::Close { socket }));
+    assert!(bed.adapter.link().channels().is_empty());
+}
+
+#[test]
+fn a_remote_that_gives_up_before_the_guest_accepts_leaves_no_channel() {
+    let mut bed = Bed::new(BTreeMap::new());
+    let (h, socket, req) = bed.incoming(0x1027);
+    let L2capSignal::ConnectionRequest { scid: ours, .. } = req.signal else {
+        panic!("expected a connection request, got {req:?}");
+    };
+    bed.link(|l| l.handle_closed(socket));
+    assert_eq!(bed.action(), HostAction::Close { socket });
+    // The guest accepts late: it is told to disconnect the channel nobody serves.
+    bed.signal(
+        h,
+        req.identifier,
+        L2capSignal::ConnectionResponse {
+            dcid: 0x0060,
+            scid: ours,
+            result: ConnectionResult::Success,
+            status: 0,
+        },
+    );
+    assert_eq!(
+        bed.signal_in().signal,
+        L2capSignal::DisconnectionRequest {
+            dcid: 0x0060,
+            scid: ours
+        }
+    );
+}
+
+#[test]
+fn an_incoming_connection_authenticates_with_the_stored_proxy_key() {
+    let mut keys = BTreeMap::new();
+    keys.insert(addr(REMOTE), [7u8; 16]);
+    let mut bed = Bed::new(keys);
+    let (_, _, req) = bed.incoming(0x1029);
+    assert!(matches!(
+        req.signal,
+        L2capSignal::ConnectionRequest { psm: 0x1029, .. }
+    ));
+    assert!(
+        !bed.actions
+            .iter()
+            .any(|a| matches!(a, HostAction::Secure { .. } | HostAction::StoreKey { .. })),
+        "no pairing with a known key: {:?}",
+        bed.actions
+    );
+}
+
+#[test]
+fn an_incoming_channel_is_offered_to_a_guest_that_never_reads_the_key_size() {
+    let mut bed = Bed::new(BTreeMap::new());
+    bed.command(w::WriteScanEnable { scan_enable: 0x02 });
+    let now = bed.now;
+    bed.link(|l| l.handle_incoming(now, addr(REMOTE), 0x102b, 672));
+    let bd_addr = addr(REMOTE);
+    bed.command(w::AcceptConnectionRequest { bd_addr, role: 1 });
+    bed.command(w::IoCapabilityRequestReply {
+        bd_addr,
+        io_capability: 3,
+        oob_data_present: 0,
+        authentication_requirements: 0x04,
+    });
+    bed.command(w::UserConfirmationRequestReply { bd_addr });
+    bed.link(|l| l.handle_secured(bd_addr, true));
+    assert!(bed.frames.is_empty());
+    let deadline = bed.adapter.poll_timeout().expect("the key size deadline");
+    bed.now = deadline;
+    bed.adapter.handle_timeout(deadline);
+    assert!(matches!(
+        bed.signal_in().signal,
+        L2capSignal::ConnectionRequest { psm: 0x102b, .. }
+    ));
+}
+
+#[test]
+fn advertising_data_splits_between_structures_into_data_and_scan_response() {
+    let flags = [2u8, 0x01, 0x06];
+    let name = {
+        let mut n = vec![21u8, 0x09];
+        n.extend_from_slice(b"a remote with a name");
+        n
+    };
+    let uuids = [
+        17u8, 0x07, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16,
+    ];
+    let all = [&flags[..], &name, &uuids].concat();
+    let (data, response) = split_advertising_data(&all);
+    assert_eq!(data, [&flags[..], &name].concat());
+    assert_eq!(response, uuids);
+    // A structure running past the end is dropped, not read beyond.
+    let (data, response) = split_advertising_data(&[2, 0x01, 0x06, 9, 0x09, b'x']);
+    assert_eq!((data, response), (flags.to_vec(), Vec::new()));
+}
+
+#[test]
+fn an_le_scan_of_the_guest_reports_what_the_host_found() {
+    let mut bed = Bed::new(BTreeMap::new());
+    bed.command(w::LeSetScanEnable {
+        le_scan_enable: 1,
+        filter_duplicates: 0,
+    });
+    assert_eq!(bed.action(), HostAction::LeScan);
+    let found = addr("C0:11:22:33:44:55");
+    bed.link(|l| l.handle_le_found(found, 1, &[2, 0x01, 0x06, 4, 0x09, b'a', b'b', b'c']));
+    let report = bed.event(|e| match e {
+        HciEvent::LeMeta(m) => Some(format!("{m:?}")),
+        _ => None,
+    });
+    assert!(report.contains("AdvertisingReport"), "{report}");
+    bed.link(|l| l.handle_le_scan_complete());
 }

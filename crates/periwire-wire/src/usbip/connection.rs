@@ -31,6 +31,15 @@ pub enum SubmitError {
     /// The sequence number is already in flight.
     #[error("sequence number {0} is already in flight")]
     DuplicateSeqnum(u32),
+    /// The command names another device than the one imported (Linux `usbip-host` drops
+    /// such a connection, `stub_rx.c` `valid_request`).
+    #[error("command for device {found:#010x}, but {imported:#010x} is imported")]
+    WrongDevice {
+        /// The devid of the imported device.
+        imported: u32,
+        /// The devid the command carries.
+        found: u32,
+    },
 }
 
 /// What the device made of a URB, in USB/IP's terms: what a RET_SUBMIT is built from.
@@ -115,17 +124,35 @@ enum Reply {
 }
 
 /// The URB phase of one imported device, server side.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ServerConnection {
+    /// The imported device's id (`busnum << 16 | devnum`); every command must carry it.
+    devid: u32,
     in_flight: HashMap<u32, InFlight>,
     replies: VecDeque<Reply>,
     events: VecDeque<Event>,
 }
 
 impl ServerConnection {
-    /// A connection that has just answered OP_REP_IMPORT.
-    pub fn new() -> Self {
-        Self::default()
+    /// A connection that has just answered OP_REP_IMPORT for the device `devid`.
+    pub fn new(devid: u32) -> Self {
+        Self {
+            devid,
+            in_flight: HashMap::new(),
+            replies: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    fn check_device(&self, devid: u32) -> Result<(), SubmitError> {
+        if devid == self.devid {
+            Ok(())
+        } else {
+            Err(SubmitError::WrongDevice {
+                imported: self.devid,
+                found: devid,
+            })
+        }
     }
 
     /// Number of URBs submitted and neither completed nor unlinked.
@@ -136,6 +163,7 @@ impl ServerConnection {
     /// A CMD_SUBMIT arrived. On success the driver hands the URB to the device, to be
     /// answered through [`handle_completion`](Self::handle_completion).
     pub fn handle_submit(&mut self, header: &SubmitHeader) -> Result<(), SubmitError> {
+        self.check_device(header.devid)?;
         let urb = InFlight {
             direction: header.direction,
             requested: header.transfer_buffer_length,
@@ -153,8 +181,10 @@ impl ServerConnection {
 
     /// A CMD_UNLINK arrived. Queues its RET_UNLINK: −ECONNRESET with an [`Event::Cancel`] if
     /// the URB is still in flight, 0 if it already completed (its RET_SUBMIT is queued or
-    /// sent already, so it reaches the client first).
-    pub fn handle_unlink(&mut self, unlink: &CmdUnlink) {
+    /// sent already, so it reaches the client first). An unlink for another device breaks
+    /// the protocol: the connection ends.
+    pub fn handle_unlink(&mut self, unlink: &CmdUnlink) -> Result<(), SubmitError> {
+        self.check_device(unlink.devid)?;
         let status = match self.in_flight.remove(&unlink.unlink_seqnum) {
             Some(_) => {
                 self.events.push_back(Event::Cancel {
@@ -168,6 +198,7 @@ impl ServerConnection {
             seqnum: unlink.seqnum,
             status,
         }));
+        Ok(())
     }
 
     /// The device finished URB `seqnum`. Queues its RET_SUBMIT and returns `true`, or returns
@@ -254,6 +285,8 @@ fn encode_ret_submit(seqnum: u32, urb: InFlight, done: UrbDone, sink: &mut impl 
 mod tests {
     use super::*;
     use crate::usbip::{Limits, PendingUrb, UrbReply};
+
+    const DEVID: u32 = 0x0001_0002;
 
     fn submit(seqnum: u32, direction: Direction, length: u32) -> SubmitHeader {
         SubmitHeader {
@@ -343,7 +376,7 @@ mod tests {
 
     #[test]
     fn submit_in_is_answered_with_its_data_cut_to_the_length_asked() {
-        let mut c = ServerConnection::new();
+        let mut c = ServerConnection::new(DEVID);
         c.handle_submit(&submit(5, Direction::In, 4)).unwrap();
         assert_eq!(c.in_flight(), 1);
         assert!(
@@ -366,7 +399,7 @@ mod tests {
 
     #[test]
     fn submit_out_reports_what_the_device_took_at_most_the_length_sent() {
-        let mut c = ServerConnection::new();
+        let mut c = ServerConnection::new(DEVID);
         c.handle_submit(&submit(1, Direction::Out, 10)).unwrap();
         c.handle_submit(&submit(2, Direction::Out, 10)).unwrap();
         let took = |n| UrbDone {
@@ -400,7 +433,7 @@ mod tests {
 
     #[test]
     fn a_failed_urb_carries_its_status_and_nothing_else() {
-        let mut c = ServerConnection::new();
+        let mut c = ServerConnection::new(DEVID);
         c.handle_submit(&submit(3, Direction::In, 64)).unwrap();
         assert!(c.handle_completion(3, UrbDone::failed(-32)));
         let mut wire = Vec::new();
@@ -419,9 +452,9 @@ mod tests {
 
     #[test]
     fn unlink_before_completion_cancels_and_swallows_the_completion() {
-        let mut c = ServerConnection::new();
+        let mut c = ServerConnection::new(DEVID);
         c.handle_submit(&submit(5, Direction::In, 8)).unwrap();
-        c.handle_unlink(&unlink(6, 5));
+        c.handle_unlink(&unlink(6, 5)).unwrap();
         assert_eq!(c.poll_event(), Some(Event::Cancel { seqnum: 5 }));
         assert_eq!(c.poll_event(), None);
         // The device finished before it saw the cancel: too late, the client forgot the URB.
@@ -438,11 +471,11 @@ mod tests {
 
     #[test]
     fn unlink_after_completion_follows_the_ret_submit_with_status_zero() {
-        let mut c = ServerConnection::new();
+        let mut c = ServerConnection::new(DEVID);
         c.handle_submit(&submit(7, Direction::In, 8)).unwrap();
         assert!(c.handle_completion(7, done_in(&[9; 8])));
         // The RET_SUBMIT is still queued when the unlink comes: it goes out first.
-        c.handle_unlink(&unlink(8, 7));
+        c.handle_unlink(&unlink(8, 7)).unwrap();
         assert_eq!(c.poll_event(), None, "nothing left to cancel");
         assert_eq!(
             replies(&mut c, &[(7, pending(Direction::In, 8))]),
@@ -460,7 +493,7 @@ mod tests {
             ]
         );
         // And after it was sent: an unlink of a URB long answered is answered with 0 too.
-        c.handle_unlink(&unlink(9, 7));
+        c.handle_unlink(&unlink(9, 7)).unwrap();
         assert_eq!(
             replies(&mut c, &[]),
             [Reply2::Unlink {
@@ -472,11 +505,11 @@ mod tests {
 
     #[test]
     fn only_the_unlinked_urb_is_cancelled() {
-        let mut c = ServerConnection::new();
+        let mut c = ServerConnection::new(DEVID);
         for s in 1..=3 {
             c.handle_submit(&submit(s, Direction::In, 8)).unwrap();
         }
-        c.handle_unlink(&unlink(10, 2));
+        c.handle_unlink(&unlink(10, 2)).unwrap();
         assert_eq!(c.poll_event(), Some(Event::Cancel { seqnum: 2 }));
         assert!(c.handle_completion(1, done_in(&[1])));
         assert!(c.handle_completion(3, done_in(&[3])));
@@ -495,7 +528,7 @@ mod tests {
 
     #[test]
     fn duplicate_seqnum_is_refused_and_close_lists_what_is_in_flight() {
-        let mut c = ServerConnection::new();
+        let mut c = ServerConnection::new(DEVID);
         c.handle_submit(&submit(1, Direction::In, 8)).unwrap();
         assert_eq!(
             c.handle_submit(&submit(1, Direction::Out, 8)),
@@ -509,8 +542,32 @@ mod tests {
     }
 
     #[test]
+    fn a_command_for_another_device_is_refused() {
+        let mut c = ServerConnection::new(DEVID);
+        let mut h = submit(1, Direction::In, 8);
+        h.devid = DEVID + 1;
+        assert_eq!(
+            c.handle_submit(&h),
+            Err(SubmitError::WrongDevice {
+                imported: DEVID,
+                found: DEVID + 1
+            })
+        );
+        assert_eq!(c.in_flight(), 0, "nothing of it is kept");
+        c.handle_submit(&submit(2, Direction::In, 8)).unwrap();
+        let mut u = unlink(3, 2);
+        u.devid = 0;
+        assert!(matches!(
+            c.handle_unlink(&u),
+            Err(SubmitError::WrongDevice { found: 0, .. })
+        ));
+        assert_eq!(c.poll_event(), None, "and it cancels nothing");
+        assert!(!c.has_transmit());
+    }
+
+    #[test]
     fn iso_in_reports_the_device_actual_length_and_its_descriptors() {
-        let mut c = ServerConnection::new();
+        let mut c = ServerConnection::new(DEVID);
         let mut h = submit(4, Direction::In, 16);
         h.number_of_packets = 2;
         c.handle_submit(&h).unwrap();

@@ -154,6 +154,9 @@ pub enum WireError {
         /// The cap.
         max: u32,
     },
+    /// The server answered a request with a failure status and nothing else.
+    #[error("the server failed the request: {0}")]
+    RequestFailed(OpStatus),
     /// A reply arrived for a sequence number with no request outstanding.
     #[error("reply for unknown sequence number {0}")]
     UnknownSeqnum(u32),
@@ -550,6 +553,24 @@ impl OpRequest {
     }
 }
 
+/// The reply to a request that [`OpRequest::decode`] refused, when the protocol has one: an
+/// operation header with the reply code of the request's code (OP_REP_DEVLIST,
+/// OP_REP_IMPORT) and `status`, nothing after it, which the usbip tools and the kernel read
+/// as the request having failed. Returns `false`, appending nothing, while `request` holds
+/// less than a header or names a code no reply answers; the connection then just ends.
+pub fn encode_op_failure(request: &[u8], status: OpStatus, out: &mut Vec<u8>) -> bool {
+    let Some(&[_, _, hi, lo]) = request.get(..4) else {
+        return false;
+    };
+    let reply = match u16::from_be_bytes([hi, lo]) {
+        OP_REQ_DEVLIST => OP_REP_DEVLIST,
+        OP_REQ_IMPORT => OP_REP_IMPORT,
+        _ => return false,
+    };
+    emit_op_header(out, reply, status.to_u32());
+    true
+}
+
 /// A reply of the operation phase, sent by the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OpReply {
@@ -570,6 +591,9 @@ impl OpReply {
             };
             match code {
                 OP_REP_DEVLIST => {
+                    if status != 0 {
+                        return Some(Err(WireError::RequestFailed(OpStatus::from_u32(status))));
+                    }
                     let count = r.u32()?;
                     if count > limits.max_devices {
                         return Some(Err(WireError::TooManyDevices {

@@ -46,6 +46,44 @@ fn refused_import_is_8_bytes() {
 }
 
 #[test]
+fn a_malformed_request_gets_the_failure_reply_of_its_code() {
+    // An import whose bus id fills its 32 bytes with no NUL.
+    let mut import = vec![0x01, 0x11, 0x80, 0x03, 0, 0, 0, 0];
+    import.extend_from_slice(&[b'1'; BUSID_LEN]);
+    assert_eq!(OpRequest::decode(&import), Err(WireError::InvalidBusId));
+    let mut out = Vec::new();
+    assert!(encode_op_failure(&import, OpStatus::Error, &mut out));
+    assert_eq!(out, [0x01, 0x11, 0x00, 0x03, 0, 0, 0, 5]);
+    assert_eq!(
+        OpReply::decode_exact(&out, &Limits::default()),
+        Ok(OpReply::Import(Err(OpStatus::Error)))
+    );
+    // A device list of another version: its reply code, with the failure.
+    let devlist = [0x01, 0x00, 0x80, 0x05, 0, 0, 0, 0];
+    assert!(OpRequest::decode(&devlist).is_err());
+    out.clear();
+    assert!(encode_op_failure(&devlist, OpStatus::Error, &mut out));
+    assert_eq!(out, [0x01, 0x11, 0x00, 0x05, 0, 0, 0, 5]);
+    assert_eq!(
+        OpReply::decode(&out, &Limits::default()),
+        Err(WireError::RequestFailed(OpStatus::Error))
+    );
+    // No reply answers an unknown code or a partial header.
+    out.clear();
+    assert!(!encode_op_failure(
+        &[0x01, 0x11, 0x12, 0x34, 0, 0, 0, 0],
+        OpStatus::Error,
+        &mut out
+    ));
+    assert!(!encode_op_failure(
+        &[0x01, 0x11, 0x80],
+        OpStatus::Error,
+        &mut out
+    ));
+    assert!(out.is_empty());
+}
+
+#[test]
 fn devlist_reply_size_follows_interfaces() {
     let mut dev = record();
     dev.num_interfaces = 2;

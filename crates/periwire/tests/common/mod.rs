@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use periwire_guest::Guest;
@@ -27,25 +27,96 @@ pub struct Server {
     pub data_dir: PathBuf,
     /// Loopback port of the web page and its API.
     pub web_port: u16,
+    /// What the server logged (stderr), line by line, across restarts.
+    pub log: ServerLog,
+    /// Command words the server runs under (`ip netns exec NS`), and the host it listens on.
+    launch: Launch,
     _dir: tempfile::TempDir,
+}
+
+/// How a server is started: under which command words, listening on which host.
+#[derive(Debug, Clone)]
+struct Launch {
+    wrapper: Vec<String>,
+    host: String,
+}
+
+/// The lines a server wrote to stderr, shared with the thread that reads them; each line is
+/// also passed on to the test's stderr.
+#[derive(Debug, Clone, Default)]
+pub struct ServerLog(Arc<(Mutex<Vec<String>>, Condvar)>);
+
+impl ServerLog {
+    fn push(&self, line: String) {
+        let (lines, changed) = &*self.0;
+        lines.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+        changed.notify_all();
+    }
+
+    /// Every line so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.0 .0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Waits until a line contains every one of `needles`, at most `timeout`; returns it.
+    /// Panics with the log if none does in time.
+    pub fn wait_for(&self, needles: &[&str], timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        let (lines, changed) = &*self.0;
+        let mut guard = lines.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(l) = guard.iter().find(|l| needles.iter().all(|n| l.contains(n))) {
+                return l.clone();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "no server log line with {needles:?} within {timeout:?}:\n{}",
+                guard.join("\n")
+            );
+            guard = changed
+                .wait_timeout(guard, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
 }
 
 impl Server {
     /// Starts `periwire serve` with `config` (TOML) in a fresh data directory, after `prepare`
     /// has put files (images) into that directory. Waits for the ready line.
     pub fn start(config: &str, prepare: impl FnOnce(&Path)) -> Server {
+        Server::start_in(config, prepare, &[], "127.0.0.1")
+    }
+
+    /// [`Server::start`] under the command words `wrapper` (`ip netns exec NS`), listening
+    /// on `host` (an address of that namespace).
+    pub fn start_in(
+        config: &str,
+        prepare: impl FnOnce(&Path),
+        wrapper: &[&str],
+        host: &str,
+    ) -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
         let data_dir = dir.path().join("data");
         std::fs::create_dir_all(&data_dir).expect("data dir");
         prepare(&data_dir);
         std::fs::write(dir.path().join("periwire.toml"), config).expect("write config");
-        let (child, port, serial_ports, web_port) = spawn_serve(dir.path(), &data_dir, 0);
+        let launch = Launch {
+            wrapper: wrapper.iter().map(|w| w.to_string()).collect(),
+            host: host.to_owned(),
+        };
+        let log = ServerLog::default();
+        let (child, port, serial_ports, web_port) =
+            spawn_serve(dir.path(), &data_dir, 0, &launch, &log);
         Server {
             child,
             port,
             serial_ports,
             data_dir,
             web_port,
+            log,
+            launch,
             _dir: dir,
         }
     }
@@ -55,8 +126,13 @@ impl Server {
     /// finds it where it was). Waits for the ready line.
     pub fn start_again(&mut self) {
         assert!(!self.is_running(), "start_again after stop");
-        let (child, port, serial_ports, web_port) =
-            spawn_serve(self._dir.path(), &self.data_dir, self.port);
+        let (child, port, serial_ports, web_port) = spawn_serve(
+            self._dir.path(),
+            &self.data_dir,
+            self.port,
+            &self.launch,
+            &self.log,
+        );
         assert_eq!(
             port, self.port,
             "periwire serve listens on its old port again"
@@ -95,9 +171,20 @@ impl Server {
             .expect("device in status")
     }
 
+    /// The server process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Whether the server process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Kills the server with SIGKILL (no shutdown, no flush) and waits for it to be gone.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Stops the server with SIGTERM and waits for it; returns whether it exited cleanly.
@@ -119,20 +206,46 @@ impl Drop for Server {
 
 /// Runs `periwire serve` with `dir`/periwire.toml and `data_dir`, listening on loopback at
 /// `port` (0: any), and waits for its ready line; returns it, its port and its serial ports.
-fn spawn_serve(dir: &Path, data_dir: &Path, port: u16) -> (Child, u16, Vec<(String, u16)>, u16) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_periwire"))
+fn spawn_serve(
+    dir: &Path,
+    data_dir: &Path,
+    port: u16,
+    launch: &Launch,
+    log: &ServerLog,
+) -> (Child, u16, Vec<(String, u16)>, u16) {
+    let mut words = launch.wrapper.iter();
+    let mut command = match words.next() {
+        Some(first) => {
+            let mut c = Command::new(first);
+            c.args(words).arg(env!("CARGO_BIN_EXE_periwire"));
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_periwire")),
+    };
+    let mut child = command
         .arg("serve")
         .arg("--listen")
-        .arg(format!("127.0.0.1:{port}"))
+        .arg(format!("{}:{port}", launch.host))
         .args(["-v", "--config"])
         .arg(dir.join("periwire.toml"))
         .arg("--data-dir")
         .arg(data_dir)
         // Any free port: tests run side by side, and the default one may be taken.
         .args(["--web", "127.0.0.1:0"])
+        // Plain log lines, so tests can search them.
+        .env("NO_COLOR", "1")
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("start periwire serve");
+    let stderr = child.stderr.take().expect("stderr");
+    let log = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("{line}");
+            log.push(line);
+        }
+    });
     let stdout = child.stdout.take().expect("stdout");
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -361,6 +474,40 @@ pub fn prepare_fat_disk(dir: &Path) {
     .expect("create FAT image");
 }
 
+/// A server with one ext4 disk, 1-1 (`ext4.img` of [`prepare_ext4_disk`]).
+pub const EXT4_DISK: &str = r#"
+[[device]]
+kind = "storage"
+busid = "1-1"
+image = "ext4.img"
+"#;
+
+/// Puts `ext4.img` into `dir`: a fresh 64 MiB ext4 file system.
+pub fn prepare_ext4_disk(dir: &Path) {
+    let status = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-L", "periwire"])
+        .arg(dir.join("ext4.img"))
+        .arg("64M")
+        .status()
+        .expect("mkfs.ext4");
+    assert!(status.success(), "mkfs.ext4");
+}
+
+/// Checks with `e2fsck -f -n` that the ext4 image at `image` is clean.
+pub fn assert_fsck_clean(image: &Path) {
+    let fsck = Command::new("e2fsck")
+        .args(["-f", "-n"])
+        .arg(image)
+        .output()
+        .expect("e2fsck");
+    assert!(
+        fsck.status.success(),
+        "the image is fsck-clean: {}{}",
+        String::from_utf8_lossy(&fsck.stdout),
+        String::from_utf8_lossy(&fsck.stderr)
+    );
+}
+
 /// `config` with the `periwire` binary ([`stripped_periwire`]) at /usr/bin/periwire in the
 /// guest, and the shared libraries it loads.
 pub fn with_periwire(mut config: periwire_guest::GuestConfig) -> periwire_guest::GuestConfig {
@@ -418,6 +565,7 @@ pub const BT_HOST_MODULES: &[&str] = &["bluetooth", "hci_vhci", "rfcomm", "cmac"
 /// (`btmgmt`, `hciconfig`, `hcitool`, `l2ping`, `l2test`).
 pub const BT_HOST_BINARIES: &[&str] = &[
     "/usr/bin/btvirt",
+    "/usr/bin/btmon",
     "/usr/bin/rctest",
     "/usr/bin/rfcomm",
     "/usr/bin/sdptool",
@@ -488,7 +636,8 @@ pub fn with_bt_host(config: periwire_guest::GuestConfig) -> periwire_guest::Gues
 /// Shell functions of a host-linked Bluetooth guest ([`with_bt_host`]); needs
 /// [`GUEST_WAIT_HELPERS`] before it. Logs go to `/tmp/bt/`.
 ///
-/// - `bt_host_up [nodaemon]`: starts `btvirt -B -l2` (hci0, hci1), the D-Bus system bus and
+/// - `bt_host_up [nodaemon]`: starts `btvirt -B -l2` (hci0, hci1; `$BT_VIRT_FLAGS` replaces
+///   `-B`, empty for dual-mode controllers), the D-Bus system bus and
 ///   `bluetoothd -n -C` (unless `nodaemon`), sets both controllers to NoInputNoOutput
 ///   (`io-cap 3`), bondable, powered; hci1 connectable and discoverable (page and inquiry
 ///   scan). Sets `$BT_HCI0` and `$BT_HCI1` to their addresses and prints
@@ -537,7 +686,8 @@ bt_wait_bytes() {
 bt_logged() { grep -q "$2" "$1" 2>/dev/null; }
 bt_mgmt_has() { btmgmt --index "$1" info 2>/dev/null | grep -q "$2"; }
 bt_host_up() {
-    btvirt -B -l2 >/tmp/bt/btvirt.log 2>&1 &
+    # BR/EDR-only controllers unless BT_VIRT_FLAGS says otherwise ("" for dual mode).
+    btvirt ${BT_VIRT_FLAGS--B} -l2 >/tmp/bt/btvirt.log 2>&1 &
     wait_until 60 "btvirt's hci0 and hci1" test -e /sys/class/bluetooth/hci1 -a -e /sys/class/bluetooth/hci0
     wait_until 60 "mgmt index 0" bt_mgmt_has 0 "addr "
     wait_until 60 "mgmt index 1" bt_mgmt_has 1 "addr "
