@@ -10,6 +10,9 @@ use std::process::{Child, Command, Output, Stdio};
 
 use serde_json::Value;
 
+mod common;
+use common::{fingerprint, periwire_ok};
+
 const CONFIG: &str = r#"
 [[device]]
 kind = "keyboard"
@@ -138,28 +141,6 @@ fn discover(ns: &str, dir: &std::path::Path, args: &[&str]) -> Output {
     out
 }
 
-/// `periwire ARGS --data-dir DIR` (no namespace: it touches only files); its stdout.
-fn periwire(dir: &std::path::Path, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_periwire"))
-        .args(args)
-        .arg("--data-dir")
-        .arg(dir)
-        .output()
-        .expect("run periwire");
-    assert!(
-        out.status.success(),
-        "periwire {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The fingerprint `periwire id` prints for the data directory `dir`.
-fn fingerprint(dir: &std::path::Path) -> String {
-    let id: Value = serde_json::from_str(&periwire(dir, &["id", "--json"])).expect("id JSON");
-    id["fingerprint"].as_str().expect("fingerprint").to_owned()
-}
-
 /// curl in `ns` (someone else's HTTP client): the status code and the body.
 fn curl(ns: &str, args: &[&str]) -> (String, String) {
     let out = Command::new("ip")
@@ -188,7 +169,7 @@ fn a_server_in_another_namespace_is_discovered_with_its_devices() {
     // first sight (--trust-new), checked below against the announced fingerprint.
     let server_key = fingerprint(&server_data);
     let client_key = fingerprint(&client_data);
-    periwire(&server_data, &["trust", "add", "desk-client", &client_key]);
+    periwire_ok(&server_data, &["trust", "add", "desk-client", &client_key]);
 
     // Wireshark listens on b's side of the link meanwhile: a dissector someone else wrote
     // must read the DNS-SD exchange as well-formed.
@@ -227,7 +208,7 @@ fn a_server_in_another_namespace_is_discovered_with_its_devices() {
     assert_eq!(s["address"], "10.201.0.1:3240", "{s}");
     assert_eq!(s["txt"]["version"], env!("CARGO_PKG_VERSION"), "{s}");
     assert_eq!(s["txt"]["fingerprint"], server_key.as_str(), "{s}");
-    let pinned = periwire(&client_data, &["trust", "list"]);
+    let pinned = periwire_ok(&client_data, &["trust", "list"]);
     assert!(
         pinned.contains("10.201.0.1") && pinned.contains(&server_key),
         "--trust-new pinned the key the TXT record announced: {pinned}"

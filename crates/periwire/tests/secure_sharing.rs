@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{prepare_fat_disk, Server};
+use common::{periwire_ok, prepare_fat_disk, Server};
 use periwire_server::client::{self, ClientError, Remote, UrbClient, UrbRequest};
 use periwire_server::secure::connect::{Connected, TlsClient};
 use periwire_server::secure::Identity;
@@ -45,17 +45,6 @@ fn periwire(data_dir: &Path, args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("run periwire")
-}
-
-/// [`periwire`] that must succeed; its stdout.
-fn periwire_ok(data_dir: &Path, args: &[&str]) -> String {
-    let out = periwire(data_dir, args);
-    assert!(
-        out.status.success(),
-        "periwire {args:?} fails: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// [`periwire`] that must fail with a message; its stderr.

@@ -204,6 +204,32 @@ impl Drop for Server {
     }
 }
 
+/// Runs the host's `periwire ARGS` with `data_dir`, which must succeed; its stdout.
+pub fn periwire_ok(data_dir: &Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_periwire"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .output()
+        .expect("run periwire");
+    assert!(
+        out.status.success(),
+        "periwire {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The fingerprint `periwire id` prints for `data_dir` (making the identity if need be).
+pub fn fingerprint(data_dir: &Path) -> String {
+    let json: serde_json::Value =
+        serde_json::from_str(&periwire_ok(data_dir, &["id", "--json"])).expect("id --json");
+    json["fingerprint"]
+        .as_str()
+        .expect("fingerprint")
+        .to_owned()
+}
+
 /// Runs `periwire serve` with `dir`/periwire.toml and `data_dir`, listening on loopback at
 /// `port` (0: any), and waits for its ready line; returns it, its port and its serial ports.
 fn spawn_serve(
