@@ -568,7 +568,9 @@ EOF
 }
 
 /// Discovery through the host: a guest's inquiry and remote name requests are answered with
-/// what the host's adapter finds and names.
+/// what the host's adapter knows and finds: through bluetoothd while it runs (so a device the
+/// host has paired is listed even when it no longer answers inquiries), the kernel's own
+/// inquiry once it is gone.
 #[test]
 fn a_host_linked_guest_discovers_what_the_host_finds() {
     let scenario = format!(
@@ -584,19 +586,58 @@ link = "host"
 host_adapter = "hci0"
 EOF
         guest_adapter_up 2
-        hcitool -i hci2 scan 2>&1 | sed 's/^/INQUIRY /'
+        # 1. bluetoothd's discovery finds the remote.
+        hcitool -i hci2 scan 2>&1 | sed 's/^/INQUIRY-FOUND /'
+        grep -i "inquir\|bluez\|discover" /tmp/pw/log | sed "s/^/PW-LOG /"
+        # 2. The host pairs with it; it stops answering inquiries, bluetoothd still knows it.
+        btmgmt --timeout 30 --index 0 pair -c 3 -t 0 "$BT_HCI1" 2>&1 | sed 's/^/HOST-PAIR /'
+        btmgmt --index 1 discov off >/dev/null
+        hcitool -i hci2 scan 2>&1 | sed 's/^/INQUIRY-KNOWN /'
+        # 3. Without bluetoothd the kernel's inquiry finds the remote, discoverable again.
+        kill $(pidof bluetoothd)
+        wait_until 30 "bluetoothd gone" sh -c '! pidof bluetoothd'
+        for i in 0 1 2; do btmgmt --index $i power on >/dev/null; done
+        btmgmt --index 1 connectable on >/dev/null
+        btmgmt --index 1 discov on >/dev/null
+        hcitool -i hci2 scan 2>&1 | sed 's/^/INQUIRY-KERNEL /'
+        grep "guest inquiry through" /tmp/pw/log | sed 's/^/INQUIRY-PATH /'
         mark DISCOVERED
         "#
     );
     let mut guest = boot(scenario);
     guest
-        .expect_line("DISCOVERED", STEP * 2)
+        .expect_line("DISCOVERED", STEP * 4)
         .expect("discovery");
     let outcome = guest.wait_success(STEP).expect("scenario succeeds");
     let remote = text(&outcome, "BT-ADDR hci1 ");
-    let inquiry = text(&outcome, "INQUIRY ");
-    assert!(
-        inquiry.contains(&remote) && inquiry.contains("periwire-remote"),
-        "the guest's inquiry found the remote ({remote}) with its name:\n{inquiry}"
+    for (step, what) in [
+        ("INQUIRY-FOUND ", "found by bluetoothd"),
+        (
+            "INQUIRY-KNOWN ",
+            "known to bluetoothd (paired, not discoverable)",
+        ),
+        ("INQUIRY-KERNEL ", "found by the kernel's inquiry"),
+    ] {
+        let inquiry = text(&outcome, step);
+        assert!(
+            inquiry.contains(&remote) && inquiry.contains("periwire-remote"),
+            "the guest's inquiry listed the remote ({remote}) with its name, {what}:\n{inquiry}\n{}", text(&outcome, "PW-LOG ")
+        );
+    }
+    let paths: Vec<&str> = prefixed_lines(&outcome.transcript, "INQUIRY-PATH ")
+        .iter()
+        .map(|l| {
+            if l.contains("through bluetoothd") {
+                "bluetoothd"
+            } else {
+                "kernel"
+            }
+        })
+        .collect();
+    assert_eq!(
+        paths,
+        ["bluetoothd", "bluetoothd", "kernel"],
+        "each inquiry took the expected path:\n{}",
+        text(&outcome, "INQUIRY-PATH ")
     );
 }
