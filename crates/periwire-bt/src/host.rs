@@ -24,6 +24,7 @@ use periwire_hci::{AdapterId, BdAddr, ControllerConfig};
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinSet;
 
+use crate::bluez::{self, Bluetoothd};
 use crate::sys;
 
 /// The PSM every BR/EDR device answers or refuses at once: SDP (Assigned Numbers, 5.2). A
@@ -469,12 +470,7 @@ impl Driver {
                         let tx = events_tx.clone();
                         let index = self.host.index;
                         tasks.spawn(async move {
-                            let name = sys::remote_name(index, remote, NAME_TIMEOUT)
-                                .await
-                                .unwrap_or_else(|e| {
-                                    tracing::debug!(%remote, error = %e, "host name request failed");
-                                    None
-                                });
+                            let name = remote_name(index, remote).await;
                             let _ = tx.send(Event::Name(remote, name));
                         });
                     }
@@ -498,13 +494,10 @@ impl Driver {
                         let index = self.host.index;
                         tasks.spawn(async move {
                             let found_tx = tx.clone();
-                            let r = sys::inquiry(index, INQUIRY_LENGTH, |found| {
+                            inquiry(index, move |found| {
                                 let _ = found_tx.send(Event::Found(found));
                             })
                             .await;
-                            if let Err(e) = r {
-                                tracing::warn!(error = %e, "host inquiry failed");
-                            }
                             let _ = tx.send(Event::InquiryDone);
                         });
                     }
@@ -578,9 +571,47 @@ impl Driver {
 }
 
 fn l2cap_addr(addr: BdAddr, psm: u16) -> SocketAddr {
-    let mut msb_first = addr.0;
-    msb_first.reverse();
-    SocketAddr::new(bluer::Address(msb_first), bluer::AddressType::BrEdr, psm)
+    SocketAddr::new(bluez::bluer_address(addr), bluer::AddressType::BrEdr, psm)
+}
+
+/// A host inquiry for the guest: through bluetoothd when it manages the controller (so the
+/// guest also sees what the host already knows), else the kernel's own.
+async fn inquiry(index: u16, found: impl FnMut(sys::InquiryResult)) {
+    let outcome = match Bluetoothd::connect(index).await {
+        Some(daemon) => {
+            tracing::info!(host = index, "guest inquiry through bluetoothd");
+            daemon
+                .inquiry(INQUIRY_LENGTH, found)
+                .await
+                .map_err(io::Error::other)
+        }
+        None => {
+            tracing::info!(
+                host = index,
+                "guest inquiry through the kernel (no bluetoothd)"
+            );
+            sys::inquiry(index, INQUIRY_LENGTH, found).await
+        }
+    };
+    if let Err(e) = outcome {
+        tracing::warn!(error = %e, "host inquiry failed");
+    }
+}
+
+/// The name of `remote`: bluetoothd's, when it knows one (no page needed), else what the
+/// remote answers the host controller's name request.
+async fn remote_name(index: u16, remote: BdAddr) -> Option<String> {
+    if let Some(daemon) = Bluetoothd::connect(index).await {
+        if let Some(name) = daemon.name(remote).await {
+            return Some(name);
+        }
+    }
+    sys::remote_name(index, remote, NAME_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| {
+            tracing::debug!(%remote, error = %e, "host name request failed");
+            None
+        })
 }
 
 /// L2CAP_MODE_ERTM in `struct l2cap_options`.
@@ -712,9 +743,7 @@ fn send_mtu(s: &SeqPacket) -> u16 {
 
 /// The BD_ADDR of a socket address (most significant octet first) in HCI order.
 fn bd_addr_of(a: &SocketAddr) -> BdAddr {
-    let mut octets = a.addr.0;
-    octets.reverse();
-    BdAddr(octets)
+    bluez::bd_addr(a.addr)
 }
 
 /// A listening socket for `psm` on the host controller; what it accepts inherits its MTU,

@@ -26,6 +26,7 @@
 #![warn(missing_docs)]
 
 mod adapter;
+mod bluez;
 mod h4;
 pub mod host;
 mod shared;

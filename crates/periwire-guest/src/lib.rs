@@ -240,13 +240,15 @@ pub struct GuestConfig {
     pub kernel_args: Vec<String>,
     /// Guest memory in MiB.
     pub memory_mib: u32,
+    /// Virtual CPUs (QEMU's multi-threaded TCG runs each on its own host thread).
+    pub cpus: u32,
     /// The longest the guest may live; after it QEMU is killed and waits fail. A failure
     /// limit, not a synchronisation means.
     pub timeout: Duration,
 }
 
 impl GuestConfig {
-    /// A guest that runs `scenario`, with 512 MiB, no modules but the network's, no forwards
+    /// A guest that runs `scenario`, with one CPU, 512 MiB, no modules but the network's, no forwards
     /// and a 300 s limit.
     pub fn new(scenario: impl Into<String>) -> Self {
         GuestConfig {
@@ -259,6 +261,7 @@ impl GuestConfig {
             usb_redirs: Vec::new(),
             kernel_args: Vec::new(),
             memory_mib: 512,
+            cpus: 1,
             timeout: Duration::from_secs(300),
         }
     }
@@ -342,6 +345,13 @@ impl GuestConfig {
     /// Sets the guest's memory in MiB.
     pub fn memory_mib(mut self, mib: u32) -> Self {
         self.memory_mib = mib;
+        self
+    }
+
+    /// Sets the guest's number of CPUs: for a guest whose user-space and kernel work should
+    /// run side by side, as on a real machine.
+    pub fn cpus(mut self, cpus: u32) -> Self {
+        self.cpus = cpus.max(1);
         self
     }
 
@@ -678,7 +688,9 @@ impl Guest {
             "-display",
             "none",
         ])
-        .args(["-no-reboot", "-smp", "1"])
+        .arg("-no-reboot")
+        .arg("-smp")
+        .arg(config.cpus.to_string())
         .arg("-m")
         .arg(config.memory_mib.to_string())
         .args([

@@ -11,9 +11,11 @@
 mod endpoint;
 mod list;
 mod passthrough;
+mod watch;
 
 pub use list::{list_devices, HostDeviceSummary};
 pub use passthrough::HostDevice;
+pub use watch::DeviceWatch;
 
 /// Why the host's devices cannot be listed.
 #[derive(Debug, thiserror::Error)]

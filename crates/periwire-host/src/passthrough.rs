@@ -31,8 +31,12 @@ const ENDPOINT_HALT: u16 = 0;
 /// the one found at the next import, as with `usbip bind`.
 pub struct HostDevice {
     busid: String,
+    /// Whether the device is kept from its local drivers between imports too.
+    force: bool,
     /// Set while a client has the device imported.
     claimed: Mutex<Option<Claimed>>,
+    /// What a forced device holds while no client has it.
+    held: Mutex<Option<Claimed>>,
     /// What the device list showed last; kept while the device is unplugged.
     last_info: Mutex<DeviceInfo>,
 }
@@ -67,9 +71,47 @@ impl HostDevice {
         let found = find(busid)?;
         Ok(Self {
             busid: busid.to_owned(),
+            force: false,
             claimed: Mutex::new(None),
+            held: Mutex::new(None),
             last_info: Mutex::new(found.as_ref().map_or_else(absent_info, device_info)),
         })
+    }
+
+    /// The device at `busid`, taken from its local drivers now (as `usbip bind` does) and
+    /// kept from them between imports, until this is dropped. A device plugged in later, or
+    /// again, is taken by the next [`hold`](Self::hold).
+    pub fn forced(busid: &str) -> Result<Self, HostError> {
+        let mut device = Self::new(busid)?;
+        device.force = true;
+        device.hold();
+        Ok(device)
+    }
+
+    /// For a forced device: takes the device plugged at the bus id now from its local
+    /// drivers, if nothing holds it yet (or what was held has been unplugged since). Does
+    /// nothing for a device that is not forced.
+    pub fn hold(&self) {
+        if !self.force || self.claimed().is_some() {
+            return;
+        }
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if held
+            .as_ref()
+            .is_some_and(|h| plugged(&self.busid, h.address))
+        {
+            return;
+        }
+        *held = None;
+        if !self.is_plugged() {
+            return;
+        }
+        match self.open_and_claim() {
+            Ok(claimed) => *held = Some(claimed),
+            Err(e) => {
+                tracing::warn!(busid = %self.busid, error = %e, "cannot take the device from its local drivers")
+            }
+        }
     }
 
     /// Whether a device is plugged in at the bus id now.
@@ -405,7 +447,12 @@ impl UsbDevice for HostDevice {
     }
 
     fn attached(&self) -> Result<(), AttachError> {
-        let claimed = self.open_and_claim()?;
+        let held = (self.held.lock().unwrap_or_else(|e| e.into_inner()).take())
+            .filter(|h| plugged(&self.busid, h.address));
+        let claimed = match held {
+            Some(h) => h,
+            None => self.open_and_claim()?,
+        };
         *self.claimed() = Some(claimed);
         Ok(())
     }
@@ -433,6 +480,12 @@ impl UsbDevice for HostDevice {
         let Some(mut claimed) = self.claimed().take() else {
             return;
         };
+        if self.force {
+            // Kept from the local drivers for the next client; its endpoints start afresh.
+            claimed.endpoints.clear();
+            *self.held.lock().unwrap_or_else(|e| e.into_inner()) = Some(claimed);
+            return;
+        }
         let released = Self::release_interfaces(&mut claimed);
         self.give_back(&claimed.device, &released);
         tracing::info!(busid = %self.busid, "host device given back to its local drivers");
@@ -440,6 +493,25 @@ impl UsbDevice for HostDevice {
 
     fn shutdown(&self) {
         self.detached();
+        self.release_held();
+    }
+}
+
+impl HostDevice {
+    /// Gives a forced device's interfaces back to its local drivers.
+    fn release_held(&self) {
+        let held = self.held.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(mut held) = held {
+            let released = Self::release_interfaces(&mut held);
+            self.give_back(&held.device, &released);
+            tracing::info!(busid = %self.busid, "host device given back to its local drivers");
+        }
+    }
+}
+
+impl Drop for HostDevice {
+    fn drop(&mut self) {
+        self.release_held();
     }
 }
 

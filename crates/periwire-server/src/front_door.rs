@@ -17,7 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::registry::{Export, Registry};
+use crate::registry::{Export, Peer, Registry};
 use crate::secure::tls::{self, PeerCheck, Verdict};
 use crate::secure::{Identity, Network, TrustStore};
 use crate::server::{accept_loop, serve_stream_gated, ConnectionError, ServerConfig, Stopped};
@@ -189,7 +189,7 @@ async fn handle(
             // small future, not one sized for the URB phase.
             Box::pin(serve_stream_gated(
                 stream,
-                peer,
+                Peer::at(peer),
                 registry,
                 config,
                 &gate,
@@ -250,11 +250,14 @@ async fn serve_tls(
         )));
     };
     info!(%peer, client = %name, %fingerprint, "TLS client");
-    let label = format!("{name} ({peer})");
+    let who = Peer {
+        address: peer.to_string(),
+        identity: Some(name.clone()),
+    };
     let client = Client::Trusted { name };
     let gate = |e: &Export| door.rules.may_import(&client, e);
     // The handshake had its own time; the request gets a full one after it.
-    serve_stream_gated(stream, label, registry, config, &gate, stop.wait()).await?;
+    serve_stream_gated(stream, who, registry, config, &gate, stop.wait()).await?;
     Ok(())
 }
 

@@ -10,7 +10,7 @@
 //! - [`urb_stream`]: the URB phase's reads and writes, with a payload copied once.
 //! - [`registry`]: the exported devices and who holds each.
 //! - [`client`]: a USB/IP client for listing and importing devices.
-//! - [`control`]: the local control socket that `periwire input` and friends talk to.
+//! - [`stats`]: what each import and each device has moved.
 //! - [`secure`]: identities, pins, mutual TLS and the plain-USB/IP policy.
 //! - [`front_door`]: one port for TLS and plain USB/IP, told apart by the first byte; the
 //!   access rules (plain_allow, allow lists) of every listener.
@@ -22,7 +22,6 @@
 
 pub mod accept;
 pub mod client;
-pub mod control;
 pub mod framing;
 pub mod front_door;
 pub mod registry;
@@ -30,11 +29,12 @@ pub mod secure;
 pub mod serial;
 pub mod server;
 pub mod session;
+pub mod stats;
 pub mod urb_stream;
 pub mod usbip_map;
 pub mod usbredir;
 pub mod usbredir_map;
 
-pub use registry::{Export, Registry};
+pub use registry::{ClaimInfo, DeviceTotals, Export, Peer, Registry};
 pub use server::{serve, serve_stream, serve_stream_gated, ServerConfig};
 pub use session::DeviceSession;

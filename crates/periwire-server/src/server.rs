@@ -37,7 +37,7 @@ use tracing::{debug, info, warn};
 
 use crate::accept::accept_until;
 pub use crate::accept::Stopped;
-use crate::registry::{Export, ImportError, Registry};
+use crate::registry::{Export, ImportError, Peer, Registry};
 use crate::session::{Completed, DeviceSession};
 use crate::urb_stream::{CommandReader, Outbox};
 use crate::usbip_map;
@@ -133,6 +133,7 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     accept_until(listener, shutdown, |stream, peer, stop| {
+        registry.count_connection();
         handler(stream, peer, registry.clone(), stop)
     })
     .await;
@@ -155,14 +156,16 @@ pub async fn serve_stream<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let peer = Peer::at(peer);
     serve_stream_gated(stream, peer, registry, config, &|_| true, stop).await
 }
 
 /// [`serve_stream`] for a client that sees and imports only the exports `gate` lets
 /// through; a refused import is answered ST_NA and logged with the client and the device.
+/// `peer` is who the client is, as logs and the registry's [`ClaimInfo`](crate::ClaimInfo) show it.
 pub async fn serve_stream_gated<S>(
     mut stream: S,
-    peer: impl Display,
+    peer: Peer,
     registry: &Registry,
     config: ServerConfig,
     gate: Gate<'_>,
@@ -212,7 +215,7 @@ where
                 send_and_close(&mut stream, &out).await?;
                 return Ok(());
             }
-            match registry.claim(&busid) {
+            match registry.claim_by(&busid, peer.clone()) {
                 Err(e) => {
                     info!(%peer, %busid, reason = %e, "import refused");
                     let status = match e {
@@ -280,6 +283,8 @@ where
     tokio::pin!(stop);
     let device = Arc::clone(session.device());
     let mut gone = device.gone();
+    let withdrawn = session.withdrawn();
+    tokio::pin!(withdrawn);
     let (rd, mut wr) = tokio::io::split(stream);
     let (cmd_tx, mut cmd_rx) = mpsc::channel(64);
     let mut reader = tokio::spawn(read_commands(rd, buf, config, cmd_tx));
@@ -295,6 +300,10 @@ where
             () = &mut stop => break Ok(()),
             () = &mut gone => {
                 info!("the device is gone; closing the connection");
+                break Ok(());
+            }
+            () = &mut withdrawn => {
+                info!("the device was unbound; closing the connection");
                 break Ok(());
             }
             done = phase.session.next_completion() => phase.finish(done),

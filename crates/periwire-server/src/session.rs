@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
 use crate::registry::{Claim, Export};
+use crate::stats::Meters;
 
 /// A finished URB.
 #[derive(Debug)]
@@ -93,6 +94,12 @@ where
         self.claim.export()
     }
 
+    /// Resolves when the device is withdrawn from the client (unbound): see
+    /// [`Claim::withdrawn`].
+    pub fn withdrawn(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        self.claim.withdrawn()
+    }
+
     /// The device.
     pub fn device(&self) -> &Arc<dyn UsbDevice> {
         &self.device
@@ -116,6 +123,7 @@ where
                 Arc::clone(&self.device),
                 rx,
                 self.done_tx.clone(),
+                self.claim.meters().clone(),
             ));
             tx
         });
@@ -175,13 +183,16 @@ async fn run_endpoint<K, H>(
     device: Arc<dyn UsbDevice>,
     mut queue: mpsc::UnboundedReceiver<Work<K, H>>,
     done: mpsc::UnboundedSender<Completed<K, H>>,
+    meters: Meters,
 ) {
     while let Some(mut work) = queue.recv().await {
+        let direction = work.urb.direction;
         let result = tokio::select! {
             biased;
             _ = &mut work.cancel => continue,
             r = device.submit(work.urb) => r,
         };
+        meters.record(direction, &result);
         let completed = Completed {
             id: work.id,
             result,

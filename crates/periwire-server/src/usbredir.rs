@@ -25,7 +25,7 @@ use tracing::{debug, info, warn};
 
 use crate::accept::accept_until;
 use crate::front_door::AccessRules;
-use crate::registry::Registry;
+use crate::registry::{Peer, Registry};
 use crate::session::{Completed, DeviceSession};
 use crate::usbredir_map;
 
@@ -71,6 +71,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     accept_until(listener, shutdown, |stream, peer, stopped| {
         let (registry, busid, rules) = (registry.clone(), busid.clone(), Arc::clone(&rules));
+        registry.count_connection();
         async move {
             if let Err(why) = admit(&rules, &registry, &busid, peer.ip()) {
                 warn!(%peer, %busid, "usbredir guest refused: {why}");
@@ -122,7 +123,7 @@ pub async fn serve_stream<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let claim = match registry.claim(busid) {
+    let claim = match registry.claim_by(busid, Peer::at(&peer)) {
         Ok(claim) => claim,
         Err(e) => {
             info!(%peer, %busid, reason = %e, "usbredir connection refused");
@@ -166,6 +167,9 @@ impl Connection {
         let device = Arc::clone(self.session.device());
         let gone = device.gone();
         tokio::pin!(gone);
+        // Unbound while held: to the guest, as if unplugged.
+        let withdrawn = self.session.withdrawn();
+        tokio::pin!(withdrawn);
         let (mut rd, mut wr) = tokio::io::split(stream);
         let mut buf = BytesMut::with_capacity(64 * 1024);
         let mut out = Vec::new();
@@ -203,6 +207,11 @@ impl Connection {
                 }
                 () = &mut gone, if !gone_seen => {
                     info!("the device is gone; telling the guest");
+                    gone_seen = true;
+                    self.host.disconnect();
+                }
+                () = &mut withdrawn, if !gone_seen => {
+                    info!("the device was withdrawn; telling the guest");
                     gone_seen = true;
                     self.host.disconnect();
                 }

@@ -5,6 +5,46 @@ use periwire_wire::usbip::BusId;
 
 use crate::AnyError;
 
+/// Imports `busid` from `remote` over `transport` and attaches it here once; the vhci port
+/// it got. Over TLS the relay runs as a task of this process, so the device stays attached
+/// while the process runs (`periwire ui`).
+pub async fn attach_once(
+    remote: &str,
+    busid: &str,
+    transport: &Transport,
+) -> Result<u32, AnyError> {
+    let remote = Remote::parse(remote)?;
+    let busid = BusId::new(busid).map_err(|e| format!("bus id {busid:?}: {e}"))?;
+    let vhci = Vhci::system();
+    let attachment = match transport {
+        Transport::Plain => periwire_vhci::attach(&vhci, &remote, &busid).await?,
+        // Dropping the relay's handle leaves the task running.
+        Transport::Tls(tls) => {
+            periwire_vhci::attach_tls(&vhci, &remote, &busid, tls)
+                .await?
+                .0
+        }
+    };
+    Ok(attachment.port)
+}
+
+/// The vhci ports in use, as `periwire port --json` and the page show them.
+pub fn port_rows() -> Result<Vec<serde_json::Value>, AnyError> {
+    let attached = Vhci::system().attached()?;
+    Ok(attached
+        .iter()
+        .map(|a| {
+            serde_json::json!({
+                "port": a.port.number,
+                "busid": a.record.as_ref().map(|r| r.busid.as_str()),
+                "remote": a.record.as_ref().map(|r| format!("{}:{}", r.host, r.service)),
+                "speed": periwire_vhci::status::speed_name(a.port.speed),
+                "local_busid": a.port.local_busid,
+            })
+        })
+        .collect())
+}
+
 /// Imports `busid` from `remote` over `transport` and attaches it here; with `persist`,
 /// stays and attaches it again whenever it is lost, until SIGINT or SIGTERM. Over TLS
 /// without `persist`, stays until the TLS session ends (a detach, the server gone) or a
@@ -59,23 +99,11 @@ pub fn detach(port: u32) -> Result<(), AnyError> {
 
 /// Lists the vhci ports in use, as `usbip port` does.
 pub fn ports(json: bool) -> Result<(), AnyError> {
-    let attached = Vhci::system().attached()?;
     if json {
-        let rows: Vec<_> = attached
-            .iter()
-            .map(|a| {
-                serde_json::json!({
-                    "port": a.port.number,
-                    "busid": a.record.as_ref().map(|r| r.busid.as_str()),
-                    "remote": a.record.as_ref().map(|r| format!("{}:{}", r.host, r.service)),
-                    "speed": periwire_vhci::status::speed_name(a.port.speed),
-                    "local_busid": a.port.local_busid,
-                })
-            })
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        println!("{}", serde_json::to_string_pretty(&port_rows()?)?);
         return Ok(());
     }
+    let attached = Vhci::system().attached()?;
     if attached.is_empty() {
         println!("no devices attached");
     }

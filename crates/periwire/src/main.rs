@@ -2,16 +2,24 @@
 
 mod attach;
 mod config;
+mod control;
+mod devices;
+mod discovery;
+mod listing;
+mod names;
 mod redirect;
 mod secure;
 mod serve;
+mod state;
+mod table;
+mod web;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use periwire_server::control::{ControlRequest, ControlResponse, MouseButton};
+use control::{BindRequest, ControlRequest, ControlResponse, MouseButton, UnbindRequest};
 use periwire_server::usbip_map;
 use periwire_usb::InterfaceClass;
 
@@ -34,14 +42,21 @@ struct Cli {
 enum Command {
     /// Run the USB/IP server exporting the configured devices (virtual and host).
     Serve(serve::ServeArgs),
-    /// List the devices a USB/IP server exports, or (--local) this machine's USB devices.
+    /// List the devices a USB/IP server exports, or (--local) this machine's USB devices
+    /// and whether each is shared.
     List {
         /// Server to ask, HOST or HOST:PORT.
         #[arg(long, short, default_value = "127.0.0.1")]
         remote: String,
-        /// List this machine's USB devices, which a `kind = "host"` device can export.
-        #[arg(long, short, conflicts_with = "remote")]
+        /// List this machine's USB devices, which `periwire bind` shares.
+        #[arg(long, short, conflicts_with_all = ["remote", "discover"])]
         local: bool,
+        /// Find the servers on the local network (DNS-SD, `_usbip._tcp`) and list theirs.
+        #[arg(long, conflicts_with = "remote")]
+        discover: bool,
+        /// With --discover: how long to listen for servers, in seconds.
+        #[arg(long, default_value_t = 3, requires = "discover")]
+        wait: u64,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -51,6 +66,35 @@ enum Command {
         /// With --tls: pin a server seen for the first time (printing its fingerprint).
         #[arg(long, requires = "tls")]
         trust_new: bool,
+    },
+    /// Share a USB device of this machine: now if a server runs, and from its next start.
+    #[command(group = clap::ArgGroup::new("what").required(true).args(["busid", "hardware_id"]))]
+    Bind {
+        /// The port's bus id (`periwire list --local`): whatever is plugged in there.
+        #[arg(long, short)]
+        busid: Option<String>,
+        /// VID:PID: that device, wherever it is plugged in.
+        #[arg(long, value_name = "VID:PID")]
+        hardware_id: Option<String>,
+        /// With --hardware-id: only the device with this serial number.
+        #[arg(long, requires = "hardware_id")]
+        serial: Option<String>,
+        /// Take the device from its local drivers now, not when a client attaches it.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Stop sharing devices (a client using one loses it).
+    #[command(group = clap::ArgGroup::new("what").required(true).args(["busid", "hardware_id", "all"]))]
+    Unbind {
+        /// The bus id: its binding, and that of the device plugged in there.
+        #[arg(long, short)]
+        busid: Option<String>,
+        /// VID:PID.
+        #[arg(long, value_name = "VID:PID")]
+        hardware_id: Option<String>,
+        /// Every binding.
+        #[arg(long)]
+        all: bool,
     },
     /// Import a device from a USB/IP server and attach it to this machine (vhci-hcd).
     Attach {
@@ -113,7 +157,24 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Show the devices of a running server and which are imported.
+    /// Serve the client's web page: a remote server's devices, with attach and detach, and
+    /// this machine's vhci ports.
+    Ui {
+        /// The server, HOST or HOST:PORT.
+        #[arg(long, short)]
+        remote: String,
+        /// Where the page listens. Beyond loopback it asks for the token in the data
+        /// directory (`web-token`).
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:3280")]
+        web: std::net::SocketAddr,
+        /// List and import over mutual TLS, the server's key checked against the pins.
+        #[arg(long)]
+        tls: bool,
+        /// With --tls: pin a server seen for the first time (printing its fingerprint).
+        #[arg(long, requires = "tls")]
+        trust_new: bool,
+    },
+    /// Show the devices of a running server, who uses each, and what they moved.
     Status {
         /// Print JSON instead of a table.
         #[arg(long)]
@@ -140,10 +201,7 @@ mod tests {
 }
 
 /// Prints the adapters reply as a table or JSON.
-fn print_adapters(
-    adapters: &[periwire_server::control::AdapterStatus],
-    json: bool,
-) -> Result<(), AnyError> {
+fn print_adapters(adapters: &[control::AdapterStatus], json: bool) -> Result<(), AnyError> {
     if json {
         println!("{}", serde_json::to_string_pretty(adapters)?);
         return Ok(());
@@ -246,9 +304,11 @@ async fn run(command: Command, data_dir: Option<PathBuf>) -> Result<(), AnyError
         Command::Redirect(args) => redirect::run(args).await,
         Command::List {
             local: true, json, ..
-        } => list_local(json),
+        } => listing::list_local(data_dir, json).await,
         Command::List {
             remote,
+            discover,
+            wait,
             json,
             tls,
             trust_new,
@@ -258,7 +318,36 @@ async fn run(command: Command, data_dir: Option<PathBuf>) -> Result<(), AnyError
                 true => Some(secure::tls_client(serve::data_dir(data_dir)?, trust_new)?),
                 false => None,
             };
-            list(&remote, json, tls.as_ref()).await
+            match discover {
+                true => listing::list_discovered(Duration::from_secs(wait), json, tls).await,
+                false => listing::list_remote(&remote, json, tls.as_ref()).await,
+            }
+        }
+        Command::Bind {
+            busid,
+            hardware_id,
+            serial,
+            force,
+        } => {
+            let request = BindRequest {
+                busid,
+                hardware_id,
+                serial,
+                force,
+            };
+            listing::bind(data_dir, request).await
+        }
+        Command::Unbind {
+            busid,
+            hardware_id,
+            all,
+        } => {
+            let request = UnbindRequest {
+                busid,
+                hardware_id,
+                all,
+            };
+            listing::unbind(data_dir, request).await
         }
         Command::Attach {
             remote,
@@ -267,18 +356,30 @@ async fn run(command: Command, data_dir: Option<PathBuf>) -> Result<(), AnyError
             tls,
             trust_new,
         } => {
-            let transport = match tls {
-                true => periwire_vhci::Transport::Tls(secure::tls_client(
-                    serve::data_dir(data_dir)?,
-                    trust_new,
-                )?),
-                false => periwire_vhci::Transport::Plain,
-            };
+            let transport = transport(tls, trust_new, data_dir)?;
             attach::attach(&remote, &busid, persist, transport).await
         }
         Command::Id { json } => secure::id(&serve::data_dir(data_dir)?, json),
         Command::Trust { action } => secure::trust(&serve::data_dir(data_dir)?, action),
         Command::Detach { port } => attach::detach(port),
+        Command::Ui {
+            remote,
+            web,
+            tls,
+            trust_new,
+        } => {
+            let data_dir = serve::data_dir(data_dir)?;
+            let transport = transport(tls, trust_new, Some(data_dir.clone()))?;
+            let Some((listener, token)) = serve::bind_web(web, &data_dir, false).await? else {
+                return Ok(());
+            };
+            let mode = web::Mode::Client { remote, transport };
+            tokio::select! {
+                r = web::serve(listener, mode, token) => r?,
+                () = serve::shutdown_signal() => {}
+            }
+            Ok(())
+        }
         Command::Port { json } => attach::ports(json),
         Command::Input { device, action } => {
             let request = match action {
@@ -305,20 +406,10 @@ async fn run(command: Command, data_dir: Option<PathBuf>) -> Result<(), AnyError
                 .await
                 .map(|_| ())
         }
-        Command::Status { json, .. } => {
-            let response = control(data_dir, ControlRequest::Status).await?;
-            if let ControlResponse::Status { devices } = response {
-                if json {
-                    println!("{}", serde_json::to_string_pretty(&devices)?);
-                } else {
-                    for d in devices {
-                        let state = if d.imported { "imported" } else { "available" };
-                        println!("{:<8} {:<12} {:<10} {}", d.busid, d.name, d.kind, state);
-                    }
-                }
-            }
-            Ok(())
-        }
+        Command::Status { json, .. } => match control(data_dir, ControlRequest::Status).await? {
+            ControlResponse::Status { devices } => listing::print_status(&devices, json),
+            _ => Err("unexpected reply on the control socket".into()),
+        },
     }
 }
 
@@ -350,11 +441,27 @@ async fn control(
     request: ControlRequest,
 ) -> Result<ControlResponse, AnyError> {
     let socket = serve::data_dir(data_dir)?.join(serve::CONTROL_SOCKET);
-    let response = periwire_server::control::request(&socket, &request).await?;
+    let response = control::request(&socket, &request).await?;
     match response {
         ControlResponse::Error { message } => Err(message.into()),
         other => Ok(other),
     }
+}
+
+/// How `attach` and `ui` reach a server: plain USB/IP, or (`tls`) mutual TLS with this
+/// periwire's identity and pins.
+fn transport(
+    tls: bool,
+    trust_new: bool,
+    data_dir: Option<PathBuf>,
+) -> Result<periwire_vhci::Transport, AnyError> {
+    Ok(match tls {
+        true => periwire_vhci::Transport::Tls(secure::tls_client(
+            serve::data_dir(data_dir)?,
+            trust_new,
+        )?),
+        false => periwire_vhci::Transport::Plain,
+    })
 }
 
 /// Interfaces as `class/subclass/protocol` in hex, as `usbip list` prints them.
@@ -370,104 +477,4 @@ fn remote_interfaces(interfaces: &[periwire_wire::usbip::InterfaceRecord]) -> Ve
     (interfaces.iter().copied())
         .map(usbip_map::interface_from_wire)
         .collect()
-}
-
-/// Prints this machine's USB devices, as `usbip list -l` does.
-fn list_local(json: bool) -> Result<(), AnyError> {
-    let devices = periwire_host::list_devices()?;
-    if json {
-        let rows: Vec<_> = devices
-            .iter()
-            .map(|d| {
-                serde_json::json!({
-                    "busid": d.busid,
-                    "vendor_id": format!("{:04x}", d.vendor_id),
-                    "product_id": format!("{:04x}", d.product_id),
-                    "manufacturer": d.manufacturer,
-                    "product": d.product,
-                    "serial": d.serial,
-                    "speed": d.speed.name(),
-                    "class": d.class,
-                    "interfaces": interface_triples(&d.interfaces),
-                    "drivers": d.drivers,
-                })
-            })
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-        return Ok(());
-    }
-    if devices.is_empty() {
-        println!("no USB devices on this machine");
-    }
-    for d in &devices {
-        let name = d
-            .product
-            .as_deref()
-            .or(d.manufacturer.as_deref())
-            .unwrap_or("-");
-        let drivers = if d.drivers.is_empty() {
-            "no driver".to_owned()
-        } else {
-            d.drivers.join(", ")
-        };
-        println!(
-            "{:<10} {:04x}:{:04x}  {name}  ({drivers})",
-            d.busid, d.vendor_id, d.product_id
-        );
-    }
-    Ok(())
-}
-
-async fn list(
-    remote: &str,
-    json: bool,
-    tls: Option<&periwire_server::secure::connect::TlsClient>,
-) -> Result<(), AnyError> {
-    let remote = periwire_server::client::Remote::parse(remote)?;
-    let addr = remote.to_string();
-    let timeout = Duration::from_secs(10);
-    let devices = match tls {
-        None => periwire_server::client::list_devices(&addr, timeout).await?,
-        Some(tls) => {
-            let mut connected = tls.connect(&remote, timeout).await?;
-            periwire_server::client::list_devices_on(&mut connected.stream, timeout).await?
-        }
-    };
-    if json {
-        let rows: Vec<_> = devices
-            .iter()
-            .map(|d| {
-                serde_json::json!({
-                    "busid": d.device.busid.as_str(),
-                    "vendor_id": format!("{:04x}", d.device.id_vendor),
-                    "product_id": format!("{:04x}", d.device.id_product),
-                    "speed": usbip_map::speed_from_wire(d.device.speed).name(),
-                    "class": d.device.device_class,
-                    "interfaces": interface_triples(&remote_interfaces(&d.interfaces)),
-                })
-            })
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-        return Ok(());
-    }
-    if devices.is_empty() {
-        println!("{addr}: no exportable devices");
-    }
-    for d in &devices {
-        let r = &d.device;
-        println!(
-            "{:>8}: {:04x}:{:04x} ({})",
-            r.busid,
-            r.id_vendor,
-            r.id_product,
-            usbip_map::speed_from_wire(r.speed).name()
-        );
-        for (n, i) in d.interfaces.iter().enumerate() {
-            println!(
-                "          {n}: class {:02x}/{:02x}/{:02x}",
-                i.class, i.subclass, i.protocol
-            );
-        }
-    }
-    Ok(())
 }

@@ -8,7 +8,6 @@ use periwire_bt::host::{HostAdapter, HostMedium};
 use periwire_bt::usb_dongle::UsbDongle;
 use periwire_bt::{AdapterPlan, ControllerConfig, H4Server, Medium, SharedRadio};
 use periwire_host::HostDevice;
-use periwire_server::control::{ControlState, NamedInput};
 use periwire_server::front_door::{AccessRules, FrontDoor};
 use periwire_server::usbredir::UsbredirConfig;
 use periwire_server::{Export, Registry, ServerConfig};
@@ -22,6 +21,10 @@ use tokio::net::TcpListener;
 use crate::config::{
     AdapterConfig, AdapterLink, AdapterTransport, ByteSize, Config, DeviceConfig, DeviceKind,
 };
+use crate::control::{ControlState, NamedInput};
+use crate::devices::{busnum_of, Declared, DeviceManager, ExportKind};
+use crate::state::StateFile;
+use crate::web::WebToken;
 use crate::AnyError;
 
 /// File name of the control socket inside the data directory.
@@ -47,10 +50,67 @@ pub struct ServeArgs {
     /// Configuration file (TOML) declaring the devices.
     #[arg(long, short)]
     config: Option<PathBuf>,
+    /// Where the web page and its API listen, or `off`. Loopback by default; beyond it the
+    /// page asks for the token in the data directory (`web-token`).
+    #[arg(long, value_name = "ADDR|off", default_value = "127.0.0.1:3280")]
+    web: WebListen,
+    /// Do not announce the server on the local network (DNS-SD `_usbip._tcp`). Only a server
+    /// listening beyond loopback is announced at all.
+    #[arg(long)]
+    no_announce: bool,
     /// Export a demo set: keyboard, mouse, a 64 MiB FAT disk with a file on it, a serial port
     /// (host side on 127.0.0.1:3241). Added to the configured devices.
     #[arg(long)]
     demo: bool,
+}
+
+/// `--web`: an address, or `off` (`None`).
+#[derive(Debug, Clone, Copy)]
+pub struct WebListen(pub Option<SocketAddr>);
+
+impl std::str::FromStr for WebListen {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "off" {
+            return Ok(Self(None));
+        }
+        s.parse()
+            .map(|a| Self(Some(a)))
+            .map_err(|e| format!("{s:?} is not HOST:PORT or off: {e}"))
+    }
+}
+
+/// Binds the web listener at `addr`, with the token it asks for beyond loopback (kept in
+/// `data_dir`). With `busy_default_ok`, a busy default port is not worth failing for
+/// (another periwire may have it: the server then runs without its page); a port asked for
+/// always is.
+pub async fn bind_web(
+    addr: SocketAddr,
+    data_dir: &Path,
+    busy_default_ok: bool,
+) -> Result<Option<(TcpListener, Option<WebToken>)>, AnyError> {
+    match TcpListener::bind(addr).await {
+        Ok(l) => {
+            let token = crate::web::token_for(addr, data_dir)?;
+            println!("periwire: web page on http://{}/", l.local_addr()?);
+            if let Some(t) = &token {
+                println!(
+                    "periwire: the web page listens beyond loopback: open it as /?token=TOKEN with the token in {}",
+                    t.path.display()
+                );
+            }
+            Ok(Some((l, token)))
+        }
+        Err(e)
+            if busy_default_ok
+                && addr == crate::web::DEFAULT_WEB
+                && e.kind() == std::io::ErrorKind::AddrInUse =>
+        {
+            println!("periwire: web page off: {addr} is in use (pass --web ADDR)");
+            Ok(None)
+        }
+        Err(e) => Err(format!("web page on {addr}: {e}").into()),
+    }
 }
 
 /// The data directory: the one given, else `$XDG_DATA_HOME/periwire`, else
@@ -123,16 +183,6 @@ const DEMO_README: &[u8] = b"Hello from periwire!\n\
 This disk is a 64 MiB image file on the machine running `periwire serve --demo`.\n\
 Files you write here are kept in that image.\n";
 
-/// The busnum of a bus id like `3-1.2`, or 1.
-fn busnum_of(busid: &str) -> u32 {
-    busid
-        .split('-')
-        .next()
-        .and_then(|b| b.parse().ok())
-        .filter(|&n| n > 0 && n < 0x8000)
-        .unwrap_or(1)
-}
-
 pub async fn run(args: ServeArgs, data_dir_arg: Option<PathBuf>) -> Result<(), AnyError> {
     let mut config = match &args.config {
         Some(path) => Config::load(path)?,
@@ -142,11 +192,6 @@ pub async fn run(args: ServeArgs, data_dir_arg: Option<PathBuf>) -> Result<(), A
         config.devices.extend(demo_devices()?);
         config.adapters.extend(demo_adapters());
         config.check()?;
-    }
-    if config.devices.is_empty() && config.adapters.is_empty() {
-        return Err(
-            "no devices to export: pass --demo or a --config with [[device]] entries".into(),
-        );
     }
     let data_dir = data_dir(data_dir_arg.or(config.data_dir.clone()))?;
     std::fs::create_dir_all(&data_dir)
@@ -158,31 +203,30 @@ pub async fn run(args: ServeArgs, data_dir_arg: Option<PathBuf>) -> Result<(), A
     }
 
     let registry = Registry::new();
-    let mut control = ControlState {
-        registry: registry.clone(),
-        ..ControlState::default()
-    };
+    let mut declared: Vec<Declared> = Vec::new();
+    let mut keyboards = Vec::new();
+    let mut mice = Vec::new();
     let mut bridges = Vec::new();
     for (index, d) in config.devices.iter().enumerate() {
         let name = d.name.clone().unwrap_or_else(|| d.busid.clone());
-        let (device, kind): (Arc<dyn UsbDevice>, &str) = match &d.kind {
+        let (device, kind): (Arc<dyn UsbDevice>, ExportKind) = match &d.kind {
             DeviceKind::Keyboard => {
                 let (dev, handle) = Keyboard::new();
-                control.keyboards.push(NamedInput {
+                keyboards.push(NamedInput {
                     name: name.clone(),
                     busid: d.busid.clone(),
                     handle,
                 });
-                (Arc::new(dev), "keyboard")
+                (Arc::new(dev), ExportKind::Keyboard)
             }
             DeviceKind::Mouse => {
                 let (dev, handle) = Mouse::new();
-                control.mice.push(NamedInput {
+                mice.push(NamedInput {
                     name: name.clone(),
                     busid: d.busid.clone(),
                     handle,
                 });
-                (Arc::new(dev), "mouse")
+                (Arc::new(dev), ExportKind::Mouse)
             }
             DeviceKind::Storage {
                 image,
@@ -198,7 +242,7 @@ pub async fn run(args: ServeArgs, data_dir_arg: Option<PathBuf>) -> Result<(), A
                     ..StorageConfig::default()
                 })
                 .map_err(|e| format!("device {}: image {}: {e}", d.busid, path.display()))?;
-                (Arc::new(dev), "storage")
+                (Arc::new(dev), ExportKind::Storage)
             }
             DeviceKind::Host => {
                 let dev =
@@ -209,7 +253,7 @@ pub async fn run(args: ServeArgs, data_dir_arg: Option<PathBuf>) -> Result<(), A
                         d.busid
                     );
                 }
-                (Arc::new(dev), "host")
+                (Arc::new(dev), ExportKind::Host)
             }
             DeviceKind::Serial { tcp } => {
                 let (dev, link) = CdcAcm::new(Default::default());
@@ -224,20 +268,20 @@ pub async fn run(args: ServeArgs, data_dir_arg: Option<PathBuf>) -> Result<(), A
                 bridges.push(tokio::spawn(periwire_server::serial::bridge_tcp(
                     listener, link,
                 )));
-                (Arc::new(dev), "serial")
+                (Arc::new(dev), ExportKind::Serial)
             }
         };
         let busid = BusId::new(&d.busid)?;
-        registry
-            .add(Export {
+        declared.push(Declared {
+            export: Export {
                 busid,
                 busnum: busnum_of(&d.busid),
                 devnum: u32::try_from(index + 2).unwrap_or(u32::MAX),
                 name,
                 device,
-            })
-            .map_err(|b| format!("bus id {b} is used twice"))?;
-        control.kinds.push((d.busid.clone(), kind.to_owned()));
+            },
+            kind,
+        });
     }
 
     let simulated = config
@@ -280,16 +324,16 @@ pub async fn run(args: ServeArgs, data_dir_arg: Option<PathBuf>) -> Result<(), A
                 let mut controller = ControllerConfig::new(address);
                 controller.name = a.name.clone();
                 let dongle = UsbDongle::new(&medium, controller);
-                registry
-                    .add(Export {
+                declared.push(Declared {
+                    export: Export {
                         busid: BusId::new(busid)?,
                         busnum: busnum_of(busid),
-                        devnum: u32::try_from(registry.exports().len() + 2).unwrap_or(u32::MAX),
+                        devnum: u32::try_from(declared.len() + 2).unwrap_or(u32::MAX),
                         name: a.name.clone(),
                         device: Arc::new(dongle),
-                    })
-                    .map_err(|b| format!("bus id {b} is used twice"))?;
-                control.kinds.push((busid.clone(), "bluetooth".to_owned()));
+                    },
+                    kind: ExportKind::Bluetooth,
+                });
             }
             AdapterTransport::Tcp { listen } => {
                 let server =
@@ -333,16 +377,30 @@ pub async fn run(args: ServeArgs, data_dir_arg: Option<PathBuf>) -> Result<(), A
             }
         }
     }
-    control.radio = simulated;
-    control.host_media = host_media.into_iter().map(|(_, m)| m).collect();
+    let manager = DeviceManager::new(registry.clone(), StateFile::in_dir(&data_dir), declared)?;
+    let watcher = tokio::spawn(Arc::clone(&manager).watch());
+    let control = ControlState {
+        manager,
+        keyboards,
+        mice,
+        radio: simulated,
+        host_media: host_media.into_iter().map(|(_, m)| m).collect(),
+    };
 
     let socket = data_dir.join(CONTROL_SOCKET);
-    let control_listener = periwire_server::control::bind(&socket)
+    let control_listener = crate::control::bind(&socket)
         .map_err(|e| format!("control socket {}: {e}", socket.display()))?;
-    let control_task = tokio::spawn(periwire_server::control::serve(
-        control_listener,
-        Arc::new(control),
-    ));
+    let control = Arc::new(control);
+    let web_task = match args.web.0 {
+        Some(addr) => bind_web(addr, &data_dir, true)
+            .await?
+            .map(|(listener, token)| {
+                let mode = crate::web::Mode::Server(Arc::clone(&control));
+                tokio::spawn(crate::web::serve(listener, mode, token))
+            }),
+        None => None,
+    };
+    let control_task = tokio::spawn(crate::control::serve(control_listener, control));
 
     // One set of access rules for every listener: plain (unauthenticated) USB/IP and usbredir
     // only from loopback and plain_allow, and per-device allow lists.
@@ -397,6 +455,18 @@ pub async fn run(args: ServeArgs, data_dir_arg: Option<PathBuf>) -> Result<(), A
         "periwire: identity {} {} (TLS clients pin this)",
         door.identity.name, door.identity.fingerprint
     );
+    let announcement = if listen.ip().is_loopback() || args.no_announce {
+        None
+    } else {
+        let fingerprint = door.identity.fingerprint.to_string();
+        match crate::discovery::announce(listener.local_addr()?, &fingerprint) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                tracing::warn!(error = %e, "not announced on the local network");
+                None
+            }
+        }
+    };
     // Tests and scripts wait for this line to know the server is ready.
     println!(
         "periwire: serving {} device(s) on {} (data directory {})",
@@ -438,7 +508,12 @@ pub async fn run(args: ServeArgs, data_dir_arg: Option<PathBuf>) -> Result<(), A
         shutdown,
     )
     .await?;
+    drop(announcement);
     control_task.abort();
+    watcher.abort();
+    if let Some(w) = web_task {
+        w.abort();
+    }
     for b in bridges {
         b.abort();
     }

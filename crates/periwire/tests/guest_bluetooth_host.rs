@@ -50,8 +50,16 @@ start_periwire() {
 "#;
 
 fn boot(scenario: String) -> Guest {
+    boot_with_cpus(scenario, 1)
+}
+
+/// The host guest with `cpus` CPUs: two for the throughput comparison, so periwire relays
+/// while the kernel's two stacks (the host's and the guest's) work, as on a real machine;
+/// with one, every byte through periwire costs the single CPU twice the kernel's work.
+fn boot_with_cpus(scenario: String, cpus: u32) -> Guest {
     let config = with_periwire(with_bt_host(GuestConfig::new(scenario)))
         .memory_mib(768)
+        .cpus(cpus)
         .timeout(std::time::Duration::from_secs(900));
     Guest::boot(config).expect("boot the host guest")
 }
@@ -101,7 +109,10 @@ fn host_linked_adapter_carries_l2cap_rfcomm_sdp_and_pairing() {
         bt_start_receivers
         l2test -r -i hci1 -P "$BT_L2_PSM_P" -b "$BT_L2_CHUNK" >/tmp/bt/l2p.log 2>&1 &
         rctest -r -i hci1 -P "$BT_RC_CH_P" -b "$BT_RC_CHUNK" >/tmp/bt/rcp.log 2>&1 &
-        l2test -w -i hci1 -P "$PSM_CLOSING" -b 100 -N 5 >/tmp/bt/l2close.log 2>&1 &
+        # The closing remote paces its 5 frames (200 ms apart): one that closes the moment it
+        # accepts can beat the guest's connect() to its wake-up, which then fails with
+        # ECONNRESET as it would straight from hci0.
+        l2test -w -i hci1 -P "$PSM_CLOSING" -b 100 -N 5 -C 1 -D 200 >/tmp/bt/l2close.log 2>&1 &
         for l in l2p rcp l2close; do
             wait_until 60 "$l listening" bt_logged /tmp/bt/$l.log "Waiting for connection"
         done
@@ -167,6 +178,7 @@ EOF
         s=$!
         wait_until 120 "the guest's l2test to end when the remote closes" exited $s
         bt_dump REMOTE-CLOSED /tmp/bt/l2closed.log
+        if grep -q "Can't connect" /tmp/bt/l2closed.log; then sed 's/^/CLOSED-SERVE /' /tmp/pw/log | tail -60; fi
         l2test -n -i hci2 -P "$BT_L2_PSM" "$BT_HCI1" >/tmp/bt/l2n.log 2>&1 &
         s=$!
         wait_until 120 "a channel to psm 0x1011 in periwire" pw_has_channel 0x1011
@@ -206,7 +218,7 @@ EOF
         for l in l2r rcr direct-l2u direct-rcu l2p l2u rcp rcu; do bt_dump "LOG-$l" /tmp/bt/$l.log; done
         "#
     );
-    let mut guest = boot(scenario);
+    let mut guest = boot_with_cpus(scenario, 2);
     guest
         .expect_line("DIRECT-DONE", STEP * 3)
         .expect("direct transfers");
@@ -256,7 +268,8 @@ EOF
     let closed = text(&outcome, "REMOTE-CLOSED ");
     assert!(
         closed.contains("Receiving"),
-        "the channel opened:\n{closed}"
+        "the channel opened:\n{closed}\n{}",
+        text(&outcome, "CLOSED-SERVE ")
     );
     let released = text(&outcome, "ADAPTERS-RELEASED ");
     assert!(
@@ -568,7 +581,9 @@ EOF
 }
 
 /// Discovery through the host: a guest's inquiry and remote name requests are answered with
-/// what the host's adapter finds and names.
+/// what the host's adapter knows and finds: through bluetoothd while it runs (so a device the
+/// host has paired is listed even when it no longer answers inquiries), the kernel's own
+/// inquiry once it is gone.
 #[test]
 fn a_host_linked_guest_discovers_what_the_host_finds() {
     let scenario = format!(
@@ -584,19 +599,58 @@ link = "host"
 host_adapter = "hci0"
 EOF
         guest_adapter_up 2
-        hcitool -i hci2 scan 2>&1 | sed 's/^/INQUIRY /'
+        # 1. bluetoothd's discovery finds the remote.
+        hcitool -i hci2 scan 2>&1 | sed 's/^/INQUIRY-FOUND /'
+        grep -i "inquir\|bluez\|discover" /tmp/pw/log | sed "s/^/PW-LOG /"
+        # 2. The host pairs with it; it stops answering inquiries, bluetoothd still knows it.
+        btmgmt --timeout 30 --index 0 pair -c 3 -t 0 "$BT_HCI1" 2>&1 | sed 's/^/HOST-PAIR /'
+        btmgmt --index 1 discov off >/dev/null
+        hcitool -i hci2 scan 2>&1 | sed 's/^/INQUIRY-KNOWN /'
+        # 3. Without bluetoothd the kernel's inquiry finds the remote, discoverable again.
+        kill $(pidof bluetoothd)
+        wait_until 30 "bluetoothd gone" sh -c '! pidof bluetoothd'
+        for i in 0 1 2; do btmgmt --index $i power on >/dev/null; done
+        btmgmt --index 1 connectable on >/dev/null
+        btmgmt --index 1 discov on >/dev/null
+        hcitool -i hci2 scan 2>&1 | sed 's/^/INQUIRY-KERNEL /'
+        grep "guest inquiry through" /tmp/pw/log | sed 's/^/INQUIRY-PATH /'
         mark DISCOVERED
         "#
     );
     let mut guest = boot(scenario);
     guest
-        .expect_line("DISCOVERED", STEP * 2)
+        .expect_line("DISCOVERED", STEP * 4)
         .expect("discovery");
     let outcome = guest.wait_success(STEP).expect("scenario succeeds");
     let remote = text(&outcome, "BT-ADDR hci1 ");
-    let inquiry = text(&outcome, "INQUIRY ");
-    assert!(
-        inquiry.contains(&remote) && inquiry.contains("periwire-remote"),
-        "the guest's inquiry found the remote ({remote}) with its name:\n{inquiry}"
+    for (step, what) in [
+        ("INQUIRY-FOUND ", "found by bluetoothd"),
+        (
+            "INQUIRY-KNOWN ",
+            "known to bluetoothd (paired, not discoverable)",
+        ),
+        ("INQUIRY-KERNEL ", "found by the kernel's inquiry"),
+    ] {
+        let inquiry = text(&outcome, step);
+        assert!(
+            inquiry.contains(&remote) && inquiry.contains("periwire-remote"),
+            "the guest's inquiry listed the remote ({remote}) with its name, {what}:\n{inquiry}\n{}", text(&outcome, "PW-LOG ")
+        );
+    }
+    let paths: Vec<&str> = prefixed_lines(&outcome.transcript, "INQUIRY-PATH ")
+        .iter()
+        .map(|l| {
+            if l.contains("through bluetoothd") {
+                "bluetoothd"
+            } else {
+                "kernel"
+            }
+        })
+        .collect();
+    assert_eq!(
+        paths,
+        ["bluetoothd", "bluetoothd", "kernel"],
+        "each inquiry took the expected path:\n{}",
+        text(&outcome, "INQUIRY-PATH ")
     );
 }

@@ -8,16 +8,16 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::{
-    key_presses_until_enter_released, prefixed_lines, sha256, usb_guest_qemu, with_periwire,
-    KillOnDrop, GUEST_INPUT_HELPERS, GUEST_WAIT_HELPERS, KEY_ENTER, STEP,
+    key_presses_until_enter_released, prefixed_lines, sha256, usb_guest_qemu, xhci_stick_guest,
+    KillOnDrop, Monitor, GUEST_INPUT_HELPERS, GUEST_USB_HELPERS, GUEST_WAIT_HELPERS, KEY_ENTER,
+    STEP,
 };
-use periwire_guest::{Guest, GuestConfig};
+use periwire_guest::Guest;
 
 /// QEMU's `usb-storage` and `usb-kbd`, as `VID:PID` in lowercase hex.
 const STICK_IDS: &str = "46f4:0001";
@@ -31,20 +31,6 @@ const TYPED_KEYS: [(&str, u16); 3] = [("h", 35), ("i", 23), ("ret", KEY_ENTER)];
 
 /// Shell helpers of the scenario. Every wait is bounded and says what it waited for.
 const HELPERS: &str = r#"
-# usb_device VID:PID: the bus id of the device with these IDs that is not a vhci import.
-usb_device() {
-    for d in /sys/bus/usb/devices/*; do
-        [ -e "$d/idVendor" ] || continue
-        # (2>/dev/null: a device being unplugged may vanish meanwhile.)
-        [ "$(cat "$d/idVendor" 2>/dev/null):$(cat "$d/idProduct" 2>/dev/null)" = "$1" ] ||
-            continue
-        case "$(readlink -f "$d")" in *vhci_hcd*) continue ;; esac
-        echo "${d##*/}"
-        return 0
-    done
-    return 1
-}
-no_usb_device() { ! usb_device "$1" >/dev/null; }
 # keyboard_at PATTERN: the input device of a QEMU keyboard whose sysfs path contains PATTERN.
 keyboard_at() {
     for i in /sys/class/input/input*; do
@@ -62,16 +48,6 @@ keyboard_event() {
     done
     return 1
 }
-# driver INTERFACE: the driver bound to a USB interface (2-1:1.0), or "none".
-driver() {
-    if [ -e "/sys/bus/usb/devices/$1/driver" ]; then
-        basename "$(readlink "/sys/bus/usb/devices/$1/driver")"
-    else
-        echo none
-    fi
-}
-driver_is() { [ "$(driver "$1")" = "$2" ]; }
-driver_is_not() { ! driver_is "$1" "$2"; }
 # vhci_port BUSID: the vhci port that imported BUSID from the local server.
 vhci_port() {
     usbip port | awk -v want="usbip://127.0.0.1:3240/$1" '$1 == "Port" { p = $2 + 0 } $NF == want { print p; found = 1 } END { exit !found }'
@@ -151,7 +127,7 @@ stop_server() {
 /// The scenario: find the xHCI devices, list them, serve them, import and release each.
 fn scenario() -> String {
     format!(
-        r#"{GUEST_WAIT_HELPERS}{HELPERS}{GUEST_INPUT_HELPERS}
+        r#"{GUEST_WAIT_HELPERS}{GUEST_USB_HELPERS}{HELPERS}{GUEST_INPUT_HELPERS}
         STICK_IDS={STICK_IDS}
         find_stick
         wait_until 60 "the xHCI keyboard" usb_device {KEYBOARD_IDS}
@@ -223,7 +199,7 @@ fn scenario() -> String {
 /// monitor) and plugged back in; it is imported again once it is back.
 fn unplug_scenario() -> String {
     format!(
-        r#"{GUEST_WAIT_HELPERS}{HELPERS}
+        r#"{GUEST_WAIT_HELPERS}{GUEST_USB_HELPERS}{HELPERS}
         STICK_IDS={STICK_IDS}
         find_stick
         serve "$stick"
@@ -311,23 +287,6 @@ fn stick_image(dir: &Path) -> PathBuf {
     image
 }
 
-/// A guest running `scenario` with periwire, an xHCI controller and the stick's drive
-/// (`stick`, backed by `image`); `devices` adds the QEMU options of the devices on it.
-fn guest_config(scenario: String, image: &Path, devices: &[&str]) -> GuestConfig {
-    let config = GuestConfig::new(scenario)
-        // xHCI first, so its buses are 1 (USB 2) and 2 (USB 3); vhci-hcd's come after.
-        .modules(["xhci-pci", "usb-storage", "vfat", "usbhid", "vhci-hcd"])
-        .qemu_args([
-            "-device".to_owned(),
-            "qemu-xhci,id=xhci".to_owned(),
-            "-drive".to_owned(),
-            format!("if=none,id=stick,format=raw,file={}", image.display()),
-        ])
-        .qemu_args(devices.iter().copied())
-        .timeout(Duration::from_secs(600));
-    with_periwire(config)
-}
-
 /// Waits for the marks of an import of the stick (`what`): its disk is behind vhci-hcd,
 /// usb-storage no longer holds the xHCI stick, and README.TXT reads back intact.
 fn expect_stick_taken(guest: &mut Guest, what: &str) {
@@ -371,87 +330,6 @@ fn expect_clean_stop(guest: &mut Guest, busids: &[&str]) {
     );
 }
 
-/// QEMU's human monitor, on the Unix socket of `-monitor unix:PATH,server=on,wait=off`.
-struct Monitor {
-    stream: UnixStream,
-}
-
-impl Monitor {
-    const PROMPT: &'static [u8] = b"(qemu) ";
-
-    /// The QEMU arguments that give the guest a monitor on the Unix socket `path`.
-    fn qemu_args(path: &Path) -> [String; 2] {
-        [
-            "-monitor".to_owned(),
-            format!("unix:{},server=on,wait=off", path.display()),
-        ]
-    }
-
-    fn connect(path: &Path) -> Monitor {
-        let stream = UnixStream::connect(path).unwrap_or_else(|e| {
-            panic!("connecting to the QEMU monitor at {}: {e}", path.display())
-        });
-        stream
-            .set_read_timeout(Some(STEP))
-            .expect("monitor read timeout");
-        let mut monitor = Monitor { stream };
-        monitor.read_to_prompt("the monitor's banner");
-        monitor
-    }
-
-    /// Runs `command` and returns what the monitor answered (empty for a command that
-    /// succeeded silently), without the echo of the command and the prompt.
-    fn command(&mut self, command: &str) -> String {
-        self.stream
-            .write_all(format!("{command}\n").as_bytes())
-            .unwrap_or_else(|e| panic!("writing {command:?} to the QEMU monitor: {e}"));
-        let reply = self.read_to_prompt(command);
-        // The monitor echoes the line as it is typed (with terminal escapes), then a line
-        // break, then its answer.
-        let answer = reply.split_once('\n').map_or("", |(_, rest)| rest);
-        answer.replace('\r', "").trim().to_owned()
-    }
-
-    fn read_to_prompt(&mut self, what: &str) -> String {
-        let mut bytes = Vec::new();
-        let mut buf = [0u8; 4096];
-        while !bytes.ends_with(Self::PROMPT) {
-            let so_far = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
-            match self.stream.read(&mut buf) {
-                Ok(0) => panic!(
-                    "the QEMU monitor closed, answering {what:?}: {:?}",
-                    so_far(&bytes)
-                ),
-                Ok(n) => bytes.extend_from_slice(&buf[..n]),
-                Err(e) => panic!(
-                    "the QEMU monitor, answering {what:?}: {e}; so far {:?}",
-                    so_far(&bytes)
-                ),
-            }
-        }
-        bytes.truncate(bytes.len() - Self::PROMPT.len());
-        String::from_utf8_lossy(&bytes).into_owned()
-    }
-
-    /// Waits until QEMU no longer has the drive `id`. QEMU deletes a `-drive` together with
-    /// its device, but only shortly after `device_del` has returned; until then the drive
-    /// holds the image's lock, so another drive on the image cannot be used.
-    fn wait_drive_deleted(&mut self, id: &str) {
-        let deadline = Instant::now() + STEP;
-        loop {
-            let block = self.command("info block");
-            if !block.lines().any(|l| l.starts_with(&format!("{id} "))) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "QEMU still has the drive {id} {STEP:?} after its device was deleted:\n{block}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
 #[test]
 fn host_stick_and_keyboard_pass_through_and_return_to_their_kernel_drivers() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -460,7 +338,7 @@ fn host_stick_and_keyboard_pass_through_and_return_to_their_kernel_drivers() {
     // The monitor's sendkey goes to the first keyboard in QEMU's list of input handlers. A
     // usb-kbd puts itself first when it is created, but the PC machine's i8042 has a PS/2
     // keyboard too (which the guest does not use): without it, the usb-kbd is the only one.
-    let config = guest_config(
+    let config = xhci_stick_guest(
         scenario(),
         &image,
         &[
@@ -608,7 +486,7 @@ fn host_stick_unplugged_while_imported_ends_its_session_and_is_imported_again_wh
     let monitor_path = dir.path().join("monitor.sock");
     // The stick's port is given, so that it can be plugged back into the same one (QEMU
     // would otherwise take the next free port, and the bus id would change).
-    let config = guest_config(
+    let config = xhci_stick_guest(
         unplug_scenario(),
         &image,
         &[
@@ -647,14 +525,7 @@ fn host_stick_unplugged_while_imported_ends_its_session_and_is_imported_again_wh
 
     // Plugged back into the same port: QEMU deleted the drive with the device, so the
     // image comes back as a new drive.
-    monitor.wait_drive_deleted("stick");
-    let answer = monitor.command(&format!(
-        "drive_add 0 if=none,id=stick2,format=raw,file={}",
-        image.display()
-    ));
-    assert_eq!(answer, "OK", "QEMU's drive_add");
-    let answer = monitor.command("device_add usb-storage,bus=xhci.0,drive=stick2,id=stick1,port=1");
-    assert_eq!(answer, "", "QEMU's device_add");
+    monitor.plug_stick_again("stick", &image, 1);
     guest.send_line("plugged").expect("tell the guest");
     let replugged = expect(&mut guest, "REPLUGGED ");
     assert_eq!(
@@ -734,7 +605,7 @@ fn redirect_hands_a_host_stick_to_a_listening_qemu_usb_redir() {
     };
 
     let scenario = format!(
-        r#"{GUEST_WAIT_HELPERS}{HELPERS}
+        r#"{GUEST_WAIT_HELPERS}{GUEST_USB_HELPERS}{HELPERS}
         STICK_IDS={STICK_IDS}
         find_stick
         periwire redirect --device {STICK_IDS} --to 10.0.2.100:4000 -v >/tmp/redirect.log 2>&1 &
@@ -751,7 +622,7 @@ fn redirect_hands_a_host_stick_to_a_listening_qemu_usb_redir() {
         mark RETURNED status=$status
         "#
     );
-    let config = guest_config(
+    let config = xhci_stick_guest(
         scenario,
         &image,
         &["-device", "usb-storage,bus=xhci.0,drive=stick"],

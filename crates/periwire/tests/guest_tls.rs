@@ -11,13 +11,14 @@
 mod common;
 
 use std::io::BufRead;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::{
-    assert_fsck_clean, prefixed_lines, prepare_ext4_disk, prepare_fat_disk, sha256, with_periwire,
-    Server, EXT4_DISK, GUEST_WAIT_HELPERS, README_TEXT, STEP,
+    assert_fsck_clean, fingerprint, periwire_ok, prefixed_lines, prepare_ext4_disk,
+    prepare_fat_disk, sha256, with_periwire, Server, EXT4_DISK, GUEST_WAIT_HELPERS, README_TEXT,
+    STEP,
 };
 use periwire_guest::{Guest, GuestConfig};
 
@@ -40,32 +41,6 @@ allow = ["someone-else"]
 /// Longer than the bounded waits of a scenario step add up to.
 const LONG: Duration = Duration::from_secs(300);
 
-/// Runs the host's `periwire` with `data_dir`, which must succeed; its stdout.
-fn periwire(data_dir: &Path, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_periwire"))
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(args)
-        .output()
-        .expect("run periwire");
-    assert!(
-        out.status.success(),
-        "periwire {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The fingerprint `periwire id` prints for `data_dir`.
-fn fingerprint(data_dir: &Path) -> String {
-    let json: serde_json::Value =
-        serde_json::from_str(&periwire(data_dir, &["id", "--json"])).expect("id --json");
-    json["fingerprint"]
-        .as_str()
-        .expect("fingerprint")
-        .to_owned()
-}
-
 /// Makes the guest's identity on the host, trusts it on `server` as `guest`, pins the server
 /// for the guest under the name it reaches it by (10.0.2.100), and returns `config` with the
 /// guest's data directory in it.
@@ -74,7 +49,7 @@ fn with_guest_identity(config: GuestConfig, server: &Server) -> (GuestConfig, St
     let guest_fp = fingerprint(dir.path());
     server.cli(&["trust", "add", "guest", &guest_fp]);
     let server_fp = fingerprint(&server.data_dir);
-    periwire(dir.path(), &["trust", "add", "10.0.2.100", &server_fp]);
+    periwire_ok(dir.path(), &["trust", "add", "10.0.2.100", &server_fp]);
     let mut config = config;
     for file in ["identity.key", "identity.crt", "trusted"] {
         let bytes = std::fs::read(dir.path().join(file)).expect("identity file");
@@ -222,7 +197,7 @@ fn attach_over_tls_mounts_the_disk_and_the_wire_carries_no_usbip() {
     let control_remote = format!("127.0.0.1:{}", control.port);
     // Connection, request, reply and the closes: ten packets and more.
     capture.until_seen(10, || {
-        periwire(&control.data_dir, &["list", "-r", &control_remote]);
+        periwire_ok(&control.data_dir, &["list", "-r", &control_remote]);
     });
     let scenario = format!(
         r#"{GUEST_WAIT_HELPERS}
@@ -235,6 +210,7 @@ fn attach_over_tls_mounts_the_disk_and_the_wire_carries_no_usbip() {
         wait_until 90 "the disk behind vhci_hcd" disk_at vhci_hcd
         mount -t vfat -o ro "/dev/$(disk_at vhci_hcd)" /mnt
         mark README $(sha256sum /mnt/README.TXT)
+        read -r _
         umount /mnt
         status=0
         periwire --data-dir {GUEST_DATA} attach --tls -r "$PERIWIRE_SERVER" -b 1-1 \
@@ -269,6 +245,21 @@ fn attach_over_tls_mounts_the_disk_and_the_wire_carries_no_usbip() {
         .log
         .wait_for(&["TLS client", "client=guest", &guest_fp], STEP);
     assert!(server.imported("1-3"), "the server has 1-3 imported");
+    // Status names the client by the name its key is trusted under, beside its address.
+    let out = server.cli(&["status", "--json"]);
+    let devices: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status json");
+    let disk = (devices.as_array().expect("array").iter())
+        .find(|d| d["busid"] == "1-3")
+        .expect("1-3 in status");
+    assert_eq!(disk["client"]["identity"], "guest", "{disk}");
+    let address = disk["client"]["address"].as_str().expect("address");
+    assert!(address.starts_with("127.0.0.1:"), "{disk}");
+    let table = String::from_utf8_lossy(&server.cli(&["status"]).stdout).into_owned();
+    assert!(
+        table.contains(&format!("guest ({address})")),
+        "the table shows who holds 1-3:\n{table}"
+    );
+    guest.send_line("checked").expect("console");
 
     let refused = guest.expect_line("REFUSED-EXIT ", STEP).expect("refusal");
     let message = prefixed_lines(guest.transcript(), "REFUSED ").join("\n");

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{prepare_fat_disk, usb_guest_qemu, KillOnDrop, Server};
+use common::{periwire_ok, prepare_fat_disk, usb_guest_qemu, KillOnDrop, Server};
 use periwire_server::client::{self, ClientError, Remote, UrbClient, UrbRequest};
 use periwire_server::secure::connect::{Connected, TlsClient};
 use periwire_server::secure::Identity;
@@ -45,17 +45,6 @@ fn periwire(data_dir: &Path, args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("run periwire")
-}
-
-/// [`periwire`] that must succeed; its stdout.
-fn periwire_ok(data_dir: &Path, args: &[&str]) -> String {
-    let out = periwire(data_dir, args);
-    assert!(
-        out.status.success(),
-        "periwire {args:?} fails: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// [`periwire`] that must fail with a message; its stderr.
@@ -682,12 +671,18 @@ fn a_peer_beyond_loopback_gets_tls_and_plain_only_from_plain_allow() {
             laptop.path().to_str().unwrap(),
             "list",
             "--tls",
+            "--json",
             "-r",
             &format!("192.0.2.1:{port}"),
         ],
     ));
-    assert!(
-        text.contains("1-1:") && text.contains("1-3:"),
+    let rows: serde_json::Value = serde_json::from_str(&text).expect("list --json");
+    let busids: Vec<&str> = (rows.as_array().expect("array").iter())
+        .filter_map(|r| r["busid"].as_str())
+        .collect();
+    assert_eq!(
+        busids,
+        ["1-1", "1-2", "1-3"],
         "the trusted TLS client beyond loopback sees its devices:\n{text}"
     );
     server

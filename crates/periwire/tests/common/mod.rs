@@ -3,7 +3,8 @@
 
 #![allow(dead_code)] // Each test binary uses its own subset.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
@@ -26,6 +27,8 @@ pub struct Server {
     pub usbredir_ports: Vec<(String, u16)>,
     /// The data directory.
     pub data_dir: PathBuf,
+    /// Loopback port of the web page and its API.
+    pub web_port: u16,
     /// What the server logged (stderr), line by line, across restarts.
     pub log: ServerLog,
     /// Command words the server runs under (`ip netns exec NS`), and the host it listens on.
@@ -106,14 +109,20 @@ impl Server {
             host: host.to_owned(),
         };
         let log = ServerLog::default();
-        let (child, port, serial_ports, usbredir_ports) =
-            spawn_serve(dir.path(), &data_dir, 0, &launch, &log);
+        let Spawned {
+            child,
+            port,
+            serial_ports,
+            usbredir_ports,
+            web_port,
+        } = spawn_serve(dir.path(), &data_dir, 0, &launch, &log);
         Server {
             child,
             port,
             serial_ports,
             usbredir_ports,
             data_dir,
+            web_port,
             log,
             launch,
             _dir: dir,
@@ -125,7 +134,13 @@ impl Server {
     /// finds it where it was). Waits for the ready line.
     pub fn start_again(&mut self) {
         assert!(!self.is_running(), "start_again after stop");
-        let (child, port, serial_ports, usbredir_ports) = spawn_serve(
+        let Spawned {
+            child,
+            port,
+            serial_ports,
+            usbredir_ports,
+            web_port,
+        } = spawn_serve(
             self._dir.path(),
             &self.data_dir,
             self.port,
@@ -139,6 +154,7 @@ impl Server {
         self.child = child;
         self.serial_ports = serial_ports;
         self.usbredir_ports = usbredir_ports;
+        self.web_port = web_port;
     }
 
     /// The host-side port of the serial device `busid`.
@@ -221,17 +237,41 @@ impl Drop for Server {
     }
 }
 
+/// Runs the host's `periwire ARGS` with `data_dir`, which must succeed; its stdout.
+pub fn periwire_ok(data_dir: &Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_periwire"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .output()
+        .expect("run periwire");
+    assert!(
+        out.status.success(),
+        "periwire {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The fingerprint `periwire id` prints for `data_dir` (making the identity if need be).
+pub fn fingerprint(data_dir: &Path) -> String {
+    let json: serde_json::Value =
+        serde_json::from_str(&periwire_ok(data_dir, &["id", "--json"])).expect("id --json");
+    json["fingerprint"]
+        .as_str()
+        .expect("fingerprint")
+        .to_owned()
+}
+
 /// Runs `periwire serve` with `dir`/periwire.toml and `data_dir`, listening on loopback at
-/// `port` (0: any), and waits for its ready line; returns it, its port, its serial ports and
-/// its usbredir ports.
-#[allow(clippy::type_complexity)]
+/// `port` (0: any), and waits for its ready line; returns it and the ports it printed.
 fn spawn_serve(
     dir: &Path,
     data_dir: &Path,
     port: u16,
     launch: &Launch,
     log: &ServerLog,
-) -> (Child, u16, Vec<(String, u16)>, Vec<(String, u16)>) {
+) -> Spawned {
     let mut words = launch.wrapper.iter();
     let mut command = match words.next() {
         Some(first) => {
@@ -249,6 +289,8 @@ fn spawn_serve(
         .arg(dir.join("periwire.toml"))
         .arg("--data-dir")
         .arg(data_dir)
+        // Any free port: tests run side by side, and the default one may be taken.
+        .args(["--web", "127.0.0.1:0"])
         // Plain log lines, so tests can search them.
         .env("NO_COLOR", "1")
         .stdout(Stdio::piped())
@@ -274,11 +316,14 @@ fn spawn_serve(
     });
     let mut serial_ports = Vec::new();
     let mut usbredir_ports = Vec::new();
+    let mut web_port = 0;
     let port = loop {
         let line = rx
             .recv_timeout(Duration::from_secs(60))
             .expect("periwire serve printed its ready line");
-        if let Some(rest) = line.strip_prefix("periwire: serial ") {
+        if let Some(rest) = line.strip_prefix("periwire: web page on http://") {
+            web_port = port_of(rest.trim_end_matches('/'));
+        } else if let Some(rest) = line.strip_prefix("periwire: serial ") {
             let (busid, addr) = rest.split_once(" host side on ").expect("serial line");
             serial_ports.push((busid.to_owned(), port_of(addr)));
         } else if let Some(rest) = line.strip_prefix("periwire: device ") {
@@ -295,7 +340,22 @@ fn spawn_serve(
             break port_of(addr);
         }
     };
-    (child, port, serial_ports, usbredir_ports)
+    Spawned {
+        child,
+        port,
+        serial_ports,
+        usbredir_ports,
+        web_port,
+    }
+}
+
+/// A `periwire serve` that has printed its ready line, and the ports it printed.
+struct Spawned {
+    child: Child,
+    port: u16,
+    serial_ports: Vec<(String, u16)>,
+    usbredir_ports: Vec<(String, u16)>,
+    web_port: u16,
 }
 
 fn port_of(addr: &str) -> u16 {
@@ -835,6 +895,152 @@ pub fn rctest_stream(frame: usize, frames: u32) -> Vec<u8> {
         out.resize(out.len() + frame - 6, 0x7f);
     }
     out
+}
+
+/// QEMU's human monitor, on the Unix socket of `-monitor unix:PATH,server=on,wait=off`.
+pub struct Monitor {
+    stream: UnixStream,
+}
+
+impl Monitor {
+    const PROMPT: &'static [u8] = b"(qemu) ";
+
+    /// The QEMU arguments that give the guest a monitor on the Unix socket `path`.
+    pub fn qemu_args(path: &Path) -> [String; 2] {
+        [
+            "-monitor".to_owned(),
+            format!("unix:{},server=on,wait=off", path.display()),
+        ]
+    }
+
+    pub fn connect(path: &Path) -> Monitor {
+        let stream = UnixStream::connect(path).unwrap_or_else(|e| {
+            panic!("connecting to the QEMU monitor at {}: {e}", path.display())
+        });
+        stream
+            .set_read_timeout(Some(STEP))
+            .expect("monitor read timeout");
+        let mut monitor = Monitor { stream };
+        monitor.read_to_prompt("the monitor's banner");
+        monitor
+    }
+
+    /// Runs `command` and returns what the monitor answered (empty for a command that
+    /// succeeded silently), without the echo of the command and the prompt.
+    pub fn command(&mut self, command: &str) -> String {
+        self.stream
+            .write_all(format!("{command}\n").as_bytes())
+            .unwrap_or_else(|e| panic!("writing {command:?} to the QEMU monitor: {e}"));
+        let reply = self.read_to_prompt(command);
+        // The monitor echoes the line as it is typed (with terminal escapes), then a line
+        // break, then its answer.
+        let answer = reply.split_once('\n').map_or("", |(_, rest)| rest);
+        answer.replace('\r', "").trim().to_owned()
+    }
+
+    fn read_to_prompt(&mut self, what: &str) -> String {
+        let mut bytes = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !bytes.ends_with(Self::PROMPT) {
+            let so_far = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+            match self.stream.read(&mut buf) {
+                Ok(0) => panic!(
+                    "the QEMU monitor closed, answering {what:?}: {:?}",
+                    so_far(&bytes)
+                ),
+                Ok(n) => bytes.extend_from_slice(&buf[..n]),
+                Err(e) => panic!(
+                    "the QEMU monitor, answering {what:?}: {e}; so far {:?}",
+                    so_far(&bytes)
+                ),
+            }
+        }
+        bytes.truncate(bytes.len() - Self::PROMPT.len());
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// Plugs the USB stick on `image` in again, into `port` of `xhci.0`, once its old drive
+    /// `old` is gone: QEMU deletes a `-drive` with its device, so the image comes back as a
+    /// new drive (`stick2`), under the device id `stick1`.
+    pub fn plug_stick_again(&mut self, old: &str, image: &Path, port: u32) {
+        self.wait_drive_deleted(old);
+        let answer = self.command(&format!(
+            "drive_add 0 if=none,id=stick2,format=raw,file={}",
+            image.display()
+        ));
+        assert_eq!(answer, "OK", "QEMU's drive_add");
+        let answer = self.command(&format!(
+            "device_add usb-storage,bus=xhci.0,drive=stick2,id=stick1,port={port}"
+        ));
+        assert_eq!(answer, "", "QEMU's device_add");
+    }
+
+    /// Waits until QEMU no longer has the drive `id`. QEMU deletes a `-drive` together with
+    /// its device, but only shortly after `device_del` has returned; until then the drive
+    /// holds the image's lock, so another drive on the image cannot be used.
+    pub fn wait_drive_deleted(&mut self, id: &str) {
+        let deadline = Instant::now() + STEP;
+        loop {
+            let block = self.command("info block");
+            if !block.lines().any(|l| l.starts_with(&format!("{id} "))) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "QEMU still has the drive {id} {STEP:?} after its device was deleted:\n{block}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Shell functions that find a guest's USB devices and their drivers in sysfs.
+pub const GUEST_USB_HELPERS: &str = r#"
+# usb_device VID:PID: the bus id of the device with these IDs that is not a vhci import.
+usb_device() {
+    for d in /sys/bus/usb/devices/*; do
+        [ -e "$d/idVendor" ] || continue
+        # (2>/dev/null: a device being unplugged may vanish meanwhile.)
+        [ "$(cat "$d/idVendor" 2>/dev/null):$(cat "$d/idProduct" 2>/dev/null)" = "$1" ] ||
+            continue
+        case "$(readlink -f "$d")" in *vhci_hcd*) continue ;; esac
+        echo "${d##*/}"
+        return 0
+    done
+    return 1
+}
+no_usb_device() { ! usb_device "$1" >/dev/null; }
+# driver INTERFACE: the driver bound to a USB interface (2-1:1.0), or "none".
+driver() {
+    if [ -e "/sys/bus/usb/devices/$1/driver" ]; then
+        basename "$(readlink "/sys/bus/usb/devices/$1/driver")"
+    else
+        echo none
+    fi
+}
+driver_is() { [ "$(driver "$1")" = "$2" ]; }
+driver_is_not() { ! driver_is "$1" "$2"; }
+"#;
+
+/// A guest running `scenario` with periwire, an xHCI controller and the stick's drive
+/// (`stick`, backed by `image`); `devices` adds the QEMU options of the devices on it.
+pub fn xhci_stick_guest(
+    scenario: String,
+    image: &Path,
+    devices: &[&str],
+) -> periwire_guest::GuestConfig {
+    let config = periwire_guest::GuestConfig::new(scenario)
+        // xHCI first, so its buses are 1 (USB 2) and 2 (USB 3); vhci-hcd's come after.
+        .modules(["xhci-pci", "usb-storage", "vfat", "usbhid", "vhci-hcd"])
+        .qemu_args([
+            "-device".to_owned(),
+            "qemu-xhci,id=xhci".to_owned(),
+            "-drive".to_owned(),
+            format!("if=none,id=stick,format=raw,file={}", image.display()),
+        ])
+        .qemu_args(devices.iter().copied())
+        .timeout(Duration::from_secs(600));
+    with_periwire(config)
 }
 
 /// Keys the Linux input layer reports for "hello world\n" (linux/input-event-codes.h).

@@ -1,5 +1,6 @@
 //! The local control socket: a Unix socket in the server's data directory through which
-//! `periwire input` and `periwire status` talk to a running server. One JSON request per line,
+//! `periwire input`, `status`, `bind` and `unbind` talk to a running server (and the web page
+//! makes the same requests). One JSON request per line,
 //! one JSON response per line. The socket file is created mode 0600 so that only the user who
 //! runs the server can type on its keyboards.
 
@@ -13,7 +14,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tracing::{debug, warn};
 
-use crate::Registry;
+use crate::devices::{DeviceManager, DeviceStatus, LocalDevice};
+use crate::state::{Binding, HardwareId, Target, Unbind};
 
 /// Longest request line accepted, so a confused client cannot make the server buffer without
 /// bound.
@@ -49,8 +51,14 @@ impl std::str::FromStr for MouseButton {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "kebab-case")]
 pub enum ControlRequest {
-    /// List the devices and whether each is imported.
+    /// List the exported devices and who holds each.
     Status,
+    /// List this machine's USB devices and whether each is shared.
+    Local,
+    /// Share a host device (and persist the binding).
+    Bind(BindRequest),
+    /// Withdraw devices.
+    Unbind(UnbindRequest),
     /// List the virtual Bluetooth adapters and their links.
     Adapters,
     /// Wait until no client holds a device (answers `Ok`, or an error after the timeout).
@@ -85,17 +93,78 @@ pub enum ControlRequest {
     },
 }
 
-/// One device in a status reply.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeviceStatus {
-    /// Bus id.
-    pub busid: String,
-    /// Name.
-    pub name: String,
-    /// Kind (keyboard, mouse, storage, serial, ...).
-    pub kind: String,
-    /// Whether a client has imported it.
-    pub imported: bool,
+/// What to bind: exactly one of `busid` and `hardware_id`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BindRequest {
+    /// A port's bus id.
+    #[serde(default)]
+    pub busid: Option<String>,
+    /// `VID:PID`.
+    #[serde(default)]
+    pub hardware_id: Option<String>,
+    /// With `hardware_id`: only the device with this serial number.
+    #[serde(default)]
+    pub serial: Option<String>,
+    /// Take the device from its local drivers at once.
+    #[serde(default)]
+    pub force: bool,
+}
+
+impl BindRequest {
+    /// The binding it asks for, or why it is not one.
+    pub fn binding(&self) -> Result<Binding, String> {
+        let target = match (&self.busid, &self.hardware_id, &self.serial) {
+            (Some(b), None, None) => {
+                crate::state::check_busid(b).map_err(|e| e.to_string())?;
+                Target::BusId(b.clone())
+            }
+            (Some(_), None, Some(_)) => {
+                return Err("serial goes with hardware_id, not busid".into())
+            }
+            (None, Some(h), serial) => Target::Hardware {
+                id: h.parse::<HardwareId>().map_err(|e| e.to_string())?,
+                serial: serial.clone(),
+            },
+            _ => return Err("give exactly one of busid and hardware_id".into()),
+        };
+        Ok(Binding {
+            target,
+            force: self.force,
+        })
+    }
+}
+
+/// What to unbind: exactly one of `busid`, `hardware_id` and `all`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnbindRequest {
+    /// A bus id.
+    #[serde(default)]
+    pub busid: Option<String>,
+    /// `VID:PID`.
+    #[serde(default)]
+    pub hardware_id: Option<String>,
+    /// Everything.
+    #[serde(default)]
+    pub all: bool,
+}
+
+impl UnbindRequest {
+    /// What it asks to unbind, or why it is not valid.
+    pub fn which(&self) -> Result<Unbind, String> {
+        match (&self.busid, &self.hardware_id, self.all) {
+            (Some(b), None, false) => {
+                crate::state::check_busid(b).map_err(|e| e.to_string())?;
+                Ok(Unbind::BusId(b.clone()))
+            }
+            (None, Some(h), false) => Ok(Unbind::Hardware(
+                h.parse::<HardwareId>().map_err(|e| e.to_string())?,
+            )),
+            (None, None, true) => Ok(Unbind::All),
+            _ => Err("give exactly one of busid, hardware_id and all".into()),
+        }
+    }
 }
 
 /// One link of a Bluetooth adapter in an adapters reply.
@@ -154,6 +223,16 @@ pub struct ChannelStatus {
 pub enum ControlResponse {
     /// Done.
     Ok,
+    /// Done, and what was done.
+    Done {
+        /// For the user.
+        message: String,
+    },
+    /// This machine's devices.
+    Local {
+        /// Every device.
+        devices: Vec<LocalDevice>,
+    },
     /// The device table.
     Status {
         /// Every device.
@@ -183,12 +262,10 @@ pub struct NamedInput<H> {
 }
 
 /// What the control socket serves.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct ControlState {
     /// The server's devices.
-    pub registry: Registry,
-    /// Kind of each device by bus id, for the status table.
-    pub kinds: Vec<(String, String)>,
+    pub manager: Arc<DeviceManager>,
     /// Keyboards.
     pub keyboards: Vec<NamedInput<KeyboardHandle>>,
     /// Mice.
@@ -243,7 +320,7 @@ impl ControlState {
     ) -> Result<&'a H, String> {
         let input = pick(list, wanted, kind)?;
         let attached = periwire_wire::usbip::BusId::new(&input.busid)
-            .map(|b| self.registry.is_claimed(&b))
+            .map(|b| self.manager.registry().is_claimed(&b))
             .unwrap_or(false);
         if attached {
             Ok(&input.handle)
@@ -259,22 +336,29 @@ impl ControlState {
     pub async fn handle(&self, request: ControlRequest) -> ControlResponse {
         let result = match request {
             ControlRequest::Status => {
-                let devices = self
-                    .registry
-                    .exports()
-                    .into_iter()
-                    .map(|e| DeviceStatus {
-                        busid: e.busid.to_string(),
-                        imported: self.registry.is_claimed(&e.busid),
-                        kind: self
-                            .kinds
-                            .iter()
-                            .find(|(b, _)| b == e.busid.as_str())
-                            .map_or_else(String::new, |(_, k)| k.clone()),
-                        name: e.name,
-                    })
-                    .collect();
-                return ControlResponse::Status { devices };
+                return ControlResponse::Status {
+                    devices: self.manager.status(),
+                };
+            }
+            ControlRequest::Local => {
+                return ControlResponse::Local {
+                    devices: self.manager.local(),
+                };
+            }
+            ControlRequest::Bind(request) => {
+                let manager = Arc::clone(&self.manager);
+                return done(request.binding().and_then(|binding| {
+                    // Opening a forced device and listing devices touch sysfs and usbfs.
+                    tokio::task::block_in_place(|| manager.bind(binding))
+                }));
+            }
+            ControlRequest::Unbind(request) => {
+                let manager = Arc::clone(&self.manager);
+                return done(
+                    request
+                        .which()
+                        .and_then(|which| tokio::task::block_in_place(|| manager.unbind(which))),
+                );
             }
             ControlRequest::Adapters => {
                 let mut adapters: Vec<AdapterStatus> = self
@@ -318,10 +402,11 @@ impl ControlState {
             ControlRequest::WaitReleased { busid, timeout_ms } => {
                 let wait = async {
                     let id = periwire_wire::usbip::BusId::new(&busid).map_err(|e| e.to_string())?;
-                    if !self.registry.exports().iter().any(|e| e.busid == id) {
+                    let registry = self.manager.registry();
+                    if !registry.exports().iter().any(|e| e.busid == id) {
                         return Err(format!("no device {busid}"));
                     }
-                    self.registry.wait_until_free(&id).await;
+                    registry.wait_until_free(&id).await;
                     Ok(())
                 };
                 match tokio::time::timeout(std::time::Duration::from_millis(timeout_ms), wait).await
@@ -362,6 +447,13 @@ impl ControlState {
             Ok(()) => ControlResponse::Ok,
             Err(message) => ControlResponse::Error { message },
         }
+    }
+}
+
+fn done(result: Result<String, String>) -> ControlResponse {
+    match result {
+        Ok(message) => ControlResponse::Done { message },
+        Err(message) => ControlResponse::Error { message },
     }
 }
 
@@ -477,25 +569,32 @@ pub async fn request(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Export;
+    use crate::devices::{Declared, ExportKind};
+    use periwire_server::{Export, Registry};
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
     async fn input_goes_only_to_an_attached_keyboard() {
         let registry = Registry::new();
         let (kbd, handle) = periwire_usb::hid::Keyboard::new();
         let busid = periwire_wire::usbip::BusId::new("1-1").unwrap();
-        registry
-            .add(Export {
-                busid: busid.clone(),
-                busnum: 1,
-                devnum: 2,
-                name: "kbd".into(),
-                device: Arc::new(kbd),
-            })
-            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let manager = DeviceManager::new(
+            registry.clone(),
+            crate::state::StateFile::in_dir(dir.path()),
+            vec![Declared {
+                export: Export {
+                    busid: busid.clone(),
+                    busnum: 1,
+                    devnum: 2,
+                    name: "kbd".into(),
+                    device: Arc::new(kbd),
+                },
+                kind: ExportKind::Keyboard,
+            }],
+        )
+        .unwrap();
         let state = ControlState {
-            registry: registry.clone(),
-            kinds: vec![("1-1".into(), "keyboard".into())],
+            manager,
             keyboards: vec![NamedInput {
                 name: "kbd".into(),
                 busid: "1-1".into(),
