@@ -105,10 +105,8 @@ fn start(
     (guest, stop, task)
 }
 
-#[tokio::test]
-async fn a_guest_configures_the_device_moves_data_and_is_told_when_the_server_stops() {
-    let (registry, busid, handle) = registry();
-    let (mut g, stop, task) = start(&registry, &busid);
+/// Takes the server's hello and answers with one that has every capability.
+async fn hello(g: &mut TestGuest) {
     let Packet::Hello { capabilities, .. } = g.expect().await.packet else {
         panic!("the hello comes first");
     };
@@ -122,6 +120,13 @@ async fn a_guest_configures_the_device_moves_data_and_is_told_when_the_server_st
         },
     )
     .await;
+}
+
+#[tokio::test]
+async fn a_guest_configures_the_device_moves_data_and_is_told_when_the_server_stops() {
+    let (registry, busid, handle) = registry();
+    let (mut g, stop, task) = start(&registry, &busid);
+    hello(&mut g).await;
     let kinds: Vec<u32> = [g.expect().await, g.expect().await, g.expect().await]
         .iter()
         .map(|f| f.packet.kind())
@@ -205,6 +210,28 @@ async fn a_guest_configures_the_device_moves_data_and_is_told_when_the_server_st
     );
     task.await.unwrap().unwrap();
     assert!(!registry.is_claimed(&busid), "the device is released");
+}
+
+#[tokio::test]
+async fn a_device_withdrawn_while_held_is_announced_gone_and_its_holder_shown_until_then() {
+    let (registry, busid, _handle) = registry();
+    let (mut g, _stop, task) = start(&registry, &busid);
+    hello(&mut g).await;
+    // interface_info and ep_info, then device_connect.
+    while g.expect().await.packet.kind() != 1 {}
+    let holder = registry.claim_info(&busid).expect("claimed").client;
+    assert_eq!(
+        holder.address, "test guest",
+        "status names the usbredir guest"
+    );
+
+    // Unbound (the device manager withdraws it): to the guest, as if unplugged.
+    registry.remove(&busid).expect("the export");
+    assert_eq!(g.expect().await.packet, Packet::DeviceDisconnect);
+    g.send(0, Packet::DeviceDisconnectAck).await;
+    assert!(g.next().await.is_none(), "closed after the ack");
+    task.await.unwrap().unwrap();
+    assert!(!registry.is_claimed(&busid));
 }
 
 #[tokio::test]
