@@ -82,7 +82,10 @@ fn drive_host(caps: Caps, input: &[u8]) {
         };
         at += used;
         let mut completed = false;
-        while let Some(event) = host.poll_event() {
+        // Only the events there are now: completing a polled interrupt endpoint submits its
+        // next poll, which waits for the next round (as a real device's next report would).
+        let events: Vec<Event> = std::iter::from_fn(|| host.poll_event()).collect();
+        for event in events {
             if let Event::Submit { id, transfer } = event {
                 let data = match transfer.kind {
                     TransferKind::Control { setup } if setup[1] == 6 && setup[3] == 1 => {
