@@ -50,16 +50,8 @@ start_periwire() {
 "#;
 
 fn boot(scenario: String) -> Guest {
-    boot_with_cpus(scenario, 1)
-}
-
-/// The host guest with `cpus` CPUs: two for the throughput comparison, so periwire relays
-/// while the kernel's two stacks (the host's and the guest's) work, as on a real machine;
-/// with one, every byte through periwire costs the single CPU twice the kernel's work.
-fn boot_with_cpus(scenario: String, cpus: u32) -> Guest {
     let config = with_periwire(with_bt_host(GuestConfig::new(scenario)))
         .memory_mib(768)
-        .cpus(cpus)
         .timeout(std::time::Duration::from_secs(900));
     Guest::boot(config).expect("boot the host guest")
 }
@@ -218,7 +210,7 @@ EOF
         for l in l2r rcr direct-l2u direct-rcu l2p l2u rcp rcu; do bt_dump "LOG-$l" /tmp/bt/$l.log; done
         "#
     );
-    let mut guest = boot_with_cpus(scenario, 2);
+    let mut guest = boot(scenario);
     guest
         .expect_line("DIRECT-DONE", STEP * 3)
         .expect("direct transfers");
