@@ -37,10 +37,23 @@ pub const VERSION: &str = concat!("periwire usb-host ", env!("CARGO_PKG_VERSION"
 const DISCONNECT_ACK_WAIT: Duration = Duration::from_secs(2);
 
 /// Caps of one usbredir connection.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct UsbredirConfig {
     /// What the guest can make the host hold.
     pub limits: HostLimits,
+    /// How long a guest may take to send its hello. The device is claimed from the moment a
+    /// guest connects, so one that never speaks would otherwise hold it for good.
+    pub hello_timeout: Duration,
+}
+
+impl Default for UsbredirConfig {
+    /// The default caps, and 5 s for the hello (QEMU sends its own at once).
+    fn default() -> Self {
+        Self {
+            limits: HostLimits::default(),
+            hello_timeout: Duration::from_secs(5),
+        }
+    }
 }
 
 /// Why a usbredir connection ended other than by an orderly close.
@@ -55,6 +68,9 @@ pub enum UsbredirError {
     /// The stream ended inside a packet.
     #[error("connection closed in the middle of a packet")]
     Truncated,
+    /// The guest sent no hello in time.
+    #[error("no hello within {0:?}")]
+    NoHello(Duration),
 }
 
 /// Serves device `busid` over usbredir on `listener` until `shutdown` resolves; then tells
@@ -139,7 +155,7 @@ where
         session,
         closed: None,
     };
-    let result = connection.run(stream, stop).await;
+    let result = connection.run(stream, config.hello_timeout, stop).await;
     if let Some(reason) = connection.closed {
         debug!(%peer, ?reason, "usbredir session over");
     }
@@ -158,6 +174,7 @@ impl Connection {
     async fn run<S>(
         &mut self,
         stream: S,
+        hello_timeout: Duration,
         stop: impl Future<Output = ()>,
     ) -> Result<(), UsbredirError>
     where
@@ -180,6 +197,9 @@ impl Connection {
         let ack_deadline = tokio::time::sleep(Duration::MAX);
         tokio::pin!(ack_deadline);
         let mut deadline_armed = false;
+        let hello_deadline = tokio::time::sleep(hello_timeout);
+        tokio::pin!(hello_deadline);
+        let mut greeted = false;
         loop {
             let used = self.host.handle_input(&buf)?;
             buf.advance(used);
@@ -198,9 +218,13 @@ impl Connection {
                     .reset(tokio::time::Instant::now() + DISCONNECT_ACK_WAIT);
                 deadline_armed = true;
             }
+            greeted |= self.host.is_connected();
             let reading = self.host.wants_input() && buf.len() < max_buffered;
             tokio::select! {
                 biased;
+                () = &mut hello_deadline, if !greeted => {
+                    return Err(UsbredirError::NoHello(hello_timeout));
+                }
                 () = &mut stop, if !stopping => {
                     stopping = true;
                     self.host.disconnect();

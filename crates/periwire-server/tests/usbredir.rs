@@ -81,20 +81,26 @@ fn start(
     oneshot::Sender<()>,
     tokio::task::JoinHandle<Result<(), UsbredirError>>,
 ) {
+    start_with(registry, busid, UsbredirConfig::default())
+}
+
+/// [`start`] with `config`.
+fn start_with(
+    registry: &Registry,
+    busid: &BusId,
+    config: UsbredirConfig,
+) -> (
+    TestGuest,
+    oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), UsbredirError>>,
+) {
     let (ours, theirs) = tokio::io::duplex(1 << 20);
     let (stop, stopped) = oneshot::channel::<()>();
     let (registry, busid) = (registry.clone(), busid.clone());
     let task = tokio::spawn(async move {
-        serve_stream(
-            theirs,
-            "test guest",
-            &registry,
-            &busid,
-            UsbredirConfig::default(),
-            async {
-                let _ = stopped.await;
-            },
-        )
+        serve_stream(theirs, "test guest", &registry, &busid, config, async {
+            let _ = stopped.await;
+        })
         .await
     });
     let guest = TestGuest {
@@ -252,6 +258,28 @@ async fn a_guest_that_skips_the_hello_loses_its_connection_and_the_device_is_fre
     let result = tokio::time::timeout(TIMEOUT, task).await.unwrap().unwrap();
     assert!(
         matches!(result, Err(UsbredirError::Protocol(_))),
+        "{result:?}"
+    );
+    assert!(!registry.is_claimed(&busid));
+}
+
+#[tokio::test]
+async fn a_guest_that_never_says_hello_is_dropped_and_the_device_freed() {
+    let (registry, busid, _handle) = registry();
+    let config = UsbredirConfig {
+        hello_timeout: Duration::from_millis(200),
+        ..UsbredirConfig::default()
+    };
+    let (mut g, _stop, task) = start_with(&registry, &busid, config);
+    // The server's hello comes once it has claimed the device; the guest stays silent.
+    g.expect().await;
+    assert!(
+        registry.is_claimed(&busid),
+        "held while the guest may still speak"
+    );
+    let result = tokio::time::timeout(TIMEOUT, task).await.unwrap().unwrap();
+    assert!(
+        matches!(result, Err(UsbredirError::NoHello(_))),
         "{result:?}"
     );
     assert!(!registry.is_claimed(&busid));
