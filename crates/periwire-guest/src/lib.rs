@@ -25,7 +25,8 @@
 //!
 //! `/init` mounts `/proc`, `/sys`, `/dev` (devtmpfs), `/dev/pts`, `/tmp` and `/run`; loads
 //! the requested modules with their dependencies (resolved on the host from `modules.dep`);
-//! brings up `eth0` as 10.0.2.15/24 with the default route via 10.0.2.2; runs the scenario
+//! brings up `eth0` as 10.0.2.15/24 with the default route via 10.0.2.2 (unless
+//! [`GuestConfig::without_network`]); runs the scenario
 //! with `sh -e` in `/root`; prints `PERIWIRE-GUEST-EXIT <status>` and powers off. The
 //! scenario sees `$PERIWIRE_SERVER` (10.0.2.100) and `$PERIWIRE_PORT` (3240) and two helpers:
 //! `wait_for PATH [SECONDS]` and `mark WORDS...`. Its standard input is the console, so
@@ -33,6 +34,12 @@
 //!
 //! Busybox provides the shell and tools (`nc`, `ip`, `xxd`, `hexdump`, `dd`, `mount`,
 //! `mkdosfs`, `timeout`, ...); `/usr/sbin/usbip` and `/usr/sbin/usbipd` are Debian's.
+//!
+//! # Guests other programs run
+//!
+//! [`BootImage::build`] makes the kernel, initramfs and command line of a [`GuestConfig`]
+//! without starting QEMU, for a launcher such as libvirt; [`Guest::attach`] then reads and
+//! writes the VM's serial console through a stream, as for the harness's own QEMU.
 //!
 //! # Networking
 //!
@@ -62,8 +69,9 @@ mod modules;
 use std::fmt;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::thread::{JoinHandle, ThreadId};
@@ -242,6 +250,9 @@ pub struct GuestConfig {
     pub memory_mib: u32,
     /// Virtual CPUs (QEMU's multi-threaded TCG runs each on its own host thread).
     pub cpus: u32,
+    /// Whether the guest has its network card (user-mode, `restrict=on`) and `/init` brings
+    /// up `eth0`. Without it the forwards and exposed ports do nothing.
+    pub network: bool,
     /// The longest the guest may live; after it QEMU is killed and waits fail. A failure
     /// limit, not a synchronisation means.
     pub timeout: Duration,
@@ -262,6 +273,7 @@ impl GuestConfig {
             kernel_args: Vec::new(),
             memory_mib: 512,
             cpus: 1,
+            network: true,
             timeout: Duration::from_secs(300),
         }
     }
@@ -352,6 +364,13 @@ impl GuestConfig {
     /// run side by side, as on a real machine.
     pub fn cpus(mut self, cpus: u32) -> Self {
         self.cpus = cpus.max(1);
+        self
+    }
+
+    /// A guest without a network card: for a VM the harness does not run itself
+    /// ([`BootImage`]), whose launcher gives it no user-mode network to reach.
+    pub fn without_network(mut self) -> Self {
+        self.network = false;
         self
     }
 
@@ -479,10 +498,18 @@ impl Drop for GuestLock {
     }
 }
 
-/// A running guest. Dropping it kills QEMU.
+/// The VM behind a [`Guest`].
+enum Vm {
+    /// QEMU, the harness's own child.
+    Qemu(Child),
+    /// A VM another program runs; the harness holds only its console stream.
+    Attached(UnixStream),
+}
+
+/// A running guest. Dropping it kills QEMU (of a [`Guest::boot`]).
 pub struct Guest {
-    child: Child,
-    stdin: Option<ChildStdin>,
+    vm: Vm,
+    stdin: Option<Box<dyn Write + Send>>,
     events: Receiver<Event>,
     lines: Vec<ConsoleLine>,
     /// Index of the first line [`Guest::expect_line`] has not consumed yet.
@@ -490,7 +517,8 @@ pub struct Guest {
     console_closed: bool,
     exit_status: Option<i32>,
     setup_failure: Option<String>,
-    qemu_status: Option<ExitStatus>,
+    /// How the VM ended, once known: QEMU's exit status, or what is known of an attached VM.
+    vm_status: Option<String>,
     started: Instant,
     deadline: Instant,
     limit: Duration,
@@ -502,7 +530,7 @@ pub struct Guest {
 impl fmt::Debug for Guest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Guest")
-            .field("pid", &self.child.id())
+            .field("pid", &self.pid())
             .field("lines", &self.lines.len())
             .field("exit_status", &self.exit_status)
             .finish_non_exhaustive()
@@ -632,19 +660,48 @@ fn spawn_reader<R: Read + Send + 'static>(
         .map_err(|e| Error::io("starting a console reader thread", e))
 }
 
-impl Guest {
-    /// Boots a guest: waits for the guest lock, builds (or reuses) the initramfs, starts QEMU.
-    /// Returns as soon as QEMU runs; the scenario then runs on its own.
-    ///
-    /// Start the servers the forwards lead to before booting.
-    pub fn boot(config: GuestConfig) -> Result<Guest> {
+/// The files one guest boots from, built for its [`GuestConfig`]: the kernel image, a
+/// per-boot initramfs and the kernel command line. For a VM some other program runs (libvirt):
+/// build it, start the VM from these files with its first serial port (`ttyS0`) on a
+/// stream, and hand both to [`Guest::attach`]. Holds the guest lock (guests run one at a
+/// time) until it, or the guest made from it, is dropped; dropping it removes the initramfs.
+pub struct BootImage {
+    kernel: PathBuf,
+    initrd: tempfile::NamedTempFile,
+    cmdline: String,
+    timeout: Duration,
+    lock: GuestLock,
+}
+
+impl fmt::Debug for BootImage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BootImage")
+            .field("kernel", &self.kernel)
+            .field("initrd", &self.initrd.path())
+            .field("cmdline", &self.cmdline)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BootImage {
+    /// Waits for the guest lock, then builds (or reuses) the kernel image and initramfs for
+    /// `config`. Its QEMU arguments, memory and CPUs are the launcher's to apply.
+    pub fn build(config: &GuestConfig) -> Result<BootImage> {
         let kernel = Kernel::find()?;
         let kernel_image = image::boot_image(&kernel)?;
         let base = image::base_archive()?;
         let (modules, _order) = image::modules_archive(&kernel, &config.modules)?;
         // The guest's own watchdog fires a little after the host's limit.
         let guest_limit = config.timeout.as_secs() + 10;
-        let scenario = image::scenario_archive(&config.scenario, guest_limit, &config.files);
+        let mut files = config.files.clone();
+        if !config.network {
+            files.push(GuestFile {
+                path: "/etc/periwire/no-network".into(),
+                mode: 0o644,
+                contents: Vec::new(),
+            });
+        }
+        let scenario = image::scenario_archive(&config.scenario, guest_limit, &files);
 
         let lock = GuestLock::acquire()?;
 
@@ -668,16 +725,47 @@ impl Guest {
             .and_then(|()| initrd.flush())
             .map_err(|e| Error::io("writing the initrd", e))?;
 
-        let mut append = String::from(
+        let mut cmdline = String::from(
             "console=ttyS0 quiet panic=-1 oops=panic rdinit=/init \
              mitigations=off nokaslr i8042.noaux i8042.nokbd i8042.nopnp \
              8250.nr_uarts=1 cryptomgr.notests tsc=reliable no_timer_check",
         );
         for word in &config.kernel_args {
-            append.push(' ');
-            append.push_str(word);
+            cmdline.push(' ');
+            cmdline.push_str(word);
         }
+        Ok(BootImage {
+            kernel: kernel_image,
+            initrd,
+            cmdline,
+            timeout: config.timeout,
+            lock,
+        })
+    }
 
+    /// The kernel image (an uncompressed `vmlinux` with a PVH entry, or the bzImage).
+    pub fn kernel(&self) -> &Path {
+        &self.kernel
+    }
+
+    /// The initramfs: `/init`, busybox, the tools, the modules and the scenario.
+    pub fn initrd(&self) -> &Path {
+        self.initrd.path()
+    }
+
+    /// The kernel command line (the console on `ttyS0`, `/init` as the first process).
+    pub fn cmdline(&self) -> &str {
+        &self.cmdline
+    }
+}
+
+impl Guest {
+    /// Boots a guest: waits for the guest lock, builds (or reuses) the initramfs, starts QEMU.
+    /// Returns as soon as QEMU runs; the scenario then runs on its own.
+    ///
+    /// Start the servers the forwards lead to before booting.
+    pub fn boot(config: GuestConfig) -> Result<Guest> {
+        let boot = BootImage::build(&config)?;
         let qemu = std::env::var("PERIWIRE_QEMU").unwrap_or_else(|_| "qemu-system-x86_64".into());
         let mut cmd = Command::new(&qemu);
         cmd.args([
@@ -700,19 +788,21 @@ impl Guest {
             "chardev:console",
         ])
         .arg("-kernel")
-        .arg(&kernel_image)
+        .arg(boot.kernel())
         .arg("-initrd")
-        .arg(initrd.path())
+        .arg(boot.initrd())
         .arg("-append")
-        .arg(&append)
-        .arg("-netdev")
-        .arg(netdev_arg(&config.forwards, &config.exposed))
-        .args(["-device", "virtio-net-pci,netdev=n0,romfile="])
-        .args(&config.qemu_args)
-        .args(usb_redir_args(&config.usb_redirs))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .arg(boot.cmdline());
+        if config.network {
+            cmd.arg("-netdev")
+                .arg(netdev_arg(&config.forwards, &config.exposed))
+                .args(["-device", "virtio-net-pci,netdev=n0,romfile="]);
+        }
+        cmd.args(&config.qemu_args)
+            .args(usb_redir_args(&config.usb_redirs))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
 
         let started = Instant::now();
         let mut child = cmd.spawn().map_err(|e| {
@@ -743,9 +833,54 @@ impl Guest {
             let _ = child.wait();
             return Err(e);
         }
-        let stdin = child.stdin.take();
-        Ok(Guest {
-            child,
+        let stdin = child
+            .stdin
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Write + Send>);
+        Ok(Guest::new(
+            Vm::Qemu(child),
+            stdin,
+            events,
+            readers,
+            started,
+            boot,
+        ))
+    }
+
+    /// A guest some other program runs (libvirt), booted from `boot`: `console` is a stream
+    /// its first serial port is connected to. Its timeouts count from now. The harness
+    /// cannot stop such a VM: [`Guest::kill`] and dropping the guest only close the
+    /// console; stopping the VM is its owner's job.
+    pub fn attach(boot: BootImage, console: UnixStream) -> Result<Guest> {
+        let started = Instant::now();
+        let clone = |s: &UnixStream| {
+            s.try_clone()
+                .map_err(|e| Error::io("duplicating the console stream", e))
+        };
+        let reader = clone(&console)?;
+        let writer = clone(&console)?;
+        let (tx, events) = mpsc::channel();
+        let readers = vec![spawn_reader(reader, "", started, tx, true)?];
+        Ok(Guest::new(
+            Vm::Attached(console),
+            Some(Box::new(writer)),
+            events,
+            readers,
+            started,
+            boot,
+        ))
+    }
+
+    fn new(
+        vm: Vm,
+        stdin: Option<Box<dyn Write + Send>>,
+        events: Receiver<Event>,
+        readers: Vec<JoinHandle<()>>,
+        started: Instant,
+        boot: BootImage,
+    ) -> Guest {
+        Guest {
+            vm,
             stdin,
             events,
             lines: Vec::new(),
@@ -753,14 +888,14 @@ impl Guest {
             console_closed: false,
             exit_status: None,
             setup_failure: None,
-            qemu_status: None,
+            vm_status: None,
             started,
-            deadline: started + config.timeout,
-            limit: config.timeout,
+            deadline: started + boot.timeout,
+            limit: boot.timeout,
             readers,
-            _initrd: initrd,
-            _lock: lock,
-        })
+            _initrd: boot.initrd,
+            _lock: boot.lock,
+        }
     }
 
     /// Boots a guest and waits for its scenario to end (within `config.timeout`).
@@ -865,20 +1000,27 @@ impl Guest {
     }
 
     /// Kills QEMU at once (SIGKILL), as a crash would, and reaps it. Console lines received
-    /// so far stay available.
+    /// so far stay available. Of an attached guest ([`Guest::attach`]) it closes the console
+    /// only.
     pub fn kill(&mut self) -> Result<()> {
-        if self.qemu_status.is_none() {
-            match self.child.kill() {
-                Ok(()) => {}
-                // Already exited (and not yet reaped): nothing to kill.
-                Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {}
-                Err(e) => return Err(Error::io("killing QEMU", e)),
+        if self.vm_status.is_some() {
+            return Ok(());
+        }
+        match &mut self.vm {
+            Vm::Qemu(child) => {
+                match child.kill() {
+                    Ok(()) => {}
+                    // Already exited (and not yet reaped): nothing to kill.
+                    Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {}
+                    Err(e) => return Err(Error::io("killing QEMU", e)),
+                }
+                let status = child.wait().map_err(|e| Error::io("waiting for QEMU", e))?;
+                self.vm_status = Some(status.to_string());
             }
-            let status = self
-                .child
-                .wait()
-                .map_err(|e| Error::io("waiting for QEMU", e))?;
-            self.qemu_status = Some(status);
+            Vm::Attached(console) => {
+                let _ = console.shutdown(std::net::Shutdown::Both);
+                self.vm_status = Some("console closed by the harness".into());
+            }
         }
         Ok(())
     }
@@ -898,9 +1040,12 @@ impl Guest {
         self.started.elapsed()
     }
 
-    /// The QEMU process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
+    /// The QEMU process id, if the harness runs QEMU ([`Guest::boot`]).
+    pub fn pid(&self) -> Option<u32> {
+        match &self.vm {
+            Vm::Qemu(child) => Some(child.id()),
+            Vm::Attached(_) => None,
+        }
     }
 
     fn record(&mut self, event: Event) {
@@ -964,15 +1109,26 @@ impl Guest {
         }
     }
 
-    fn reap(&mut self, grace: Duration) -> Result<ExitStatus> {
-        if let Some(status) = self.qemu_status {
-            return Ok(status);
+    /// Reaps QEMU once its console has closed (killing it if it lingers past `grace`), and
+    /// returns how the VM ended.
+    fn reap(&mut self, grace: Duration) -> Result<String> {
+        if let Some(status) = &self.vm_status {
+            return Ok(status.clone());
         }
         let deadline = Instant::now() + grace;
         loop {
-            match self.child.try_wait() {
+            let child = match &mut self.vm {
+                Vm::Qemu(child) => child,
+                Vm::Attached(_) => {
+                    let status = String::from("its console closed");
+                    self.vm_status = Some(status.clone());
+                    return Ok(status);
+                }
+            };
+            match child.try_wait() {
                 Ok(Some(status)) => {
-                    self.qemu_status = Some(status);
+                    let status = status.to_string();
+                    self.vm_status = Some(status.clone());
                     return Ok(status);
                 }
                 Ok(None) if Instant::now() < deadline => {
@@ -980,7 +1136,7 @@ impl Guest {
                 }
                 Ok(None) => {
                     self.kill()?;
-                    return self.qemu_status.ok_or_else(|| {
+                    return self.vm_status.clone().ok_or_else(|| {
                         Error::io("reaping QEMU", std::io::ErrorKind::Other.into())
                     });
                 }

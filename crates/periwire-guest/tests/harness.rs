@@ -199,7 +199,7 @@ fn kill_ends_a_guest_at_once_and_one_thread_may_run_two_guests() {
     let t = Instant::now();
     stuck.expect_line("UP", LIMIT).unwrap();
     eprintln!("up {:?}", t.elapsed());
-    let pid = stuck.pid();
+    let pid = stuck.pid().expect("the harness runs QEMU");
     stuck.kill().unwrap();
     assert!(
         !std::path::Path::new(&format!("/proc/{pid}")).exists(),

@@ -40,15 +40,18 @@ while read -r mod; do
 done </etc/periwire/modules
 
 ip link set lo up
-tries=0
-while [ ! -e /sys/class/net/eth0 ]; do
-    tries=$((tries + 1))
-    [ "$tries" -le 100 ] || fail "no eth0"
-    usleep 100000
-done
-ip link set eth0 up || fail "eth0 up"
-ip addr add 10.0.2.15/24 dev eth0 || fail "eth0 address"
-ip route add default via 10.0.2.2 || fail "default route"
+# A guest without a network card (GuestConfig::without_network) has no eth0 to wait for.
+if [ ! -e /etc/periwire/no-network ]; then
+    tries=0
+    while [ ! -e /sys/class/net/eth0 ]; do
+        tries=$((tries + 1))
+        [ "$tries" -le 100 ] || fail "no eth0"
+        usleep 100000
+    done
+    ip link set eth0 up || fail "eth0 up"
+    ip addr add 10.0.2.15/24 dev eth0 || fail "eth0 address"
+    ip route add default via 10.0.2.2 || fail "default route"
+fi
 
 read -r up _ </proc/uptime
 echo "PERIWIRE-GUEST-READY $up"
