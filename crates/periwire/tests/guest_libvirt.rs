@@ -240,8 +240,15 @@ usbredir = "127.0.0.1:0"
         String::from_utf8_lossy(&started.stderr),
         libvirtd.log_tail()
     );
-    // QEMU connected the serial port while starting, before `virsh create` returned.
-    let (console, _) = console.accept().expect("the domain's console");
+    // QEMU connected the serial port while starting, before `virsh create` returned: the
+    // connection is already queued, so a non-blocking accept cannot hang the test.
+    console
+        .set_nonblocking(true)
+        .expect("non-blocking listener");
+    let (console, _) = console
+        .accept()
+        .expect("QEMU connected the domain's console before `virsh create` returned");
+    console.set_nonblocking(false).expect("blocking console");
     let mut guest = Guest::attach(boot, console).expect("attach to the console");
 
     let new = check_storage_io(&mut guest, " through a libvirt redirdev");
