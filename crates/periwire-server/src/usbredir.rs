@@ -284,6 +284,8 @@ impl Connection {
             self.drive();
             if self.host.poll_transmit(&mut out) {
                 wr.write_all(&out).await?;
+                // A TLS stream may keep records back until flushed; TCP's flush is nothing.
+                wr.flush().await?;
                 out.clear();
             }
             if self.closed.is_some() {

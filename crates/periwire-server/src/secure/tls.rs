@@ -274,12 +274,20 @@ pub fn ca_server_config(
     )
     .build()
     .map_err(|e| Error::General(format!("client verifier: {e}")))?;
-    let config = rustls::ServerConfig::builder_with_provider(provider)
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_single_cert(vec![cert], key)?;
+    // QEMU's chardev reads 4 KiB per wakeup, and before QEMU 8.0 (io/channel-tls: "fix
+    // handling of bigger read buffers") it is not woken again for the rest of a larger
+    // record that GnuTLS holds decrypted: the stream stalls. Records of at most 4 KiB are
+    // always read whole.
+    config.max_fragment_size = Some(QEMU_CHARDEV_READ);
     Ok(Arc::new(config))
 }
+
+/// What QEMU's socket chardev reads at a time (`CHR_READ_BUF_LEN`).
+const QEMU_CHARDEV_READ: usize = 4096;
 
 /// The subject common name of the verified client certificate on `connection`: the name a
 /// CA-mode client goes by.
