@@ -620,6 +620,32 @@ mod tests {
     }
 
     #[test]
+    fn usbredir_tls_goes_with_a_usbredir_listener() {
+        let c: Config = toml::from_str(
+            r#"
+            [[device]]
+            kind = "keyboard"
+            busid = "1-1"
+            usbredir = "0.0.0.0:4000"
+            usbredir_tls = true
+            [[device]]
+            kind = "mouse"
+            busid = "1-2"
+            usbredir = "127.0.0.1:4001"
+            "#,
+        )
+        .unwrap();
+        assert!(c.devices[0].usbredir_tls);
+        assert!(!c.devices[1].usbredir_tls, "plain unless asked");
+        let e = toml::from_str::<Config>(
+            "[[device]]\nkind = \"mouse\"\nbusid = \"1-1\"\nusbredir_tls = true",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("`usbredir_tls` needs `usbredir`"), "{e}");
+    }
+
+    #[test]
     fn parses_every_kind() {
         let c: Config = toml::from_str(
             r#"

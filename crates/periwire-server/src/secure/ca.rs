@@ -295,6 +295,67 @@ mod tests {
         ));
     }
 
+    /// Runs a handshake in memory between a rustls client with `creds` dialing 127.0.0.1
+    /// and a listener of `ca`; the server's connection, or its error.
+    fn handshake(
+        ca: &CertAuthority,
+        creds: &ClientCredentials,
+    ) -> Result<rustls::ServerConnection, rustls::Error> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(parse(&creds.ca_cert)).unwrap();
+        let key = PrivateKeyDer::from_pem_slice(creds.key.as_bytes()).unwrap();
+        let client_config = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(vec![parse(&creds.cert)], key)
+            .unwrap();
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let mut client = rustls::ClientConnection::new(Arc::new(client_config), name).unwrap();
+        let config = ca
+            .server_config("127.0.0.1".parse().unwrap(), "box")
+            .unwrap();
+        let mut server = rustls::ServerConnection::new(config).unwrap();
+        for _ in 0..10 {
+            let mut bytes = Vec::new();
+            client.write_tls(&mut bytes).unwrap();
+            server.read_tls(&mut &bytes[..]).unwrap();
+            server.process_new_packets()?;
+            let mut bytes = Vec::new();
+            server.write_tls(&mut bytes).unwrap();
+            client.read_tls(&mut &bytes[..]).unwrap();
+            let _ = client.process_new_packets();
+            if !server.is_handshaking() {
+                break;
+            }
+        }
+        assert!(!server.is_handshaking(), "handshake done");
+        Ok(server)
+    }
+
+    #[test]
+    fn a_listener_admits_its_own_ca_clients_only() {
+        let (dir, other) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let ca = CertAuthority::load_or_create(dir.path(), "box").unwrap();
+        let server = handshake(&ca, &ca.issue_client("vm-1").unwrap()).unwrap();
+        assert_eq!(
+            server.protocol_version(),
+            Some(rustls::ProtocolVersion::TLSv1_3)
+        );
+        assert_eq!(
+            super::super::tls::certified_name(&server).as_deref(),
+            Some("vm-1")
+        );
+        let mut foreign = CertAuthority::load_or_create(other.path(), "elsewhere")
+            .unwrap()
+            .issue_client("vm-1")
+            .unwrap();
+        // It trusts this listener, but its own certificate is another CA's.
+        foreign.ca_cert = ca.cert_pem.clone();
+        assert!(matches!(
+            handshake(&ca, &foreign),
+            Err(rustls::Error::InvalidCertificate(_))
+        ));
+    }
+
     #[test]
     fn a_listener_is_named_by_its_address_or_by_loopback() {
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
