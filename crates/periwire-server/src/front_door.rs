@@ -3,8 +3,9 @@
 //! version, 0x01 0x11). TLS clients are served once the handshake has matched their key to a
 //! pin; plain clients only from loopback and the networks the configuration allows.
 //!
-//! The [`AccessRules`] are the same for the usbredir listeners ([`crate::usbredir::serve`]),
-//! which speak plain usbredir only: QEMU's usb-redir has no pinned identity to show.
+//! The [`AccessRules`] are the same for the usbredir listeners ([`crate::usbredir::serve`]):
+//! a plain one admits by address as here; a TLS one admits QEMU by a certificate from
+//! periwire's usbredir CA (QEMU's x509 credentials have no pinned identity to show).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -53,9 +54,10 @@ pub enum Client {
     /// A plain connection from a `plain_allow` network: anonymous, so only devices without
     /// an allow list.
     PlainNetwork,
-    /// A TLS client whose key is pinned under `name`.
+    /// A TLS client whose key is pinned under `name` (USB/IP), or whose certificate from
+    /// periwire's usbredir CA is named `name` (usbredir over TLS).
     Trusted {
-        /// Its name in the trust store.
+        /// Its name in the trust store, or its certificate's common name.
         name: String,
     },
 }

@@ -7,6 +7,10 @@
 //! sans-IO [`UsbHost`] and the protocol-neutral [`DeviceSession`]. When the device goes away
 //! or the server stops, the guest is sent device_disconnect (and its ack awaited, briefly)
 //! before the connection closes.
+//!
+//! A listener is plain (admitted by address, as plain USB/IP) or TLS only: QEMU's socket
+//! chardev with `tls-creds-x509` credentials, whose client certificate periwire's usbredir
+//! CA signed ([`crate::secure::ca`]).
 
 use std::fmt::Display;
 use std::future::Future;
@@ -24,8 +28,9 @@ use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
 use crate::accept::accept_until;
-use crate::front_door::AccessRules;
+use crate::front_door::{AccessRules, Client};
 use crate::registry::{Peer, Registry};
+use crate::secure::tls;
 use crate::session::{Completed, DeviceSession};
 use crate::usbredir_map;
 
@@ -73,29 +78,76 @@ pub enum UsbredirError {
     NoHello(Duration),
 }
 
+/// Who a usbredir listener serves, and how. The default: plain, loopback only.
+#[derive(Debug, Clone, Default)]
+pub struct UsbredirAccess {
+    /// The access rules: for a plain listener, who may connect at all (loopback and
+    /// `plain_allow`); for both kinds, the devices' allow lists.
+    pub rules: Arc<AccessRules>,
+    /// `Some`: the listener speaks TLS only, and admits a client from any address once its
+    /// certificate chains to periwire's usbredir CA
+    /// ([`crate::secure::tls::ca_server_config`]); the certificate's name is the client's.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
 /// Serves device `busid` over usbredir on `listener` until `shutdown` resolves; then tells
-/// each connected guest the device is gone and closes the connections. usbredir is plain
-/// (unauthenticated), so `rules` admit a guest as they admit plain USB/IP: from loopback,
-/// or from a `plain_allow` network if the device has no allow list.
+/// each connected guest the device is gone and closes the connections. A plain listener
+/// admits a guest as plain USB/IP is admitted (from loopback, or from a `plain_allow`
+/// network if the device has no allow list); a TLS one, a guest whose certificate periwire's
+/// CA signed (and that the device's allow list names, if it has one).
 pub async fn serve(
     listener: TcpListener,
     registry: Registry,
     busid: BusId,
-    rules: Arc<AccessRules>,
+    access: UsbredirAccess,
     config: UsbredirConfig,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     accept_until(listener, shutdown, |stream, peer, stopped| {
-        let (registry, busid, rules) = (registry.clone(), busid.clone(), Arc::clone(&rules));
+        let (registry, busid, access) = (registry.clone(), busid.clone(), access.clone());
         registry.count_connection();
         async move {
-            if let Err(why) = admit(&rules, &registry, &busid, peer.ip()) {
-                warn!(%peer, %busid, "usbredir guest refused: {why}");
-                return;
-            }
             // Small packets (interrupt reports, control replies) go out at once.
             let _ = stream.set_nodelay(true);
-            match serve_stream(stream, peer, &registry, &busid, config, stopped.wait()).await {
+            let served = match &access.tls {
+                None => {
+                    if let Err(why) = admit_plain(&access.rules, &registry, &busid, peer.ip()) {
+                        warn!(%peer, %busid, "usbredir guest refused: {why}");
+                        return;
+                    }
+                    let who = Peer::at(peer);
+                    serve_as(stream, who, &registry, &busid, config, stopped.wait()).await
+                }
+                Some(tls) => {
+                    let accept = tokio_rustls::TlsAcceptor::from(Arc::clone(tls)).accept(stream);
+                    let stream = match tokio::time::timeout(config.hello_timeout, accept).await {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(e)) => {
+                            warn!(%peer, %busid, "usbredir TLS guest refused: {e}");
+                            return;
+                        }
+                        Err(_) => {
+                            warn!(%peer, %busid, "usbredir TLS guest refused: no handshake within {:?}", config.hello_timeout);
+                            return;
+                        }
+                    };
+                    let name = tls::certified_name(stream.get_ref().1).unwrap_or_default();
+                    let client = Client::Trusted { name: name.clone() };
+                    if let Err(why) = admit_listed(&access.rules, &registry, &busid, &client) {
+                        warn!(%peer, %busid, client = %name, "usbredir TLS guest refused: {why}");
+                        return;
+                    }
+                    let session = stream.get_ref().1;
+                    let (version, suite) = (session.protocol_version(), session.negotiated_cipher_suite());
+                    info!(%peer, %busid, client = %name, ?version, suite = ?suite.map(|s| s.suite()), "usbredir TLS guest");
+                    let who = Peer {
+                        address: peer.to_string(),
+                        identity: Some(name),
+                    };
+                    serve_as(stream, who, &registry, &busid, config, stopped.wait()).await
+                }
+            };
+            match served {
                 Ok(()) => debug!(%peer, "usbredir connection closed"),
                 Err(e) => warn!(%peer, reason = %e, "dropped usbredir client"),
             }
@@ -106,7 +158,7 @@ pub async fn serve(
 }
 
 /// Whether a plain usbredir guest at `ip` may use device `busid`; if not, why.
-fn admit(
+fn admit_plain(
     rules: &AccessRules,
     registry: &Registry,
     busid: &BusId,
@@ -116,10 +168,21 @@ fn admit(
         "a network not in plain_allow (plain usbredir, like plain USB/IP, only from loopback \
          and those)",
     )?;
+    admit_listed(rules, registry, busid, &client)
+        .map_err(|_| "the device's allow list names TLS clients only, and this listener is plain")
+}
+
+/// Whether the device's allow list, if it has one, lets `client` use `busid`.
+fn admit_listed(
+    rules: &AccessRules,
+    registry: &Registry,
+    busid: &BusId,
+    client: &Client,
+) -> Result<(), &'static str> {
     let exports = registry.exports();
     let listed = exports.iter().find(|e| &e.busid == busid);
-    if listed.is_some_and(|export| !rules.may_import(&client, export)) {
-        return Err("the device's allow list names TLS clients only, and usbredir is plain");
+    if listed.is_some_and(|export| !rules.may_import(client, export)) {
+        return Err("the device's allow list does not name this client");
     }
     Ok(())
 }
@@ -139,7 +202,22 @@ pub async fn serve_stream<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let claim = match registry.claim_by(busid, Peer::at(&peer)) {
+    serve_as(stream, Peer::at(peer), registry, busid, config, stop).await
+}
+
+/// [`serve_stream`] for a client known as `peer`.
+async fn serve_as<S>(
+    stream: S,
+    peer: Peer,
+    registry: &Registry,
+    busid: &BusId,
+    config: UsbredirConfig,
+    stop: impl Future<Output = ()>,
+) -> Result<(), UsbredirError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let claim = match registry.claim_by(busid, peer.clone()) {
         Ok(claim) => claim,
         Err(e) => {
             info!(%peer, %busid, reason = %e, "usbredir connection refused");
@@ -206,6 +284,8 @@ impl Connection {
             self.drive();
             if self.host.poll_transmit(&mut out) {
                 wr.write_all(&out).await?;
+                // A TLS stream may keep records back until flushed; TCP's flush is nothing.
+                wr.flush().await?;
                 out.clear();
             }
             if self.closed.is_some() {
@@ -246,7 +326,13 @@ impl Connection {
                 }
                 done = self.session.next_completion() => self.finish(done)?,
                 n = rd.read_buf(&mut buf), if reading => {
-                    if n? == 0 {
+                    let n = match n {
+                        // A TLS peer that closes without close_notify (QEMU killed, or its
+                        // chardev closed): between packets, that is the end.
+                        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
+                        n => n?,
+                    };
+                    if n == 0 {
                         return if buf.is_empty() { Ok(()) } else { Err(UsbredirError::Truncated) };
                     }
                 }

@@ -25,6 +25,7 @@
 //! busid = "1-4"
 //! tcp = "127.0.0.1:3241"              # host side of the serial line
 //! usbredir = "127.0.0.1:4000"         # any device: also offered to QEMU's usb-redir here
+//! usbredir_tls = true                 # that listener: TLS only, QEMU with periwire's certificates
 //!
 //! [[adapter]]                         # a virtual Bluetooth adapter on the simulated radio
 //! name = "vm1-bt"
@@ -316,8 +317,12 @@ pub struct DeviceConfig {
     /// Where the device is also offered over usbredir (QEMU's `usb-redir` dials it), one
     /// device per address.
     pub usbredir: Option<SocketAddr>,
-    /// Names of the trusted clients (`periwire trust list`) that may import it over TLS;
-    /// `None` lets every trusted client. A listed device is refused to plain clients beyond
+    /// The usbredir listener speaks TLS only and admits QEMU, from any address, by a client
+    /// certificate from periwire's usbredir CA (`periwire usbredir-creds`).
+    pub usbredir_tls: bool,
+    /// Names of the trusted clients (`periwire trust list`) that may import it over TLS, and
+    /// of the certificates (`periwire usbredir-creds --name`) its TLS usbredir listener
+    /// admits; `None` lets every trusted client. A listed device is refused to plain clients beyond
     /// loopback (USB/IP from `plain_allow`, and usbredir from there).
     pub allow: Option<Vec<String>>,
 }
@@ -360,6 +365,7 @@ struct RawDevice {
     read_only: Option<bool>,
     tcp: Option<SocketAddr>,
     usbredir: Option<SocketAddr>,
+    usbredir_tls: Option<bool>,
     allow: Option<Vec<String>>,
 }
 
@@ -419,11 +425,17 @@ impl TryFrom<RawDevice> for DeviceConfig {
                  list` shows them)"
             ));
         }
+        if raw.usbredir_tls.is_some() && raw.usbredir.is_none() {
+            return Err(format!(
+                "device {busid}: `usbredir_tls` needs `usbredir` (the listener's address)"
+            ));
+        }
         Ok(DeviceConfig {
             busid,
             name: raw.name,
             kind,
             usbredir: raw.usbredir,
+            usbredir_tls: raw.usbredir_tls.unwrap_or(false),
             allow: raw.allow,
         })
     }
@@ -605,6 +617,32 @@ mod tests {
             let e = toml::from_str::<Config>(bad).unwrap_err().to_string();
             assert!(e.contains(says), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn usbredir_tls_goes_with_a_usbredir_listener() {
+        let c: Config = toml::from_str(
+            r#"
+            [[device]]
+            kind = "keyboard"
+            busid = "1-1"
+            usbredir = "0.0.0.0:4000"
+            usbredir_tls = true
+            [[device]]
+            kind = "mouse"
+            busid = "1-2"
+            usbredir = "127.0.0.1:4001"
+            "#,
+        )
+        .unwrap();
+        assert!(c.devices[0].usbredir_tls);
+        assert!(!c.devices[1].usbredir_tls, "plain unless asked");
+        let e = toml::from_str::<Config>(
+            "[[device]]\nkind = \"mouse\"\nbusid = \"1-1\"\nusbredir_tls = true",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("`usbredir_tls` needs `usbredir`"), "{e}");
     }
 
     #[test]

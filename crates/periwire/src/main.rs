@@ -123,6 +123,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Issue QEMU a client certificate from periwire's usbredir CA (made on first use), for
+    /// the devices whose usbredir listener has `usbredir_tls = true`: writes `ca-cert.pem`,
+    /// `client-cert.pem` and `client-key.pem` into DIR, the directory of QEMU's
+    /// `-object tls-creds-x509,id=tls0,dir=DIR,endpoint=client`.
+    UsbredirCreds {
+        /// The client's name: in the certificate, in periwire's logs, and what a device's
+        /// `allow` list names.
+        #[arg(long)]
+        name: String,
+        /// The directory to write into (created if missing).
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
     /// Manage the peers this periwire trusts over TLS.
     Trust {
         #[command(subcommand)]
@@ -361,6 +374,9 @@ async fn run(command: Command, data_dir: Option<PathBuf>) -> Result<(), AnyError
         }
         Command::Id { json } => secure::id(&serve::data_dir(data_dir)?, json),
         Command::Trust { action } => secure::trust(&serve::data_dir(data_dir)?, action),
+        Command::UsbredirCreds { name, out } => {
+            secure::usbredir_creds(&serve::data_dir(data_dir)?, &name, &out)
+        }
         Command::Detach { port } => attach::detach(port),
         Command::Ui {
             remote,

@@ -102,12 +102,15 @@ pub async fn run(args: RedirectArgs) -> Result<(), AnyError> {
                 summary.busid,
                 listener.local_addr()?
             );
-            let rules = Arc::new(AccessRules {
-                plain_allow: args.plain_allow,
-                allow: Default::default(),
-            });
+            let access = usbredir::UsbredirAccess {
+                rules: Arc::new(AccessRules {
+                    plain_allow: args.plain_allow,
+                    allow: Default::default(),
+                }),
+                tls: None,
+            };
             let stop = shutdown_signal();
-            usbredir::serve(listener, registry.clone(), busid, rules, config, stop).await?;
+            usbredir::serve(listener, registry.clone(), busid, access, config, stop).await?;
         }
         (None, None) => return Err("--to or --as is needed".into()),
     }

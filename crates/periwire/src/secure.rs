@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use periwire_server::secure::ca::{self, CertAuthority};
 use periwire_server::secure::connect::TlsClient;
 use periwire_server::secure::identity::host_name;
 use periwire_server::secure::{Fingerprint, Identity, TrustStore};
@@ -36,6 +37,46 @@ pub enum TrustAction {
 /// This periwire's identity in `data_dir`, made on first use.
 pub fn identity(data_dir: &Path) -> Result<Identity, AnyError> {
     Ok(Identity::load_or_create(data_dir, &host_name())?)
+}
+
+/// periwire's usbredir CA in `data_dir`, made on first use.
+pub fn usbredir_ca(data_dir: &Path) -> Result<CertAuthority, AnyError> {
+    Ok(CertAuthority::load_or_create(data_dir, &host_name())?)
+}
+
+/// `periwire usbredir-creds`: a client certificate named `name` from periwire's usbredir CA,
+/// written into `out` as QEMU's `tls-creds-x509` (endpoint=client) reads it.
+pub fn usbredir_creds(data_dir: &Path, name: &str, out: &Path) -> Result<(), AnyError> {
+    let creds = usbredir_ca(data_dir)?.issue_client(name)?;
+    std::fs::create_dir_all(out).map_err(|e| format!("creating {}: {e}", out.display()))?;
+    for (file, text, mode) in [
+        (ca::qemu_files::CA_CERT, &creds.ca_cert, 0o644),
+        (ca::qemu_files::CLIENT_CERT, &creds.cert, 0o644),
+        (ca::qemu_files::CLIENT_KEY, &creds.key, 0o600),
+    ] {
+        let path = out.join(file);
+        write_mode(&path, text, mode).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    }
+    println!(
+        "periwire: usbredir credentials for {name} in {} (QEMU: -object \
+         tls-creds-x509,id=tls0,dir={},endpoint=client)",
+        out.display(),
+        out.display()
+    );
+    Ok(())
+}
+
+/// Writes `text` to a new `path` with permissions `mode` (replacing what was there).
+fn write_mode(path: &Path, text: &str, mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)?;
+    f.write_all(text.as_bytes())
 }
 
 /// A TLS client with this periwire's identity and pins.

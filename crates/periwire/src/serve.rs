@@ -134,6 +134,7 @@ fn demo_devices() -> Result<Vec<DeviceConfig>, AnyError> {
         name: Some(name.into()),
         kind,
         usbredir: None,
+        usbredir_tls: false,
         allow: None,
     };
     Ok(vec![
@@ -424,15 +425,26 @@ pub async fn run(args: ServeArgs, data_dir_arg: Option<PathBuf>) -> Result<(), A
             .await
             .map_err(|e| format!("device {}: usbredir listener {addr}: {e}", d.busid))?;
         let addr = listener.local_addr()?;
-        if !addr.ip().is_loopback() {
-            if rules.plain_allow.is_empty() {
-                tracing::warn!(%addr, busid = %d.busid, "usbredir beyond loopback, but plain_allow is empty: only guests on loopback are served");
-            } else {
-                tracing::warn!(%addr, busid = %d.busid, networks = %plain_networks(), "usbredir, without authentication or encryption, is accepted from these networks");
+        let tls = if d.usbredir_tls {
+            // A server certificate for the address QEMU dials, fresh at each start.
+            let host = periwire_server::secure::identity::host_name();
+            let config = (crate::secure::usbredir_ca(&data_dir)?)
+                .server_config(addr.ip(), &host)
+                .map_err(|e| format!("device {}: usbredir TLS: {e}", d.busid))?;
+            tracing::info!(%addr, busid = %d.busid, "usbredir over TLS only: QEMU needs credentials from `periwire usbredir-creds`");
+            Some(config)
+        } else {
+            if !addr.ip().is_loopback() {
+                if rules.plain_allow.is_empty() {
+                    tracing::warn!(%addr, busid = %d.busid, "usbredir beyond loopback, but plain_allow is empty: only guests on loopback are served");
+                } else {
+                    tracing::warn!(%addr, busid = %d.busid, networks = %plain_networks(), "usbredir, without authentication or encryption, is accepted from these networks");
+                }
             }
-        }
+            None
+        };
         println!("periwire: device {} on usbredir {addr}", d.busid);
-        usbredir_listeners.push((BusId::new(&d.busid)?, listener));
+        usbredir_listeners.push((BusId::new(&d.busid)?, listener, tls));
     }
 
     let listen = args
@@ -479,13 +491,17 @@ pub async fn run(args: ServeArgs, data_dir_arg: Option<PathBuf>) -> Result<(), A
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let usbredir_servers: Vec<_> = usbredir_listeners
         .into_iter()
-        .map(|(busid, listener)| {
+        .map(|(busid, listener, tls)| {
             let mut stop = stop_rx.clone();
+            let access = periwire_server::usbredir::UsbredirAccess {
+                rules: Arc::clone(&rules),
+                tls,
+            };
             tokio::spawn(periwire_server::usbredir::serve(
                 listener,
                 registry.clone(),
                 busid,
-                Arc::clone(&rules),
+                access,
                 UsbredirConfig::default(),
                 async move {
                     let _ = stop.wait_for(|stopping| *stopping).await;

@@ -5,11 +5,10 @@
 mod common;
 
 use common::{
-    assert_fsck_clean, check_storage_io, check_written_image, kill_mid_write,
-    mouse_moves_and_clicks, prepare_ext4_disk, prepare_fat_disk, serial_exchange,
-    typed_text_arrives, Server, AFTER_CRASH_SCENARIO, EXT4_MODULES, GUEST_INPUT_HELPERS,
-    GUEST_WAIT_HELPERS, SERIAL_ECHO_SCENARIO, STEP, STORAGE_IO_SCENARIO,
-    WRITE_UNTIL_KILLED_SCENARIO,
+    assert_fsck_clean, check_storage_io, kill_mid_write, mouse_moves_and_clicks, prepare_ext4_disk,
+    prepare_fat_disk, serial_exchange, stop_and_see_the_disk_go, typed_text_arrives, Server,
+    AFTER_CRASH_SCENARIO, EXT4_MODULES, GUEST_INPUT_HELPERS, GUEST_WAIT_HELPERS,
+    SERIAL_ECHO_SCENARIO, STEP, STORAGE_IO_SCENARIO, WRITE_UNTIL_KILLED_SCENARIO,
 };
 use periwire_guest::{Guest, GuestConfig, RedirBus};
 
@@ -82,14 +81,7 @@ fn storage_over_usbredir(bus: RedirBus, modules: &[&str], expected_speed: &str) 
     assert!(server.imported("1-3"), "the usb-redir guest holds the disk");
 
     // Stopping the server tells the guest the device is gone (device_disconnect).
-    assert!(server.stop(), "server stops cleanly on SIGTERM");
-    guest.send_line("go").expect("console");
-    guest
-        .expect_line("GONE", STEP)
-        .expect("device removed from the guest");
-    guest.wait_success(STEP).expect("scenario succeeds");
-
-    check_written_image(&server.data_dir.join("disk.img"), &new);
+    stop_and_see_the_disk_go(&mut server, &mut guest, &new);
 }
 
 #[test]

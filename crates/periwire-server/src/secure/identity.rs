@@ -135,17 +135,7 @@ impl Identity {
     pub fn load(dir: &Path) -> Result<Identity, IdentityError> {
         let key_path = dir.join(KEY_FILE);
         let cert_path = dir.join(CERT_FILE);
-        let io = |path: &Path| {
-            let path = path.to_owned();
-            move |source| IdentityError::Io { path, source }
-        };
-        let mode = std::fs::metadata(&key_path)
-            .map_err(io(&key_path))?
-            .permissions()
-            .mode();
-        if mode & 0o077 != 0 {
-            return Err(IdentityError::Unprotected(key_path));
-        }
+        ensure_private(&key_path)?;
         let invalid = |path: &Path, reason: String| IdentityError::Invalid {
             path: path.to_owned(),
             reason,
@@ -157,7 +147,7 @@ impl Identity {
         let parsed = webpki::EndEntityCert::try_from(&certificate)
             .map_err(|e| invalid(&cert_path, format!("certificate does not parse: {e}")))?;
         let fingerprint = Fingerprint::of_spki(parsed.subject_public_key_info().as_ref());
-        let name = common_name(&certificate).unwrap_or_default();
+        let name = subject_common_name(&certificate).unwrap_or_default();
         Ok(Identity {
             name,
             fingerprint,
@@ -170,6 +160,21 @@ impl Identity {
     pub fn key(&self) -> PrivateKeyDer<'static> {
         self.key.clone_key()
     }
+}
+
+/// Refuses a private key file that others than its owner can read.
+pub(super) fn ensure_private(key_path: &Path) -> Result<(), IdentityError> {
+    let mode = (std::fs::metadata(key_path))
+        .map_err(|source| IdentityError::Io {
+            path: key_path.to_owned(),
+            source,
+        })?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(IdentityError::Unprotected(key_path.to_owned()));
+    }
+    Ok(())
 }
 
 /// Generates a key pair and a self-signed certificate for `name` into `dir`.
@@ -194,14 +199,17 @@ fn create(dir: &Path, name: &str) -> Result<(), IdentityError> {
     Ok(())
 }
 
-/// The subject common name of a certificate periwire made (rcgen writes it as a UTF8String).
-fn common_name(cert: &CertificateDer<'_>) -> Option<String> {
-    // OID 2.5.4.3 (commonName), then the string's tag and a short length.
+/// The subject common name of a certificate periwire made (rcgen writes it as a UTF8String,
+/// short), or `None` if the certificate does not parse or has none.
+pub fn subject_common_name(cert: &CertificateDer<'_>) -> Option<String> {
+    // OID 2.5.4.3 (commonName), then the string's tag and a short length. Looked for in the
+    // subject only: a CA-signed certificate names its issuer first.
     const CN_OID: [u8; 5] = [0x06, 0x03, 0x55, 0x04, 0x03];
-    let der = cert.as_ref();
-    let at = der.windows(CN_OID.len()).position(|w| w == CN_OID)? + CN_OID.len();
-    let len = usize::from(*der.get(at + 1)?);
-    let value = der.get(at + 2..at + 2 + len)?;
+    let parsed = webpki::EndEntityCert::try_from(cert).ok()?;
+    let subject = parsed.subject();
+    let at = subject.windows(CN_OID.len()).position(|w| w == CN_OID)? + CN_OID.len();
+    let len = usize::from(*subject.get(at + 1)?);
+    let value = subject.get(at + 2..at + 2 + len)?;
     String::from_utf8(value.to_vec()).ok()
 }
 

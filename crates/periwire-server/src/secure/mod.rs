@@ -5,10 +5,13 @@
 //!   [`Fingerprint`] (SHA-256 of the SPKI) peers pin it by.
 //! - [`trust`]: the peers this periwire trusts, by name and fingerprint.
 //! - [`tls`]: rustls configurations whose verifiers check the peer's key against the pins.
+//! - [`ca`]: periwire's certificate authority for usbredir over TLS, which QEMU's x509
+//!   credentials check against.
 //! - [`network`]: CIDR networks, for the plain USB/IP allowed beside TLS.
 //! - [`connect`]: a client's TLS connection to a server, with errors that say which key was
 //!   refused and how to trust it.
 
+pub mod ca;
 pub mod connect;
 pub mod identity;
 pub mod network;

@@ -255,6 +255,47 @@ pub fn server_config(
     Ok((Arc::new(config), slot))
 }
 
+/// A server-side TLS configuration for a usbredir listener in CA mode: `cert` and `key`
+/// shown to the client, TLS 1.3 only (GnuTLS, which QEMU uses, offers it by default), and a
+/// client certificate required that chains to `ca` and is for TLS clients. No pins: the CA
+/// signature is the trust, so the client's name is its certificate's
+/// ([`certified_name`]).
+pub fn ca_server_config(
+    ca: &CertificateDer<'static>,
+    cert: CertificateDer<'static>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+) -> Result<Arc<rustls::ServerConfig>, Error> {
+    let provider = provider();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone())?;
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| Error::General(format!("client verifier: {e}")))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(vec![cert], key)?;
+    // QEMU's chardev reads 4 KiB per wakeup, and before QEMU 8.0 (io/channel-tls: "fix
+    // handling of bigger read buffers") it is not woken again for the rest of a larger
+    // record that GnuTLS holds decrypted: the stream stalls. Records of at most 4 KiB are
+    // always read whole.
+    config.max_fragment_size = Some(QEMU_CHARDEV_READ);
+    Ok(Arc::new(config))
+}
+
+/// What QEMU's socket chardev reads at a time (`CHR_READ_BUF_LEN`).
+const QEMU_CHARDEV_READ: usize = 4096;
+
+/// The subject common name of the verified client certificate on `connection`: the name a
+/// CA-mode client goes by.
+pub fn certified_name(connection: &rustls::ServerConnection) -> Option<String> {
+    let cert = connection.peer_certificates()?.first()?;
+    super::identity::subject_common_name(cert)
+}
+
 /// A client-side TLS configuration: this identity, TLS 1.3 only, the server's key checked
 /// against `store` as the server reached by `name` ([`check_server`]).
 pub fn client_config(

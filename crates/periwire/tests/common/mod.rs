@@ -1101,6 +1101,19 @@ pub fn check_storage_io(guest: &mut Guest, label: &str) -> String {
     new
 }
 
+/// Stops `server` with the guest still holding its disk (over usb-redir), which tells the
+/// guest the device is gone: the guest, sent a line, waits for its disk to go and prints
+/// GONE. Then checks the image for the NEW.BIN of [`check_storage_io`] (`new`).
+pub fn stop_and_see_the_disk_go(server: &mut Server, guest: &mut Guest, new: &str) {
+    assert!(server.stop(), "server stops cleanly on SIGTERM");
+    guest.send_line("go").expect("console");
+    guest
+        .expect_line("GONE", STEP)
+        .expect("device removed from the guest");
+    guest.wait_success(STEP).expect("scenario succeeds");
+    check_written_image(&server.data_dir.join("disk.img"), new);
+}
+
 /// Checks, with the server stopped, that the NEW.BIN the guest wrote (its checksum in `new`)
 /// is intact in `image`, and that the image is fsck-clean.
 pub fn check_written_image(image: &Path, new: &str) {
