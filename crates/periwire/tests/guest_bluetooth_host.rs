@@ -187,10 +187,13 @@ EOF
         hcitool -i hci2 dc "$BT_HCI1" || true
         wait_until 60 "the guest's link to drop" sh -c '! hcitool -i hci2 con | grep -q "$BT_HCI1"'
         btmgmt --timeout 30 --index 2 pair -c 3 -t 0 "$BT_HCI1" 2>&1 | sed 's/^/PAIR /'
-        pw_adapters | sed 's/^/ADAPTERS-PAIRED /' 
+        pw_adapters | sed 's/^/ADAPTERS-PAIRED /'
+        guest_key() {{ sed -n 's/^Key=//p' "/var/lib/bluetooth/00:50:57:00:02:0A/$BT_HCI1/info" 2>/dev/null; }}
+        # btmgmt returns on the kernel's event; bluetoothd and periwire store the key after.
+        wait_until 30 "bluetoothd to store the guest's key" sh -c "grep -q '^Key=' '/var/lib/bluetooth/00:50:57:00:02:0A/$BT_HCI1/info'"
+        wait_until 30 "periwire to store the proxy key" test -s /tmp/pw/bt-keys/00-50-57-00-02-0A.keys
         sed 's/^/KEYS-1 /' /tmp/pw/bt-keys/00-50-57-00-02-0A.keys
         sed 's/^/SERVE /' /tmp/pw/log
-        guest_key() {{ sed -n 's/^Key=//p' "/var/lib/bluetooth/00:50:57:00:02:0A/$BT_HCI1/info"; }}
         host_key() {{ sed -n 's/^Key=//p' "/var/lib/bluetooth/$BT_HCI0/$BT_HCI1/info"; }}
         find /var/lib/bluetooth -type f | sed 's/^/BTSTORE /'
         echo "GUEST-KEY-1 $(guest_key)"
