@@ -8,7 +8,7 @@ use common::{
     assert_fsck_clean, check_storage_io, check_written_image, kill_mid_write,
     mouse_moves_and_clicks, prepare_ext4_disk, prepare_fat_disk, serial_exchange,
     typed_text_arrives, Server, AFTER_CRASH_SCENARIO, ALL_DEVICES, EXT4_DISK, EXT4_MODULES,
-    GUEST_INPUT_HELPERS, SERIAL_ECHO_SCENARIO, STEP, STORAGE_IO_SCENARIO,
+    GUEST_INPUT_HELPERS, KEYBOARD_MOUSE_SCENARIO, SERIAL_ECHO_SCENARIO, STEP, STORAGE_IO_SCENARIO,
     WRITE_UNTIL_KILLED_SCENARIO,
 };
 use periwire_guest::{Guest, GuestConfig};
@@ -72,21 +72,7 @@ fn keyboard_and_mouse_input_reach_the_guest_input_layer() {
         r#"{GUEST_INPUT_HELPERS}
         usbip attach -r "$PERIWIRE_SERVER" -b 1-1
         usbip attach -r "$PERIWIRE_SERVER" -b 1-2
-        kbd=$(find_event "Virtual Keyboard")
-        mouse=$(find_event "Virtual Mouse")
-        exec 3<"$kbd"
-        stream_events 3 &
-        streamer=$!
-        mark KBD-READY
-        read -r _
-        kill $streamer
-        exec 4<"$mouse"
-        stream_events 4 &
-        streamer=$!
-        mark MOUSE-READY
-        read -r _
-        kill $streamer
-        mark INPUT-DONE
+        {KEYBOARD_MOUSE_SCENARIO}
         "#
     );
     let mut guest = Guest::boot(

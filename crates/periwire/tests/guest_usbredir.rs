@@ -8,7 +8,8 @@ use common::{
     assert_fsck_clean, check_storage_io, kill_mid_write, mouse_moves_and_clicks, prepare_ext4_disk,
     prepare_fat_disk, serial_exchange, stop_and_see_the_disk_go, typed_text_arrives, Server,
     AFTER_CRASH_SCENARIO, EXT4_MODULES, GUEST_INPUT_HELPERS, GUEST_WAIT_HELPERS,
-    SERIAL_ECHO_SCENARIO, STEP, STORAGE_IO_SCENARIO, WRITE_UNTIL_KILLED_SCENARIO,
+    KEYBOARD_MOUSE_SCENARIO, SERIAL_ECHO_SCENARIO, STEP, STORAGE_IO_SCENARIO,
+    WRITE_UNTIL_KILLED_SCENARIO,
 };
 use periwire_guest::{Guest, GuestConfig, RedirBus};
 
@@ -99,21 +100,7 @@ fn keyboard_and_mouse_over_usbredir_reach_the_guest_input_layer() {
     let server = Server::start(USBREDIR_DEVICES, prepare_fat_disk);
     let scenario = format!(
         r#"{GUEST_INPUT_HELPERS}
-        kbd=$(find_event "Virtual Keyboard")
-        mouse=$(find_event "Virtual Mouse")
-        exec 3<"$kbd"
-        stream_events 3 &
-        streamer=$!
-        mark KBD-READY
-        read -r _
-        kill $streamer
-        exec 4<"$mouse"
-        stream_events 4 &
-        streamer=$!
-        mark MOUSE-READY
-        read -r _
-        kill $streamer
-        mark INPUT-DONE
+        {KEYBOARD_MOUSE_SCENARIO}
         "#
     );
     let mut guest = Guest::boot(

@@ -1135,6 +1135,28 @@ pub fn check_written_image(image: &Path, new: &str) {
     );
 }
 
+/// Guest steps once the virtual keyboard and mouse are attached (with
+/// [`GUEST_INPUT_HELPERS`]): streams the keyboard's events until the host's next line, then
+/// the mouse's until the one after. [`typed_text_arrives`] and [`mouse_moves_and_clicks`] are
+/// the host's side.
+pub const KEYBOARD_MOUSE_SCENARIO: &str = r#"
+kbd=$(find_event "Virtual Keyboard")
+mouse=$(find_event "Virtual Mouse")
+exec 3<"$kbd"
+stream_events 3 &
+streamer=$!
+mark KBD-READY
+read -r _
+kill $streamer
+exec 4<"$mouse"
+stream_events 4 &
+streamer=$!
+mark MOUSE-READY
+read -r _
+kill $streamer
+mark INPUT-DONE
+"#;
+
 /// Guest steps on /dev/ttyACM0 once it is there: raw mode at 115200, then one line from the
 /// host and one line back. [`serial_exchange`] is the host's side.
 pub const SERIAL_ECHO_SCENARIO: &str = r#"
