@@ -184,6 +184,7 @@ impl HostMedium {
         let id = AdapterId(NEXT_ID.fetch_add(1, Ordering::Relaxed));
         let shared = Arc::new(Shared {
             adapter: Mutex::new(HostLinkedAdapter::new(id, config, stored.clone())),
+            armed: Mutex::new(None),
             to_host: Notify::new(),
             work: Notify::new(),
         });
@@ -253,9 +254,11 @@ fn entropy() -> u64 {
 #[derive(Debug)]
 struct Shared {
     adapter: Mutex<HostLinkedAdapter>,
+    /// The deadline the driver sleeps until (locked after `adapter`, never alone by it).
+    armed: Mutex<Option<Instant>>,
     /// Wakes the transport: packets wait for the guest's host.
     to_host: Notify,
-    /// Wakes the driver: actions may wait, or the next deadline moved.
+    /// Wakes the driver: actions wait, or a deadline earlier than the armed one appeared.
     work: Notify,
 }
 
@@ -264,11 +267,22 @@ impl Shared {
         let mut a = lock(&self.adapter);
         let out = f(&mut a);
         let ready = a.has_to_host();
+        // The driver is woken only when it has something to do: most packets change neither,
+        // and a driver woken for each of them costs a task switch and a timer re-arm per
+        // packet.
+        let wake = a.has_action()
+            || match (a.poll_timeout(), *lock(&self.armed)) {
+                (Some(due), Some(armed)) => due < armed,
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
         drop(a);
         if ready {
             self.to_host.notify_one();
         }
-        self.work.notify_one();
+        if wake {
+            self.work.notify_one();
+        }
         out
     }
 }
@@ -334,8 +348,6 @@ enum Event {
     Paged(BdAddr, Result<(), ErrorCode>, Option<SeqPacket>),
     Connected(SocketId, u16),
     ConnectFailed(SocketId, ConnectFailure),
-    Sent(SocketId),
-    Received(SocketId, Vec<u8>),
     Closed(SocketId),
     Secured(BdAddr, bool),
     Name(BdAddr, Option<String>),
@@ -362,9 +374,10 @@ struct Driver {
 
 impl Driver {
     async fn run(mut self) {
-        // Every message on `events` answers one action the link issued, and the link issues at
-        // most one Send and one Read per socket at a time: the queue is bounded by the link's
-        // own state, so it needs no bound of its own.
+        // Every message on `events` answers one action the link issued (a page, a connect, a
+        // close, a name, a found device of a scan the link asked for): the queue is bounded by
+        // the link's own state, so it needs no bound of its own. Socket data does not pass
+        // here: socket tasks give it to the link themselves.
         let (events_tx, mut events) = mpsc::unbounded_channel();
         let mut tasks = JoinSet::new();
         let mut sockets: HashMap<SocketId, mpsc::UnboundedSender<SocketCmd>> = HashMap::new();
@@ -389,8 +402,28 @@ impl Driver {
         loop {
             let (actions, deadline) = {
                 let mut a = lock(&self.shared.adapter);
-                let actions: Vec<_> = std::iter::from_fn(|| a.poll_action()).collect();
-                (actions, a.poll_timeout())
+                let mut actions = Vec::new();
+                while let Some(action) = a.poll_action() {
+                    // A socket's reads and sends go to its task under the lock: a socket task
+                    // that takes its own work (`answer`) drains its channel first under the
+                    // same lock, so they reach it in order whichever way they come.
+                    match action {
+                        HostAction::Send { socket, sdu } => {
+                            if let Some(tx) = sockets.get(&socket) {
+                                let _ = tx.send(SocketCmd::Send(sdu));
+                            }
+                        }
+                        HostAction::Read { socket } => {
+                            if let Some(tx) = sockets.get(&socket) {
+                                let _ = tx.send(SocketCmd::Read);
+                            }
+                        }
+                        other => actions.push(other),
+                    }
+                }
+                let deadline = a.poll_timeout();
+                *lock(&self.shared.armed) = deadline;
+                (actions, deadline)
             };
             for action in actions {
                 match action {
@@ -416,6 +449,7 @@ impl Driver {
                         sockets.insert(socket, cmd_tx);
                         let tx = events_tx.clone();
                         let local = self.host.address;
+                        let shared = self.shared.clone();
                         let handle = tasks.spawn(async move {
                             let s = match connect(local, remote, psm, Some(imtu), security).await {
                                 Ok(s) => s,
@@ -428,21 +462,13 @@ impl Driver {
                             let omtu = send_mtu(&s);
                             tracing::debug!(%remote, psm, omtu, "host channel open");
                             if tx.send(Event::Connected(socket, omtu)).is_ok() {
-                                carry(s, remote, psm, imtu, socket, cmd_rx, tx).await;
+                                carry(s, remote, psm, imtu, socket, cmd_rx, tx, shared).await;
                             }
                         });
                         socket_tasks.insert(socket, handle);
                     }
-                    HostAction::Send { socket, sdu } => {
-                        if let Some(tx) = sockets.get(&socket) {
-                            let _ = tx.send(SocketCmd::Send(sdu));
-                        }
-                    }
-                    HostAction::Read { socket } => {
-                        if let Some(tx) = sockets.get(&socket) {
-                            let _ = tx.send(SocketCmd::Read);
-                        }
-                    }
+                    // Dispatched above, under the lock.
+                    HostAction::Send { .. } | HostAction::Read { .. } => {}
                     HostAction::Close { socket } => {
                         sockets.remove(&socket);
                         if let Some(h) = socket_tasks.remove(&socket) {
@@ -542,7 +568,16 @@ impl Driver {
                             sockets.insert(socket, cmd_tx);
                             let tx = events_tx.clone();
                             let imtu = periwire_hci::l2cap::DEFAULT_MTU;
-                            let handle = tasks.spawn(carry(s, remote, psm, imtu, socket, cmd_rx, tx));
+                            let handle = tasks.spawn(carry(
+                                s,
+                                remote,
+                                psm,
+                                imtu,
+                                socket,
+                                cmd_rx,
+                                tx,
+                                self.shared.clone(),
+                            ));
                             socket_tasks.insert(socket, handle);
                             continue;
                         }
@@ -552,8 +587,6 @@ impl Driver {
                         Event::Paged(remote, result, _) => l.handle_page_result(remote, result),
                         Event::Connected(s, omtu) => l.handle_connected(s, omtu),
                         Event::ConnectFailed(s, f) => l.handle_connect_failed(s, f),
-                        Event::Sent(s) => l.handle_sent(s),
-                        Event::Received(s, sdu) => l.handle_received(s, &sdu),
                         Event::Closed(s) => l.handle_closed(s),
                         Event::Secured(remote, ok) => l.handle_secured(remote, ok),
                         Event::Name(remote, name) => l.handle_remote_name(remote, name),
@@ -782,6 +815,11 @@ async fn accept(
 
 /// One connected channel: sends and reads SDUs as the link asks, until the link closes it (the
 /// task is aborted) or the socket ends.
+///
+/// Sent and received SDUs go into the link from here, not through the driver: on the data
+/// path every hand-off between tasks adds a wake-up to each SDU's round trip, and RFCOMM's
+/// credits make that round trip the channel's throughput.
+#[allow(clippy::too_many_arguments)]
 async fn carry(
     s: SeqPacket,
     remote: BdAddr,
@@ -790,6 +828,7 @@ async fn carry(
     id: SocketId,
     mut cmds: mpsc::UnboundedReceiver<SocketCmd>,
     events: mpsc::UnboundedSender<Event>,
+    shared: Arc<Shared>,
 ) {
     let mut buf = vec![0u8; usize::from(imtu.max(periwire_hci::l2cap::MIN_MTU))];
     // SDUs the link asked to send, oldest first.
@@ -808,7 +847,9 @@ async fn carry(
             if let Some(sdu) = ahead.pop_front() {
                 ahead_bytes -= sdu.len();
                 credits -= 1;
-                let _ = events.send(Event::Received(id, sdu));
+                for cmd in answer(&shared, id, &mut cmds, |l| l.handle_received(id, &sdu)) {
+                    take(cmd, &mut pending, &mut credits);
+                }
                 continue;
             }
             if ended {
@@ -820,8 +861,7 @@ async fn carry(
         // nothing, and recv only consumes a packet when it returns.
         tokio::select! {
             cmd = cmds.recv() => match cmd {
-                Some(SocketCmd::Send(sdu)) => pending.push_back(sdu),
-                Some(SocketCmd::Read) => credits += 1,
+                Some(cmd) => take(cmd, &mut pending, &mut credits),
                 None => return,
             },
             r = async { s.send(pending.front().map_or(&[][..], Vec::as_slice)).await }, if !pending.is_empty() => {
@@ -831,7 +871,9 @@ async fn carry(
                     return;
                 }
                 pending.pop_front();
-                let _ = events.send(Event::Sent(id));
+                for cmd in answer(&shared, id, &mut cmds, |l| l.handle_sent(id)) {
+                    take(cmd, &mut pending, &mut credits);
+                }
             }
             r = s.recv(&mut buf), if !ended && ahead_bytes < READ_AHEAD_BYTES => match r {
                 Ok(n) if n > 0 => {
@@ -848,6 +890,39 @@ async fn carry(
             },
         }
     }
+}
+
+/// Queues one piece of a socket's work: an SDU to send, or one more SDU to read.
+fn take(cmd: SocketCmd, pending: &mut VecDeque<Vec<u8>>, credits: &mut usize) {
+    match cmd {
+        SocketCmd::Send(sdu) => pending.push_back(sdu),
+        SocketCmd::Read => *credits += 1,
+    }
+}
+
+/// Gives the link a socket's outcome (`f`), then returns the socket's work that follows: what
+/// the driver already forwarded (`cmds`), then what the link has just asked for, taken from
+/// its queue before the driver sees it, in that order.
+fn answer(
+    shared: &Shared,
+    id: SocketId,
+    cmds: &mut mpsc::UnboundedReceiver<SocketCmd>,
+    f: impl FnOnce(&mut periwire_hci::host_link::HostLink),
+) -> Vec<SocketCmd> {
+    shared.with(|a| {
+        a.with_link(Instant::now(), f);
+        let mut work: Vec<SocketCmd> = std::iter::from_fn(|| cmds.try_recv().ok()).collect();
+        work.extend(
+            a.take_socket_actions(id)
+                .into_iter()
+                .filter_map(|action| match action {
+                    HostAction::Send { sdu, .. } => Some(SocketCmd::Send(sdu)),
+                    HostAction::Read { .. } => Some(SocketCmd::Read),
+                    _ => None,
+                }),
+        );
+        work
+    })
 }
 
 /// The proxy link keys of one emulated controller, one `REMOTE KEY` line each, in a file only

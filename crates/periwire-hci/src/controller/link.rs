@@ -334,14 +334,7 @@ impl Controller {
                     c.tx_in_flight = c.tx_in_flight.saturating_sub(1);
                 }
                 self.acl_in_flight[pool] = self.acl_in_flight[pool].saturating_sub(1);
-                self.push_event(HciEvent::NumberOfCompletedPackets(
-                    w::NumberOfCompletedPackets {
-                        handles: Counted(vec![w::CompletedPackets {
-                            connection_handle: handle,
-                            num_completed_packets: 1,
-                        }]),
-                    },
-                ));
+                self.complete_packet(handle);
             }
             LinkPdu::Disconnect { transport, reason } => {
                 if let Some(handle) = self.conn_by_peer(from, transport) {

@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use crate::medium::{AdapterId, Dest, LinkPdu, Transmit, Transport};
 use crate::rng::KeyRng;
 use crate::wire::{
-    AclRepr, BdAddr, ClassOfDevice, CommandPacket, ErrorCode, HciCommand, HciEvent, LeMetaEvent,
-    Opcode, PacketBoundary, PacketError,
+    self, AclRepr, BdAddr, ClassOfDevice, CommandPacket, ErrorCode, HciCommand, HciEvent,
+    LeMetaEvent, Opcode, PacketBoundary, PacketError,
 };
 
 pub use handlers::{Handler, Needs, HANDLERS};
@@ -853,6 +853,35 @@ impl Controller {
             return;
         }
         self.to_host.push_back(ToHost::Event(ev.to_packet()));
+    }
+
+    /// Reports one of `handle`'s ACL packets done (Number Of Completed Packets). While the
+    /// host has not yet taken the last such event for the same handle, that event counts this
+    /// packet too: each event costs the host a wake-up, and a busy link would otherwise send
+    /// one per packet.
+    fn complete_packet(&mut self, handle: u16) {
+        /// Event code, parameter length 5, one handle: the layout of a single-handle event.
+        const SINGLE: [u8; 3] = [0x13, 5, 1];
+        if let Some(ToHost::Event(p)) = self.to_host.back_mut() {
+            if let [a, b, c, h0, h1, n0, n1] = p.as_mut_slice() {
+                let count = u16::from_le_bytes([*n0, *n1]);
+                if [*a, *b, *c] == SINGLE
+                    && u16::from_le_bytes([*h0, *h1]) == handle
+                    && count < u16::MAX
+                {
+                    [*n0, *n1] = (count + 1).to_le_bytes();
+                    return;
+                }
+            }
+        }
+        self.push_event(HciEvent::NumberOfCompletedPackets(
+            wire::NumberOfCompletedPackets {
+                handles: wire::Counted(vec![wire::CompletedPackets {
+                    connection_handle: handle,
+                    num_completed_packets: 1,
+                }]),
+            },
+        ));
     }
 
     fn le_meta(&mut self, ev: impl Into<LeMetaEvent>) {

@@ -889,3 +889,54 @@ fn an_le_scan_of_the_guest_reports_what_the_host_found() {
     assert!(report.contains("AdvertisingReport"), "{report}");
     bed.link(|l| l.handle_le_scan_complete());
 }
+
+/// The guest's SDU on one channel, as one ACL packet (it must fit the 64-byte fragments).
+fn one_fragment(handle: u16, cid: u16, payload: &[u8]) -> Vec<u8> {
+    let frame = BasicHeader::frame(cid, payload);
+    AclRepr {
+        handle,
+        packet_boundary: PacketBoundary::FirstNonFlushable,
+        broadcast_flag: 0,
+        data: &frame,
+    }
+    .to_packet()
+}
+
+#[test]
+fn a_sockets_own_work_is_taken_in_order_and_completions_share_an_event() {
+    let mut bed = Bed::new(BTreeMap::new());
+    let h = bed.connect();
+    let (cid_a, a) = bed.open_channel(h, 0x1011, 0x0040, 672);
+    let (cid_b, b) = bed.open_channel(h, 0x1013, 0x0041, 672);
+    bed.completed_packets();
+    bed.actions.clear();
+    for (cid, byte) in [(cid_a, 1u8), (cid_b, 2), (cid_a, 3)] {
+        let packet = one_fragment(h, cid, &[byte; 10]);
+        bed.adapter.handle_acl(bed.now, &packet).unwrap();
+    }
+    let send = |socket, byte| HostAction::Send {
+        socket,
+        sdu: vec![byte; 10],
+    };
+    assert_eq!(bed.adapter.take_socket_actions(a), [send(a, 1), send(a, 3)]);
+    assert!(bed.adapter.take_socket_actions(a).is_empty());
+    assert_eq!(bed.adapter.poll_action(), Some(send(b, 2)));
+    assert_eq!(bed.adapter.poll_action(), None);
+
+    // Three packets done while the guest's host takes nothing: one event counts them all.
+    bed.adapter.with_link(bed.now, |l| {
+        l.handle_sent(a);
+        l.handle_sent(b);
+        l.handle_sent(a);
+    });
+    bed.drain();
+    let completions: Vec<u16> = bed
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            HciEvent::NumberOfCompletedPackets(p) => Some(p.handles.0[0].num_completed_packets),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(completions, [3]);
+}
