@@ -22,6 +22,9 @@ const L2_FRAME: u64 = 600;
 /// Frames each rctest transfer moves, and their size.
 const RC_FRAMES: u64 = 200;
 const RC_FRAME: u64 = 1000;
+/// Rounds of the side-by-side throughput comparison, each moving every transfer once straight
+/// from hci0 and once through periwire.
+const ROUNDS: u32 = 4;
 
 /// PSMs and RFCOMM channels of the receivers this file adds to [`BT_HOST_HELPERS`]' own.
 const SCENARIO_SETUP: &str = r#"
@@ -162,6 +165,50 @@ EOF
         kill $s 2>/dev/null || true
         mark RFCOMM-DONE
 
+        # Throughput side by side: each transfer straight from hci0 and through periwire, in
+        # alternating order, round after round, so that a load change on the machine running
+        # QEMU falls on both. The receivers on the remote log every connection into one file:
+        # a round keeps only the lines it added, and the checks above read their logs as
+        # they were before the rounds.
+        for l in l2r rcr l2p rcp; do cp "/tmp/bt/$l.log" "/tmp/bt/$l-checked.log"; done
+        since() {{ tail -n +$(($2 + 1)) "$1"; }}
+        lines() {{ wc -l <"$1"; }}
+        # to_remote ROUND NAME HCI TOOL PORT LOG: one sender run until LOG gained the total.
+        to_remote() {{
+            n=$(lines "$6"); base=$(bt_sum_bytes "$6")
+            case $4 in
+                l2) l2test -s -i "$3" -P "$5" -b "$BT_L2_FRAME" -N 1000000 -g 600000 "$BT_HCI1" >/dev/null 2>&1 & ;;
+                rc) rctest -s -i "$3" -P "$5" -b "$BT_RC_FRAME" -N 1000000 -L 30 "$BT_HCI1" >/dev/null 2>&1 & ;;
+            esac
+            s=$!
+            bt_wait_bytes 200 "$6" $((base + $7))
+            kill $s 2>/dev/null || true
+            since "$6" "$n" >"/tmp/bt/round-$1-$2.log"
+        }}
+        # from_remote ROUND NAME HCI TOOL PORT: one receiver run until it has the total.
+        from_remote() {{
+            case $4 in
+                l2) l2test -u -i "$3" -P "$5" -b "$BT_L2_CHUNK" "$BT_HCI1" >"/tmp/bt/round-$1-$2.log" 2>&1 & ;;
+                rc) rctest -u -i "$3" -P "$5" -b "$BT_RC_CHUNK" "$BT_HCI1" >"/tmp/bt/round-$1-$2.log" 2>&1 & ;;
+            esac
+            s=$!
+            bt_wait_bytes 200 "/tmp/bt/round-$1-$2.log" "$6"
+            kill $s 2>/dev/null || true
+        }}
+        for r in $(seq 1 {ROUNDS}); do
+            for way in direct proxied; do
+                [ $((r % 2)) = 0 ] && way=$([ $way = direct ] && echo proxied || echo direct)
+                if [ $way = direct ]; then hci=hci0; l2=$BT_L2_PSM; rc=$BT_RC_CH; l2log=l2r; rclog=rcr
+                else hci=hci2; l2=$BT_L2_PSM_P; rc=$BT_RC_CH_P; l2log=l2p; rclog=rcp; fi
+                to_remote "$r" "$way-l2-to" "$hci" l2 "$l2" "/tmp/bt/$l2log.log" {l2_total}
+                from_remote "$r" "$way-l2-from" "$hci" l2 "$BT_L2_PSM_W" {l2_total}
+                to_remote "$r" "$way-rc-to" "$hci" rc "$rc" "/tmp/bt/$rclog.log" {rc_total}
+                from_remote "$r" "$way-rc-from" "$hci" rc "$BT_RC_CH_W" {rc_total}
+            done
+        done
+        for f in /tmp/bt/round-*.log; do n=${{f#/tmp/bt/round-}}; bt_dump "ROUND-${{n%.log}}" "$f"; done
+        mark ROUNDS-DONE
+
         sdptool -i hci2 browse "$BT_HCI1" 2>&1 | sed 's/^/SDP /'
 
         # 2. No listener; the remote closing; the guest closing.
@@ -210,7 +257,10 @@ EOF
         sed 's/^/KEYS-2 /' /tmp/pw/bt-keys/00-50-57-00-02-0A.keys
         mark PAIRED
 
-        for l in l2r rcr direct-l2u direct-rcu l2p l2u rcp rcu; do bt_dump "LOG-$l" /tmp/bt/$l.log; done
+        for l in l2r rcr direct-l2u direct-rcu l2p l2u rcp rcu; do
+            f=/tmp/bt/$l.log; [ -e "/tmp/bt/$l-checked.log" ] && f=/tmp/bt/$l-checked.log
+            bt_dump "LOG-$l" "$f"
+        done
         "#
     );
     let mut guest = boot(scenario);
@@ -223,6 +273,9 @@ EOF
     guest
         .expect_line("RFCOMM-DONE", STEP * 2)
         .expect("rctest through periwire");
+    guest
+        .expect_line("ROUNDS-DONE", STEP * 4)
+        .expect("throughput rounds");
     guest.expect_line("CLOSES-DONE", STEP * 2).expect("closes");
     guest.expect_line("PAIRED", STEP * 2).expect("pairing");
     let outcome = guest.wait_success(STEP).expect("scenario succeeds");
@@ -304,13 +357,47 @@ EOF
         "the second link is encrypted:\n{reauth}"
     );
 
-    println!(
-        "throughput (kB/s), straight from hci0 | through periwire:\n\
-         l2test to remote   {direct_l2:8.1} | {proxied_l2:8.1}\n\
-         l2test from remote {direct_l2u:8.1} | {proxied_l2u:8.1}\n\
-         rctest to remote   {direct_rc:8.1} | {proxied_rc:8.1}\n\
-         rctest from remote {direct_rcu:8.1} | {proxied_rcu:8.1}"
+    // Throughput, round by round, and the median of the rounds' ratios.
+    let first = [
+        (direct_l2, proxied_l2),
+        (direct_l2u, proxied_l2u),
+        (direct_rc, proxied_rc),
+        (direct_rcu, proxied_rcu),
+    ];
+    let mut table = String::from(
+        "throughput (kB/s), straight from hci0 | through periwire (ratio); round 0 is the \
+         checked transfers before the rounds\n",
     );
+    for (row, (name, key, total)) in [
+        ("l2test to remote  ", "l2-to", l2_total),
+        ("l2test from remote", "l2-from", l2_total),
+        ("rctest to remote  ", "rc-to", rc_total),
+        ("rctest from remote", "rc-from", rc_total),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut ratios = vec![first[row].1 / first[row].0];
+        table += &format!(
+            "{name} r0 {:7.1} | {:7.1} ({:.2})\n",
+            first[row].0, first[row].1, ratios[0]
+        );
+        for round in 1..=ROUNDS {
+            let rate = |way: &str| {
+                let log = text(&outcome, &format!("ROUND-{round}-{way}-{key} "));
+                received_at_least(&log, total, &format!("round {round} {way} {key}"))
+            };
+            let (direct, proxied) = (rate("direct"), rate("proxied"));
+            ratios.push(proxied / direct);
+            table += &format!(
+                "{name} r{round} {direct:7.1} | {proxied:7.1} ({:.2})\n",
+                proxied / direct
+            );
+        }
+        ratios.sort_by(f64::total_cmp);
+        table += &format!("{name} median ratio {:.2}\n", ratios[ratios.len() / 2]);
+    }
+    println!("{table}");
 }
 
 /// Two host-linked adapters ("two VMs") share the host's one controller: a remote's
