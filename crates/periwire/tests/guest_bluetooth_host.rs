@@ -24,7 +24,7 @@ const RC_FRAMES: u64 = 200;
 const RC_FRAME: u64 = 1000;
 /// Rounds of the side-by-side throughput comparison, each moving every transfer once straight
 /// from hci0 and once through periwire.
-const ROUNDS: u32 = 4;
+const ROUNDS: u32 = 3;
 
 /// PSMs and RFCOMM channels of the receivers this file adds to [`BT_HOST_HELPERS`]' own.
 const SCENARIO_SETUP: &str = r#"
@@ -274,7 +274,7 @@ EOF
         .expect_line("RFCOMM-DONE", STEP * 2)
         .expect("rctest through periwire");
     guest
-        .expect_line("ROUNDS-DONE", STEP * 4)
+        .expect_line("ROUNDS-DONE", STEP * 6)
         .expect("throughput rounds");
     guest.expect_line("CLOSES-DONE", STEP * 2).expect("closes");
     guest.expect_line("PAIRED", STEP * 2).expect("pairing");
