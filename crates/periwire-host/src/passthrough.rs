@@ -1,6 +1,7 @@
 //! A host device passed through: [`HostDevice`].
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ use periwire_usb::{
 };
 
 use crate::endpoint::{self, AnyEndpoint, EndpointSlot};
+use crate::usbfs::IsoInterfaces;
 use crate::HostError;
 
 /// How long a control transfer may take. Linux gives its own control requests 5 s
@@ -45,10 +47,18 @@ pub struct HostDevice {
 struct Claimed {
     /// Its address on the bus: a device plugged in again gets a new one.
     address: u8,
+    /// Its usbfs node, `/dev/bus/usb/BBB/DDD`.
+    node: PathBuf,
     device: nusb::Device,
-    interfaces: BTreeMap<u8, nusb::Interface>,
+    /// The interfaces nusb holds.
+    interfaces: NusbInterfaces,
+    /// The interfaces with isochronous endpoints, held on periwire's own usbfs handle.
+    iso: Option<Arc<IsoInterfaces>>,
     endpoints: HashMap<u8, OpenEndpoint>,
 }
+
+/// The interfaces nusb holds, by number.
+type NusbInterfaces = BTreeMap<u8, nusb::Interface>;
 
 struct OpenEndpoint {
     interface: u8,
@@ -147,51 +157,95 @@ impl HostDevice {
             .open()
             .wait()
             .map_err(|e| AttachError(format!("opening {}: {e}", self.busid)))?;
-        let interfaces = self.claim_all(&device)?;
+        let node = PathBuf::from(format!(
+            "/dev/bus/usb/{:03}/{:03}",
+            found.busnum(),
+            found.device_address()
+        ));
+        let (interfaces, iso) = self.claim_all(&device, &node)?;
         Ok(Claimed {
             address: found.device_address(),
+            node,
             device,
             interfaces,
+            iso,
             endpoints: HashMap::new(),
         })
     }
 
-    /// Takes every interface of the active configuration from its local driver.
+    /// Takes every interface of the active configuration from its local driver: those with
+    /// isochronous endpoints (in any alternate setting) on periwire's own usbfs handle of
+    /// `node`, the others through nusb.
     fn claim_all(
         &self,
         device: &nusb::Device,
-    ) -> Result<BTreeMap<u8, nusb::Interface>, AttachError> {
+        node: &Path,
+    ) -> Result<(NusbInterfaces, Option<Arc<IsoInterfaces>>), AttachError> {
         let config = device
             .active_configuration()
             .map_err(|e| AttachError(format!("{}: no active configuration: {e}", self.busid)))?;
-        let numbers: Vec<u8> = config.interfaces().map(|i| i.interface_number()).collect();
+        let numbers: Vec<(u8, bool)> = config
+            .interfaces()
+            .map(|i| {
+                let iso = i.alt_settings().any(|alt| {
+                    alt.endpoints()
+                        .any(|e| e.transfer_type() == NusbTransferType::Isochronous)
+                });
+                (i.interface_number(), iso)
+            })
+            .collect();
+        let iso = if numbers.iter().any(|&(_, iso)| iso) {
+            let handle = IsoInterfaces::open(node).map_err(|e| {
+                AttachError(format!("{}: opening {}: {e}", self.busid, node.display()))
+            })?;
+            Some(Arc::new(handle))
+        } else {
+            None
+        };
         let mut taken = BTreeMap::new();
-        for n in numbers {
-            match device.detach_and_claim_interface(n).wait() {
-                Ok(interface) => {
-                    taken.insert(n, interface);
+        for (n, has_iso) in numbers {
+            let claimed = match &iso {
+                Some(handle) if has_iso => handle.claim(n).map_err(|e| e.to_string()),
+                _ => device
+                    .detach_and_claim_interface(n)
+                    .wait()
+                    .map(|interface| {
+                        taken.insert(n, interface);
+                    })
+                    .map_err(|e| e.to_string()),
+            };
+            if let Err(e) = claimed {
+                let mut detached: Vec<u8> = taken.into_keys().collect();
+                if let Some(handle) = &iso {
+                    handle.release();
+                    detached.extend(handle.numbers());
                 }
-                Err(e) => {
-                    let mut detached: Vec<u8> = taken.into_keys().collect();
-                    detached.push(n);
-                    self.give_back(device, &detached);
-                    return Err(AttachError(format!(
-                        "{}: interface {n} cannot be taken from its driver: {e}",
-                        self.busid
-                    )));
-                }
+                detached.push(n);
+                self.give_back(device, &detached);
+                return Err(AttachError(format!(
+                    "{}: interface {n} cannot be taken from its driver: {e}",
+                    self.busid
+                )));
             }
         }
-        tracing::info!(busid = %self.busid, interfaces = taken.len(), "host device taken from its local drivers");
-        Ok(taken)
+        let iso_count = iso.as_ref().map_or(0, |h| h.numbers().len());
+        tracing::info!(busid = %self.busid, interfaces = taken.len() + iso_count, isochronous = iso_count, "host device taken from its local drivers");
+        Ok((taken, iso))
     }
 
     /// Drops every open endpoint (cancelling what is in flight) and interface; the interface
     /// numbers that were held.
     fn release_interfaces(claimed: &mut Claimed) -> Vec<u8> {
         claimed.endpoints.clear();
-        let released: Vec<u8> = claimed.interfaces.keys().copied().collect();
+        let mut released: Vec<u8> = claimed.interfaces.keys().copied().collect();
         claimed.interfaces.clear();
+        if let Some(iso) = claimed.iso.take() {
+            released.extend(iso.numbers());
+            // Released now, not when the last URB future lets go of the handle, so that the
+            // local drivers can bind at once.
+            iso.release();
+        }
+        released.sort_unstable();
         released
     }
 
@@ -356,18 +410,37 @@ impl HostDevice {
             return Err(TransferError::Stall);
         }
         if value != 0 {
-            let interfaces = self.claim_all(&device).map_err(|e| {
+            let node = self
+                .claimed()
+                .as_ref()
+                .map(|c| c.node.clone())
+                .ok_or(TransferError::Disconnected)?;
+            let (interfaces, iso) = self.claim_all(&device, &node).map_err(|e| {
                 tracing::warn!(busid = %self.busid, error = %e, "after SET_CONFIGURATION");
                 TransferError::Fault
             })?;
             if let Some(claimed) = self.claimed().as_mut() {
                 claimed.interfaces = interfaces;
+                claimed.iso = iso;
             }
         }
         Ok(Completion::data_out(0))
     }
 
     async fn set_interface(&self, number: u8, alternate: u8) -> UrbResult {
+        if let Some(iso) = self.iso().filter(|iso| iso.holds(number)) {
+            // A blocking ioctl (the OS carries out the control transfer): off the runtime.
+            let changed =
+                tokio::task::spawn_blocking(move || iso.set_interface(number, alternate)).await;
+            return match changed {
+                Ok(Ok(())) => Ok(Completion::data_out(0)),
+                Ok(Err(e)) => {
+                    tracing::debug!(busid = %self.busid, number, alternate, error = %e, "SET_INTERFACE failed");
+                    Err(TransferError::Stall)
+                }
+                Err(_) => Err(TransferError::Fault),
+            };
+        }
         let interface = self.claimed().as_mut().and_then(|claimed| {
             // nusb wants no open endpoint on an interface whose setting changes; the new
             // setting's endpoints open on first use.
@@ -404,10 +477,19 @@ impl HostDevice {
         }
     }
 
+    /// The usbfs handle of the interfaces with isochronous endpoints, while imported.
+    fn iso(&self) -> Option<Arc<IsoInterfaces>> {
+        self.claimed().as_ref().and_then(|c| c.iso.clone())
+    }
+
     async fn bulk_or_interrupt(&self, urb: Urb) -> UrbResult {
         if !urb.iso_packets.is_empty() {
-            tracing::warn!(busid = %self.busid, endpoint = urb.endpoint_address(), "isochronous transfers are not carried");
-            return Err(TransferError::Fault);
+            // Only isochronous URBs carry packets.
+            let Some(iso) = self.iso() else {
+                tracing::warn!(busid = %self.busid, endpoint = urb.endpoint_address(), "isochronous URB for a device without isochronous interfaces");
+                return Err(TransferError::Stall);
+            };
+            return iso.transfer(&urb).await;
         }
         let slot = self.endpoint(urb.endpoint_address())?;
         endpoint::transfer(slot.lock_owned().await, urb).await
