@@ -120,8 +120,23 @@ struct Entry {
 #[derive(Default)]
 struct Transfers {
     by_address: HashMap<usize, Entry>,
-    /// The device is gone: nothing more will be reaped.
-    disconnected: bool,
+    /// Why nothing more will be reaped, once so: the device is gone, or the interfaces were
+    /// released. URBs still in flight end with it.
+    closed: Option<TransferError>,
+}
+
+impl Transfers {
+    /// Ends every URB in flight with `why`: their futures are woken to find it.
+    fn close(&mut self, why: TransferError) {
+        self.closed = Some(why);
+        for entry in self.by_address.values_mut() {
+            if let State::InFlight(waker) = &mut entry.state {
+                if let Some(w) = waker.take() {
+                    w.wake();
+                }
+            }
+        }
+    }
 }
 
 /// The usbfs file and the URBs submitted on it. The file is declared first, so it is closed
@@ -143,8 +158,9 @@ impl Shared {
         self.transfers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Reaps every completed URB and wakes its future. `Ok(true)` once the device is gone.
-    fn reap_ready(&self) -> std::io::Result<bool> {
+    /// Reaps every completed URB and wakes its future, until none is left (`WouldBlock`) or
+    /// the device has gone (`Ok`).
+    fn reap_ready(&self) -> std::io::Result<()> {
         let mut transfers = self.transfers();
         loop {
             let mut reaped: *mut IsoUrb = std::ptr::null_mut();
@@ -163,15 +179,8 @@ impl Shared {
                 return match e.raw_os_error() {
                     Some(libc::EAGAIN) => Err(std::io::ErrorKind::WouldBlock.into()),
                     Some(libc::ENODEV) => {
-                        transfers.disconnected = true;
-                        for entry in transfers.by_address.values_mut() {
-                            if let State::InFlight(waker) = &mut entry.state {
-                                if let Some(w) = waker.take() {
-                                    w.wake();
-                                }
-                            }
-                        }
-                        Ok(true)
+                        transfers.close(TransferError::Disconnected);
+                        Ok(())
                     }
                     _ => Err(e),
                 };
@@ -296,6 +305,9 @@ impl IsoInterfaces {
         if let Some(reaper) = self.reaper.lock().unwrap_or_else(|e| e.into_inner()).take() {
             reaper.abort();
         }
+        // Nothing reaps any more: the URBs still awaited end now (as cancelled, which is
+        // what the kernel makes of them too).
+        self.shared.transfers().close(TransferError::Cancelled);
         for number in std::mem::take(&mut *self.claimed()) {
             let mut interface = libc::c_uint::from(number);
             // SAFETY: RELEASEINTERFACE reads one unsigned int, which `interface` is.
@@ -334,8 +346,9 @@ impl IsoInterfaces {
                     return;
                 };
                 match ready.try_io(|fd| fd.get_ref().reap_ready()) {
-                    Ok(Ok(true)) => return,
-                    Ok(Ok(false)) | Err(_) => {}
+                    // All reaped; wait for the next completion.
+                    Err(_would_block) => {}
+                    Ok(Ok(())) => return,
                     Ok(Err(e)) => {
                         tracing::warn!(error = %e, "reaping isochronous URBs");
                         return;
@@ -352,8 +365,8 @@ impl IsoInterfaces {
         self.start_reaper()?;
         let key = {
             let mut transfers = self.shared.transfers();
-            if transfers.disconnected {
-                return Err(TransferError::Disconnected);
+            if let Some(why) = transfers.closed {
+                return Err(why);
             }
             let mut transfer = transfer;
             let urb_ptr: *mut IsoUrb = &mut transfer.urb;
@@ -403,16 +416,18 @@ impl Future for Reaped<'_> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut transfers = self.shared.transfers();
-        let disconnected = transfers.disconnected;
+        let closed = transfers.closed;
         let Some(entry) = transfers.by_address.get_mut(&self.key) else {
             return Poll::Ready(Err(TransferError::Cancelled));
         };
         match &mut entry.state {
-            State::InFlight(_) if disconnected => Poll::Ready(Err(TransferError::Disconnected)),
-            State::InFlight(waker) => {
-                *waker = Some(cx.waker().clone());
-                Poll::Pending
-            }
+            State::InFlight(waker) => match closed {
+                Some(why) => Poll::Ready(Err(why)),
+                None => {
+                    *waker = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            },
             State::Done | State::Abandoned => {
                 let entry = transfers.by_address.remove(&self.key);
                 Poll::Ready(entry.map(|e| e.transfer).ok_or(TransferError::Cancelled))
