@@ -215,11 +215,13 @@ impl HostDevice {
                     .map_err(|e| e.to_string()),
             };
             if let Err(e) = claimed {
-                let mut detached: Vec<u8> = taken.into_keys().collect();
+                // As in `release_interfaces`: the isochronous ones first.
+                let mut detached = Vec::new();
                 if let Some(handle) = &iso {
-                    handle.release();
                     detached.extend(handle.numbers());
+                    handle.release();
                 }
+                detached.extend(taken.into_keys());
                 detached.push(n);
                 self.give_back(device, &detached);
                 return Err(AttachError(format!(
@@ -237,14 +239,17 @@ impl HostDevice {
     /// numbers that were held.
     fn release_interfaces(claimed: &mut Claimed) -> Vec<u8> {
         claimed.endpoints.clear();
-        let mut released: Vec<u8> = claimed.interfaces.keys().copied().collect();
-        claimed.interfaces.clear();
+        let mut released = Vec::new();
+        // The isochronous interfaces first, and now rather than when the last URB future
+        // lets go of the handle: nusb rebinds an interface's driver as it drops it, and a
+        // driver of the whole function (snd-usb-audio binding the audio control interface)
+        // takes its streaming interfaces only if they are free by then.
         if let Some(iso) = claimed.iso.take() {
             released.extend(iso.numbers());
-            // Released now, not when the last URB future lets go of the handle, so that the
-            // local drivers can bind at once.
             iso.release();
         }
+        released.extend(claimed.interfaces.keys().copied());
+        claimed.interfaces.clear();
         released.sort_unstable();
         released
     }

@@ -319,7 +319,7 @@ impl IsoInterfaces {
                 )
             };
             if let Err(e) = check(rc) {
-                tracing::debug!(interface = number, error = %e, "releasing an ISO interface");
+                tracing::warn!(interface = number, error = %e, "cannot release an isochronous interface");
             }
         }
     }

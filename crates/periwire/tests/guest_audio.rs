@@ -91,12 +91,21 @@ fn passthrough_scenario() -> String {
         wait_until 90 "the sound card behind vhci_hcd" card_at vhci_hcd
         wait_until 60 "the xHCI card to go away" no_card_at "/$dev:"
         mark TAKEN dev=$dev driver=$(driver "$dev:1.1")
-        status=0
-        play "$(card_at vhci_hcd)" || status=$?
+        play "$(card_at vhci_hcd)"
+        # Detached, the device goes back to snd-usb-audio on xHCI, both interfaces of it
+        # (the streaming one from periwire's own usbfs handle).
+        port=$(usbip port | awk '$1 == "Port" {{ p = $2 + 0 }} /usbip:\/\// {{ print p }}')
+        timeout 60 usbip detach -p "$port"
+        wait_until 60 "the vhci card to go away" no_card_at vhci_hcd
+        wait_until 90 "snd-usb-audio to bind the xHCI device again" card_at "/$dev:" || {{
+            sed 's/^/SERVE /' /tmp/pw/serve.log
+            echo "FAILED: drivers $(driver "$dev:1.0") $(driver "$dev:1.1")"
+            exit 1
+        }}
+        mark RETURNED control=$(driver "$dev:1.0") streaming=$(driver "$dev:1.1")
         kill -TERM $server
         wait_until 60 "periwire serve to exit" exited $server
         sed 's/^/SERVE /' /tmp/pw/serve.log
-        exit $status
         "#
     )
 }
@@ -271,8 +280,10 @@ fn play_and_record(scenario: String, label: &str, passthrough: bool) -> (f64, Re
         );
     }
     let played = guest.expect_line("PLAYED ", STEP * 2);
+    let returned = passthrough.then(|| guest.expect_line("RETURNED ", STEP));
     let outcome = guest.wait_exit(STEP);
     let serve_log = prefixed_lines(guest.transcript(), "SERVE ").join("\n");
+    let serve_log = format!("{serve_log}\n--- console ---\n{}", guest.tail(30));
     if passthrough {
         assert!(
             without_colours(&serve_log).contains("isochronous=1"),
@@ -281,6 +292,13 @@ fn play_and_record(scenario: String, label: &str, passthrough: bool) -> (f64, Re
     }
     let played = played.unwrap_or_else(|e| panic!("{label}: {e}\n{serve_log}"));
     let outcome = outcome.unwrap_or_else(|e| panic!("{label}: {e}\n{serve_log}"));
+    if let Some(returned) = returned {
+        let returned = returned.unwrap_or_else(|e| panic!("{label}: {e}\n{serve_log}"));
+        assert!(
+            returned.contains("control=snd-usb-audio streaming=snd-usb-audio"),
+            "{label}: detached, the device is snd-usb-audio's again: {returned}"
+        );
+    }
     assert!(
         outcome.success(),
         "{label}: the scenario succeeds:\n{}\n{serve_log}",
