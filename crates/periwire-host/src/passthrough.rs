@@ -9,9 +9,7 @@ use nusb::transfer::{ControlIn, ControlOut, ControlType, Recipient as NusbRecipi
 use nusb::MaybeFuture;
 use periwire_usb::device::Direction;
 use periwire_usb::setup::{request, Recipient, RequestKind};
-use periwire_usb::{
-    AttachError, BoxFuture, Completion, DeviceInfo, TransferError, Urb, UrbResult, UsbDevice,
-};
+use periwire_usb::{AttachError, BoxFuture, Completion, DeviceInfo, TransferError, Urb, UsbDevice};
 
 use crate::endpoint::{self, AnyEndpoint, EndpointSlot};
 use crate::HostError;
@@ -256,7 +254,7 @@ impl HostDevice {
         Ok(slot)
     }
 
-    async fn control(&self, urb: Urb) -> UrbResult {
+    async fn control(&self, urb: Urb) -> Result<Completion, TransferError> {
         let setup = urb.setup;
         let control_type = match setup.kind() {
             RequestKind::Standard => ControlType::Standard,
@@ -318,7 +316,7 @@ impl HostDevice {
         urb: &Urb,
         control_type: ControlType,
         recipient: NusbRecipient,
-    ) -> UrbResult {
+    ) -> Result<Completion, TransferError> {
         let setup = urb.setup;
         self.device()?
             .control_out(
@@ -337,7 +335,7 @@ impl HostDevice {
         Ok(Completion::data_out(urb.data.len()))
     }
 
-    async fn set_configuration(&self, value: u8) -> UrbResult {
+    async fn set_configuration(&self, value: u8) -> Result<Completion, TransferError> {
         let device = self.device()?;
         let active = device
             .active_configuration()
@@ -367,7 +365,7 @@ impl HostDevice {
         Ok(Completion::data_out(0))
     }
 
-    async fn set_interface(&self, number: u8, alternate: u8) -> UrbResult {
+    async fn set_interface(&self, number: u8, alternate: u8) -> Result<Completion, TransferError> {
         let interface = self.claimed().as_mut().and_then(|claimed| {
             // nusb wants no open endpoint on an interface whose setting changes; the new
             // setting's endpoints open on first use.
@@ -386,7 +384,7 @@ impl HostDevice {
         }
     }
 
-    async fn clear_halt(&self, address: u8, urb: &Urb) -> UrbResult {
+    async fn clear_halt(&self, address: u8, urb: &Urb) -> Result<Completion, TransferError> {
         let slot = self.endpoint(address)?;
         // A URB still in flight on the endpoint holds it; then the request goes to the device
         // as it is, which clears the halt there (the host's toggle is the client's concern).
@@ -404,12 +402,15 @@ impl HostDevice {
         }
     }
 
-    async fn bulk_or_interrupt(&self, urb: Urb) -> UrbResult {
+    async fn bulk_or_interrupt(&self, urb: Urb) -> Completion {
         if !urb.iso_packets.is_empty() {
             tracing::warn!(busid = %self.busid, endpoint = urb.endpoint_address(), "isochronous transfers are not carried");
-            return Err(TransferError::Fault);
+            return TransferError::Fault.into();
         }
-        let slot = self.endpoint(urb.endpoint_address())?;
+        let slot = match self.endpoint(urb.endpoint_address()) {
+            Ok(slot) => slot,
+            Err(e) => return e.into(),
+        };
         endpoint::transfer(slot.lock_owned().await, urb).await
     }
 }
@@ -436,10 +437,10 @@ impl UsbDevice for HostDevice {
         self.claimed().is_some() || self.is_plugged()
     }
 
-    fn submit(&self, urb: Urb) -> BoxFuture<'_, UrbResult> {
+    fn submit(&self, urb: Urb) -> BoxFuture<'_, Completion> {
         Box::pin(async move {
             if urb.endpoint == 0 {
-                self.control(urb).await
+                self.control(urb).await.into()
             } else {
                 self.bulk_or_interrupt(urb).await
             }

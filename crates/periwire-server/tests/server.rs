@@ -392,7 +392,7 @@ impl periwire_usb::UsbDevice for Unpluggable {
     fn submit(
         &self,
         urb: periwire_usb::Urb,
-    ) -> periwire_usb::BoxFuture<'_, periwire_usb::UrbResult> {
+    ) -> periwire_usb::BoxFuture<'_, periwire_usb::Completion> {
         self.inner.submit(urb)
     }
 
