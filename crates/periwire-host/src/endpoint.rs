@@ -8,11 +8,9 @@
 use nusb::transfer::{Buffer, Bulk, Completion as NusbCompletion, In, Interrupt, Out};
 use nusb::Endpoint;
 use periwire_usb::device::Direction;
-use periwire_usb::{Completion, TransferError, Urb, UrbResult};
+use periwire_usb::{Completion, TransferError, Urb};
 use tokio::sync::OwnedMutexGuard;
 
-/// Linux `URB_SHORT_NOT_OK`: a short IN transfer is an error.
-const URB_SHORT_NOT_OK: u32 = 0x0001;
 /// Linux `URB_ZERO_PACKET`: end an OUT transfer that fills its last packet with a
 /// zero-length packet.
 const URB_ZERO_PACKET: u32 = 0x0040;
@@ -123,7 +121,9 @@ impl Drop for InFlight {
 }
 
 /// Carries out a bulk or interrupt URB on its endpoint.
-pub(crate) async fn transfer(mut slot: OwnedMutexGuard<EndpointSlot>, urb: Urb) -> UrbResult {
+/// A transfer that fails partway still reports what it moved; `URB_SHORT_NOT_OK` is applied
+/// by the server for every device.
+pub(crate) async fn transfer(mut slot: OwnedMutexGuard<EndpointSlot>, urb: Urb) -> Completion {
     slot.settle().await;
     let max_packet = slot.endpoint.max_packet_size().max(1);
     let mut flight = InFlight { slot, pending: 0 };
@@ -131,23 +131,20 @@ pub(crate) async fn transfer(mut slot: OwnedMutexGuard<EndpointSlot>, urb: Urb) 
         Direction::In => {
             let asked = usize::try_from(urb.length).unwrap_or(usize::MAX);
             if asked == 0 {
-                return Ok(Completion::default());
+                return Completion::default();
             }
             // nusb (like a host controller) reads whole packets, so ask for the packets that
             // cover the URB; more than asked for is babble, as it would be on a real bus.
             let whole_packets = asked.div_ceil(max_packet).saturating_mul(max_packet);
             flight.submit(Buffer::new(whole_packets));
             let c = flight.next().await;
-            c.status.map_err(transfer_error)?;
-            let data = c.buffer.into_vec();
+            let status = c.status.map_err(transfer_error);
+            let mut data = c.buffer.into_vec();
             if data.len() > asked {
-                return Err(TransferError::Overflow);
+                data.truncate(asked);
+                return Completion::data_in(data).with_status(Err(TransferError::Overflow));
             }
-            if urb.transfer_flags & URB_SHORT_NOT_OK != 0 && data.len() < asked {
-                // EREMOTEIO, as Linux reports a short read the URB did not allow.
-                return Err(TransferError::Fault);
-            }
-            Ok(Completion::data_in(data))
+            Completion::data_in(data).with_status(status)
         }
         Direction::Out => {
             let len = urb.data.len();
@@ -164,11 +161,11 @@ pub(crate) async fn transfer(mut slot: OwnedMutexGuard<EndpointSlot>, urb: Urb) 
             } else {
                 None
             };
-            c.status.map_err(transfer_error)?;
-            if let Some(zlp) = zlp {
-                zlp.status.map_err(transfer_error)?;
-            }
-            Ok(Completion::data_out(c.actual_len))
+            let status = c
+                .status
+                .and(zlp.map_or(Ok(()), |zlp| zlp.status))
+                .map_err(transfer_error);
+            Completion::data_out(c.actual_len).with_status(status)
         }
     }
 }

@@ -10,9 +10,7 @@ use nusb::transfer::{ControlIn, ControlOut, ControlType, Recipient as NusbRecipi
 use nusb::MaybeFuture;
 use periwire_usb::device::Direction;
 use periwire_usb::setup::{request, Recipient, RequestKind};
-use periwire_usb::{
-    AttachError, BoxFuture, Completion, DeviceInfo, TransferError, Urb, UrbResult, UsbDevice,
-};
+use periwire_usb::{AttachError, BoxFuture, Completion, DeviceInfo, TransferError, Urb, UsbDevice};
 
 use crate::endpoint::{self, AnyEndpoint, EndpointSlot};
 use crate::usbfs::IsoInterfaces;
@@ -315,7 +313,7 @@ impl HostDevice {
         Ok(slot)
     }
 
-    async fn control(&self, urb: Urb) -> UrbResult {
+    async fn control(&self, urb: Urb) -> Result<Completion, TransferError> {
         let setup = urb.setup;
         let control_type = match setup.kind() {
             RequestKind::Standard => ControlType::Standard,
@@ -377,7 +375,7 @@ impl HostDevice {
         urb: &Urb,
         control_type: ControlType,
         recipient: NusbRecipient,
-    ) -> UrbResult {
+    ) -> Result<Completion, TransferError> {
         let setup = urb.setup;
         self.device()?
             .control_out(
@@ -396,7 +394,7 @@ impl HostDevice {
         Ok(Completion::data_out(urb.data.len()))
     }
 
-    async fn set_configuration(&self, value: u8) -> UrbResult {
+    async fn set_configuration(&self, value: u8) -> Result<Completion, TransferError> {
         let device = self.device()?;
         let active = device
             .active_configuration()
@@ -432,7 +430,7 @@ impl HostDevice {
         Ok(Completion::data_out(0))
     }
 
-    async fn set_interface(&self, number: u8, alternate: u8) -> UrbResult {
+    async fn set_interface(&self, number: u8, alternate: u8) -> Result<Completion, TransferError> {
         if let Some(iso) = self.iso().filter(|iso| iso.holds(number)) {
             // A blocking ioctl (the OS carries out the control transfer): off the runtime.
             let changed =
@@ -464,7 +462,7 @@ impl HostDevice {
         }
     }
 
-    async fn clear_halt(&self, address: u8, urb: &Urb) -> UrbResult {
+    async fn clear_halt(&self, address: u8, urb: &Urb) -> Result<Completion, TransferError> {
         let slot = self.endpoint(address)?;
         // A URB still in flight on the endpoint holds it; then the request goes to the device
         // as it is, which clears the halt there (the host's toggle is the client's concern).
@@ -487,16 +485,19 @@ impl HostDevice {
         self.claimed().as_ref().and_then(|c| c.iso.clone())
     }
 
-    async fn bulk_or_interrupt(&self, urb: Urb) -> UrbResult {
+    async fn bulk_or_interrupt(&self, urb: Urb) -> Completion {
         if !urb.iso_packets.is_empty() {
             // Only isochronous URBs carry packets.
             let Some(iso) = self.iso() else {
                 tracing::warn!(busid = %self.busid, endpoint = urb.endpoint_address(), "isochronous URB for a device without isochronous interfaces");
-                return Err(TransferError::Stall);
+                return TransferError::Stall.into();
             };
             return iso.transfer(&urb).await;
         }
-        let slot = self.endpoint(urb.endpoint_address())?;
+        let slot = match self.endpoint(urb.endpoint_address()) {
+            Ok(slot) => slot,
+            Err(e) => return e.into(),
+        };
         endpoint::transfer(slot.lock_owned().await, urb).await
     }
 }
@@ -523,10 +524,10 @@ impl UsbDevice for HostDevice {
         self.claimed().is_some() || self.is_plugged()
     }
 
-    fn submit(&self, urb: Urb) -> BoxFuture<'_, UrbResult> {
+    fn submit(&self, urb: Urb) -> BoxFuture<'_, Completion> {
         Box::pin(async move {
             if urb.endpoint == 0 {
-                self.control(urb).await
+                self.control(urb).await.into()
             } else {
                 self.bulk_or_interrupt(urb).await
             }

@@ -33,7 +33,7 @@ use linux_raw_sys::ioctl::{
     USBDEVFS_RELEASEINTERFACE, USBDEVFS_SETINTERFACE, USBDEVFS_SUBMITURB,
 };
 use periwire_usb::device::Direction;
-use periwire_usb::{Completion, IsoPacket, TransferError, Urb, UrbResult};
+use periwire_usb::{Completion, IsoPacket, TransferError, Urb};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
@@ -360,7 +360,14 @@ impl IsoInterfaces {
     }
 
     /// Carries out an isochronous URB on endpoint `urb.endpoint_address()`.
-    pub(crate) async fn transfer(&self, urb: &Urb) -> UrbResult {
+    pub(crate) async fn transfer(&self, urb: &Urb) -> Completion {
+        match self.try_transfer(urb).await {
+            Ok(done) => done,
+            Err(e) => e.into(),
+        }
+    }
+
+    async fn try_transfer(&self, urb: &Urb) -> Result<Completion, TransferError> {
         let transfer = build(urb)?;
         self.start_reaper()?;
         let key = {
@@ -524,8 +531,9 @@ fn build(urb: &Urb) -> Result<Box<Transfer>, TransferError> {
     Ok(transfer)
 }
 
-/// What the client gets back: each packet's result at the client's offsets; IN data
-/// compacted (each packet's received bytes end to end), as USB/IP carries it.
+/// What the client gets back: the URB's status, each packet's result at the client's
+/// offsets; IN data compacted (each packet's received bytes end to end), as USB/IP carries
+/// it.
 fn completion(urb: &Urb, done: &Transfer) -> Completion {
     let mut data = Vec::new();
     let mut packets = Vec::with_capacity(urb.iso_packets.len());
@@ -555,6 +563,10 @@ fn completion(urb: &Urb, done: &Transfer) -> Completion {
         });
     }
     Completion {
+        status: match done.urb.status {
+            0 => Ok(()),
+            status => Err(errno_error(-status)),
+        },
         data,
         actual_length: moved,
         iso_packets: packets,
@@ -567,6 +579,7 @@ fn completion(urb: &Urb, done: &Transfer) -> Completion {
 pub(crate) fn errno_error(errno: i32) -> TransferError {
     match errno {
         libc::EPIPE => TransferError::Stall,
+        libc::EREMOTEIO => TransferError::ShortPacket,
         libc::ENOENT | libc::ECONNRESET => TransferError::Cancelled,
         libc::ENODEV | libc::ESHUTDOWN => TransferError::Disconnected,
         libc::EOVERFLOW => TransferError::Overflow,

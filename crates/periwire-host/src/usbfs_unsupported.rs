@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use periwire_usb::{TransferError, Urb, UrbResult};
+use periwire_usb::{Completion, TransferError, Urb};
 
 /// Stands for the usbfs handle of Linux; never opens.
 #[derive(Debug)]
@@ -26,7 +26,7 @@ impl IsoInterfaces {
         Err(std::io::ErrorKind::Unsupported.into())
     }
     pub(crate) fn release(&self) {}
-    pub(crate) async fn transfer(&self, _urb: &Urb) -> UrbResult {
-        Err(TransferError::Fault)
+    pub(crate) async fn transfer(&self, _urb: &Urb) -> Completion {
+        TransferError::Fault.into()
     }
 }

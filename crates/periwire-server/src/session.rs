@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::Arc;
 
-use periwire_usb::{Urb, UrbResult, UsbDevice};
+use periwire_usb::{Completion, Urb, UsbDevice};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
@@ -29,7 +29,7 @@ pub struct Completed<K, H> {
     /// The id it was submitted under.
     pub id: K,
     /// What the device made of it.
-    pub result: UrbResult,
+    pub completion: Completion,
     /// What the driver handed in with it (an in-flight permit, say), kept alive until now.
     pub hold: H,
 }
@@ -186,16 +186,19 @@ async fn run_endpoint<K, H>(
     meters: Meters,
 ) {
     while let Some(mut work) = queue.recv().await {
-        let direction = work.urb.direction;
-        let result = tokio::select! {
+        let (direction, flags, length) =
+            (work.urb.direction, work.urb.transfer_flags, work.urb.length);
+        let completion = tokio::select! {
             biased;
             _ = &mut work.cancel => continue,
-            r = device.submit(work.urb) => r,
+            c = device.submit(work.urb) => c,
         };
-        meters.record(direction, &result);
+        // The host controller's rule, applied here once for every device.
+        let completion = completion.short_not_ok(direction, flags, length);
+        meters.record(direction, &completion);
         let completed = Completed {
             id: work.id,
-            result,
+            completion,
             hold: work.hold,
         };
         if done.send(completed).is_err() {
@@ -264,12 +267,31 @@ mod tests {
         s.submit(2, urb_in(EP_SOURCE, 16), Arc::clone(&hold));
         let done = next(&mut s).await;
         assert_eq!(done.id, 2);
-        assert_eq!(done.result.map(|c| c.data.len()), Ok(16));
+        assert_eq!(
+            (done.completion.status, done.completion.data.len()),
+            (Ok(()), 16)
+        );
         assert_eq!(s.in_flight(), 1);
         handle.send_interrupt(vec![7; 8]).await.unwrap();
         let done = next(&mut s).await;
-        assert_eq!((done.id, done.result.map(|c| c.data)), (1, Ok(vec![7; 8])));
+        assert_eq!(
+            (done.id, done.completion),
+            (1, Completion::data_in(vec![7; 8]))
+        );
         assert_eq!(s.in_flight(), 0);
+        s.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_short_in_with_short_not_ok_comes_back_failed_with_its_data() {
+        let (mut s, _registry, handle) = session();
+        let mut urb = urb_in(EP_INTERRUPT, 16);
+        urb.transfer_flags = periwire_usb::URB_SHORT_NOT_OK;
+        s.submit(1, urb, Arc::new(()));
+        handle.send_interrupt(vec![5; 8]).await.unwrap();
+        let done = next(&mut s).await.completion;
+        assert_eq!(done.status, Err(periwire_usb::TransferError::ShortPacket));
+        assert_eq!((done.actual_length, done.data), (8, vec![5; 8]));
         s.close().await;
     }
 

@@ -11,7 +11,7 @@ use periwire_server::{serve, Export, Registry, ServerConfig};
 use periwire_usb::source_sink::{
     SourceSink, SourceSinkHandle, EP_INTERRUPT, EP_LOOP_IN, EP_LOOP_OUT, EP_SINK, EP_SOURCE,
 };
-use periwire_usb::{BoxFuture, Urb, UrbResult};
+use periwire_usb::{BoxFuture, Completion, Urb};
 use periwire_wire::usbip::{BusId, Direction, OpStatus};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -393,7 +393,7 @@ impl periwire_usb::UsbDevice for Unpluggable {
     fn submit(
         &self,
         urb: periwire_usb::Urb,
-    ) -> periwire_usb::BoxFuture<'_, periwire_usb::UrbResult> {
+    ) -> periwire_usb::BoxFuture<'_, periwire_usb::Completion> {
         self.inner.submit(urb)
     }
 
@@ -572,13 +572,13 @@ impl periwire_usb::UsbDevice for IsoLoop {
         self.inner.info()
     }
 
-    fn submit(&self, urb: Urb) -> BoxFuture<'_, UrbResult> {
+    fn submit(&self, urb: Urb) -> BoxFuture<'_, Completion> {
         use periwire_usb::device::Direction as Dir;
         if urb.iso_packets.is_empty() {
             return self.inner.submit(urb);
         }
         let mut stored = self.packets.lock().unwrap();
-        let mut done = periwire_usb::Completion {
+        let mut done = Completion {
             start_frame: 7,
             ..Default::default()
         };
@@ -600,7 +600,7 @@ impl periwire_usb::UsbDevice for IsoLoop {
             done.actual_length += p.actual_length;
             done.iso_packets.push(p);
         }
-        Box::pin(std::future::ready(Ok(done)))
+        Box::pin(std::future::ready(done))
     }
 }
 
