@@ -12,7 +12,7 @@ use periwire_usb::device::Direction;
 use periwire_usb::setup::{request, Recipient, RequestKind};
 use periwire_usb::{AttachError, BoxFuture, Completion, DeviceInfo, TransferError, Urb, UsbDevice};
 
-use crate::endpoint::{self, AnyEndpoint, EndpointSlot};
+use crate::endpoint::{self, AnyEndpoint, EndpointQueue, SharedQueue};
 use crate::usbfs::IsoInterfaces;
 use crate::HostError;
 
@@ -23,6 +23,10 @@ const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
 const UNPLUG_POLL: Duration = Duration::from_secs(1);
 /// Feature selector ENDPOINT_HALT (USB 2.0 table 9-6).
 const ENDPOINT_HALT: u16 = 0;
+/// bmRequestType of a hub's port request: class, to "other" (USB 2.0 table 11-15).
+const PORT_REQUEST: u8 = 0x23;
+/// Port feature selector PORT_RESET (USB 2.0 table 11-17).
+const PORT_RESET: u16 = 4;
 
 /// A USB device of this machine, exported over USB/IP by its bus id.
 ///
@@ -60,7 +64,7 @@ type NusbInterfaces = BTreeMap<u8, nusb::Interface>;
 
 struct OpenEndpoint {
     interface: u8,
-    slot: Arc<tokio::sync::Mutex<EndpointSlot>>,
+    queue: SharedQueue,
 }
 
 impl std::fmt::Debug for HostDevice {
@@ -263,14 +267,11 @@ impl HostDevice {
     }
 
     /// The endpoint `address` of the current alternate settings, opened on first use.
-    fn endpoint(
-        &self,
-        address: u8,
-    ) -> Result<Arc<tokio::sync::Mutex<EndpointSlot>>, TransferError> {
+    fn endpoint(&self, address: u8) -> Result<SharedQueue, TransferError> {
         let mut guard = self.claimed();
         let claimed = guard.as_mut().ok_or(TransferError::Disconnected)?;
         if let Some(open) = claimed.endpoints.get(&address) {
-            return Ok(Arc::clone(&open.slot));
+            return Ok(Arc::clone(&open.queue));
         }
         let found = claimed.interfaces.iter().find_map(|(&n, interface)| {
             let alt = interface.descriptor()?;
@@ -302,15 +303,15 @@ impl HostDevice {
             tracing::warn!(busid = %self.busid, endpoint = address, error = %e, "cannot open endpoint");
             TransferError::Fault
         })?;
-        let slot = Arc::new(tokio::sync::Mutex::new(EndpointSlot::new(endpoint)));
+        let queue = EndpointQueue::new(endpoint);
         claimed.endpoints.insert(
             address,
             OpenEndpoint {
                 interface: number,
-                slot: Arc::clone(&slot),
+                queue: Arc::clone(&queue),
             },
         );
-        Ok(slot)
+        Ok(queue)
     }
 
     async fn control(&self, urb: Urb) -> Result<Completion, TransferError> {
@@ -328,6 +329,14 @@ impl HostDevice {
             (Recipient::Other, 3) => NusbRecipient::Other,
             (Recipient::Other, _) => return Err(TransferError::Stall),
         };
+        // A client that resets its port sends it to the device as the hub request it would
+        // be (usbip-host reads it so too): the OS resets the device.
+        if setup.request_type == PORT_REQUEST
+            && setup.request == request::SET_FEATURE
+            && setup.value == PORT_RESET
+        {
+            return self.reset().await;
+        }
         // The requests that change host-side state go through the OS, so that it and the
         // device agree (as usbip-host does in `tweak_special_requests`).
         if control_type == ControlType::Standard {
@@ -342,7 +351,7 @@ impl HostDevice {
                 (NusbRecipient::Endpoint, request::CLEAR_FEATURE)
                     if setup.value == ENDPOINT_HALT =>
                 {
-                    return self.clear_halt(low(setup.index), &urb).await;
+                    return self.clear_halt(low(setup.index)).await;
                 }
                 _ => {}
             }
@@ -392,6 +401,43 @@ impl HostDevice {
             .await
             .map_err(control_error)?;
         Ok(Completion::data_out(urb.data.len()))
+    }
+
+    /// Resets the device through the OS, then opens it again and takes its interfaces, as
+    /// nusb wants after a reset. URBs in flight on its endpoints end as the reset left them.
+    async fn reset(&self) -> Result<Completion, TransferError> {
+        let device = self.device()?;
+        tracing::info!(busid = %self.busid, "client resets the device");
+        if let Some(claimed) = self.claimed().as_mut() {
+            // Cancelled now, they end as cancelled rather than as the reset's "shut down",
+            // which would read as the device gone.
+            for open in claimed.endpoints.values() {
+                endpoint::cancel_everything(&open.queue);
+            }
+            claimed.endpoints.clear();
+            // The isochronous interfaces too (their URBs end as cancelled), now: an ISO URB
+            // future still holding the handle must not keep them from the new one.
+            if let Some(iso) = claimed.iso.take() {
+                iso.release();
+            }
+        }
+        if let Err(e) = device.reset().await {
+            tracing::warn!(busid = %self.busid, error = %e, "reset failed");
+            return Err(TransferError::Stall);
+        }
+        drop(device);
+        // The old handle is spent: let go of it before opening the device afresh.
+        drop(self.claimed().take());
+        match self.open_and_claim() {
+            Ok(claimed) => {
+                *self.claimed() = Some(claimed);
+                Ok(Completion::data_out(0))
+            }
+            Err(e) => {
+                tracing::warn!(busid = %self.busid, error = %e, "after reset");
+                Err(TransferError::Disconnected)
+            }
+        }
     }
 
     async fn set_configuration(&self, value: u8) -> Result<Completion, TransferError> {
@@ -462,16 +508,10 @@ impl HostDevice {
         }
     }
 
-    async fn clear_halt(&self, address: u8, urb: &Urb) -> Result<Completion, TransferError> {
-        let slot = self.endpoint(address)?;
-        // A URB still in flight on the endpoint holds it; then the request goes to the device
-        // as it is, which clears the halt there (the host's toggle is the client's concern).
-        let Ok(mut slot) = slot.try_lock_owned() else {
-            return self
-                .control_out(urb, ControlType::Standard, NusbRecipient::Endpoint)
-                .await;
-        };
-        match slot.clear_halt().await {
+    async fn clear_halt(&self, address: u8) -> Result<Completion, TransferError> {
+        // URBs still in flight on the endpoint are cancelled first, as a halt ends them.
+        let queue = self.endpoint(address)?;
+        match endpoint::clear_halt(&queue).await {
             Ok(()) => Ok(Completion::data_out(0)),
             Err(e) => {
                 tracing::debug!(busid = %self.busid, endpoint = address, error = %e, "CLEAR_FEATURE(HALT) failed");
@@ -494,11 +534,10 @@ impl HostDevice {
             };
             return iso.transfer(&urb).await;
         }
-        let slot = match self.endpoint(urb.endpoint_address()) {
-            Ok(slot) => slot,
-            Err(e) => return e.into(),
-        };
-        endpoint::transfer(slot.lock_owned().await, urb).await
+        match self.endpoint(urb.endpoint_address()) {
+            Ok(queue) => endpoint::transfer(queue, urb).await,
+            Err(e) => e.into(),
+        }
     }
 }
 
@@ -522,6 +561,15 @@ impl UsbDevice for HostDevice {
 
     fn present(&self) -> bool {
         self.claimed().is_some() || self.is_plugged()
+    }
+
+    fn queue_depth(&self, endpoint_address: u8) -> usize {
+        // The default control pipe stays one at a time: its requests change device state.
+        if endpoint_address & 0x0f == 0 {
+            1
+        } else {
+            endpoint::QUEUE_DEPTH
+        }
     }
 
     fn submit(&self, urb: Urb) -> BoxFuture<'_, Completion> {

@@ -290,8 +290,9 @@ pub struct DeviceInfo {
 /// A USB device that periwire can export.
 ///
 /// The server calls [`submit`](Self::submit) once per URB. For one endpoint and direction,
-/// it awaits each future before submitting the next, so a device sees an endpoint's URBs one
-/// at a time and in order; futures of different endpoints run concurrently. Dropping a future
+/// it runs at most [`queue_depth`](Self::queue_depth) futures at once (by default one, so a
+/// device sees an endpoint's URBs one at a time), in submission order, and completes them in
+/// that order; futures of different endpoints run concurrently. Dropping a future
 /// cancels its URB, so futures must be cancel-safe: data a dropped IN future had not yet
 /// returned stays queued for the next one.
 pub trait UsbDevice: Send + Sync + 'static {
@@ -307,6 +308,16 @@ pub trait UsbDevice: Send + Sync + 'static {
 
     /// Carries out one URB.
     fn submit(&self, urb: Urb) -> BoxFuture<'_, Completion>;
+
+    /// How many URBs of the endpoint `endpoint_address` (number, bit 7 set for IN) the
+    /// device takes at once. The server keeps up to this many of that endpoint's futures
+    /// running and completes them in submission order. A host device queues several in the
+    /// OS, as a host controller does; the default, one at a time, keeps a virtual device
+    /// simple.
+    fn queue_depth(&self, endpoint_address: u8) -> usize {
+        let _ = endpoint_address;
+        1
+    }
 
     /// A client is importing the device. An error refuses the import (the client is told the
     /// device is in an error state) and the device stays free; a passthrough device fails
