@@ -21,9 +21,7 @@ use periwire_hci::BdAddr;
 use periwire_usb::descriptor::{DeviceDescriptors, Endpoint, Interface, TransferType};
 use periwire_usb::device::{Direction, Speed};
 use periwire_usb::standard::{StandardEvent, StandardRequests};
-use periwire_usb::{
-    AttachError, BoxFuture, Completion, DeviceInfo, TransferError, Urb, UrbResult, UsbDevice,
-};
+use periwire_usb::{AttachError, BoxFuture, Completion, DeviceInfo, TransferError, Urb, UsbDevice};
 use tokio::sync::Notify;
 
 use crate::{AdapterHandle, ControllerConfig, Medium};
@@ -251,7 +249,7 @@ impl UsbDongle {
         }
     }
 
-    fn command(&self, data: &[u8]) -> UrbResult {
+    fn command(&self, data: &[u8]) -> Result<Completion, TransferError> {
         match self.adapter.send_command(data) {
             Ok(()) => Ok(Completion::data_out(data.len())),
             Err(e) => {
@@ -261,7 +259,7 @@ impl UsbDongle {
         }
     }
 
-    fn acl_out(&self, data: &[u8]) -> UrbResult {
+    fn acl_out(&self, data: &[u8]) -> Result<Completion, TransferError> {
         // btusb sends one packet per URB; still, reassemble by the header's length so a
         // packet split over URBs (or two in one) is handled.
         let mut demux = self.demux();
@@ -301,42 +299,47 @@ impl UsbDongle {
     }
 }
 
+impl UsbDongle {
+    /// Carries out one URB; none fails partway.
+    async fn transfer(&self, urb: Urb) -> Result<Completion, TransferError> {
+        let limit = usize::try_from(urb.length).unwrap_or(usize::MAX);
+        match (urb.endpoint_address(), urb.direction) {
+            (0 | 0x80, _) => {
+                if let Some((result, event)) = self.standard.handle(urb.setup, &urb.data) {
+                    if event == StandardEvent::Reset {
+                        self.demux().clear();
+                    }
+                    return result;
+                }
+                // HCI command: class request to the device or interface, bRequest 0.
+                let s = urb.setup;
+                if matches!(s.request_type, 0x20 | 0x21) && s.request == 0 {
+                    return self.command(&urb.data);
+                }
+                Err(TransferError::Stall)
+            }
+            (EP_EVENTS, Direction::In) => {
+                Ok(Completion::data_in(self.next(Stream::Events, limit).await))
+            }
+            (EP_ACL_IN, Direction::In) => {
+                Ok(Completion::data_in(self.next(Stream::Acl, limit).await))
+            }
+            (EP_ACL_OUT, Direction::Out) => self.acl_out(&urb.data),
+            // SCO: no synchronous links on this controller; the isochronous pipes stay
+            // idle until the host gives up on them.
+            (0x83 | 0x03, _) => std::future::pending().await,
+            _ => Err(TransferError::Stall),
+        }
+    }
+}
+
 impl UsbDevice for UsbDongle {
     fn info(&self) -> DeviceInfo {
         self.standard.descriptors().info()
     }
 
-    fn submit(&self, urb: Urb) -> BoxFuture<'_, UrbResult> {
-        Box::pin(async move {
-            let limit = usize::try_from(urb.length).unwrap_or(usize::MAX);
-            match (urb.endpoint_address(), urb.direction) {
-                (0 | 0x80, _) => {
-                    if let Some((result, event)) = self.standard.handle(urb.setup, &urb.data) {
-                        if event == StandardEvent::Reset {
-                            self.demux().clear();
-                        }
-                        return result;
-                    }
-                    // HCI command: class request to the device or interface, bRequest 0.
-                    let s = urb.setup;
-                    if matches!(s.request_type, 0x20 | 0x21) && s.request == 0 {
-                        return self.command(&urb.data);
-                    }
-                    Err(TransferError::Stall)
-                }
-                (EP_EVENTS, Direction::In) => {
-                    Ok(Completion::data_in(self.next(Stream::Events, limit).await))
-                }
-                (EP_ACL_IN, Direction::In) => {
-                    Ok(Completion::data_in(self.next(Stream::Acl, limit).await))
-                }
-                (EP_ACL_OUT, Direction::Out) => self.acl_out(&urb.data),
-                // SCO: no synchronous links on this controller; the isochronous pipes stay
-                // idle until the host gives up on them.
-                (0x83 | 0x03, _) => std::future::pending().await,
-                _ => Err(TransferError::Stall),
-            }
-        })
+    fn submit(&self, urb: Urb) -> BoxFuture<'_, Completion> {
+        Box::pin(async move { self.transfer(urb).await.into() })
     }
 
     fn attached(&self) -> Result<(), AttachError> {
@@ -405,10 +408,15 @@ mod tests {
         let radio = crate::Medium::Simulated(crate::SharedRadio::new());
         let dongle = UsbDongle::new(&radio, config(1));
         dongle.attached().unwrap();
-        dongle.submit(hci_command(&HCI_RESET)).await.unwrap();
+        dongle
+            .submit(hci_command(&HCI_RESET))
+            .await
+            .into_result()
+            .unwrap();
         let c = dongle
             .submit(urb(1, Direction::In, [0; 8], vec![], 16))
             .await
+            .into_result()
             .unwrap();
         // Command Complete, 4 parameter bytes: num packets, opcode 0x0c03, status 0.
         assert_eq!(c.data, [0x0e, 0x04, 0x01, 0x03, 0x0c, 0x00]);
@@ -417,12 +425,14 @@ mod tests {
         dongle
             .submit(hci_command(&[0x02, 0x10, 0x00]))
             .await
+            .into_result()
             .unwrap();
         let mut event = Vec::new();
         loop {
             let c = dongle
                 .submit(urb(1, Direction::In, [0; 8], vec![], 16))
                 .await
+                .into_result()
                 .unwrap();
             assert!(c.data.len() <= 16);
             event.extend_from_slice(&c.data);
@@ -444,10 +454,15 @@ mod tests {
                 .submit(urb(2, Direction::In, [0; 8], vec![], 1024))
                 .await
         });
-        dongle.submit(hci_command(&HCI_RESET)).await.unwrap();
+        dongle
+            .submit(hci_command(&HCI_RESET))
+            .await
+            .into_result()
+            .unwrap();
         let c = dongle
             .submit(urb(1, Direction::In, [0; 8], vec![], 16))
             .await
+            .into_result()
             .unwrap();
         assert_eq!(c.data[0], 0x0e, "the event reaches the event endpoint");
         assert!(!acl.is_finished(), "ACL IN still pends");
@@ -460,12 +475,16 @@ mod tests {
         let dongle = UsbDongle::new(&radio, config(3));
         for bad in [vec![], vec![0x03], vec![0x03, 0x0c, 0x05, 0x00]] {
             let r = dongle.submit(hci_command(&bad)).await;
-            assert_eq!(r, Err(TransferError::Stall), "{bad:?}");
+            assert_eq!(
+                r,
+                periwire_usb::Completion::failed(TransferError::Stall),
+                "{bad:?}"
+            );
         }
         let r = dongle
             .submit(urb(2, Direction::Out, [0; 8], vec![0xff; 70_000], 70_000))
             .await;
-        assert!(r.is_ok() || r == Err(TransferError::Stall));
+        assert!(r.is_ok() || r == periwire_usb::Completion::failed(TransferError::Stall));
     }
 }
 
@@ -506,7 +525,7 @@ mod timer_tests {
     async fn next_event(d: &UsbDongle) -> Vec<u8> {
         let mut e = Vec::new();
         loop {
-            let c = d.submit(event_in()).await.unwrap();
+            let c = d.submit(event_in()).await.into_result().unwrap();
             e.extend_from_slice(&c.data);
             if e.len() >= 2 && e.len() == 2 + usize::from(e[1]) {
                 return e;
@@ -522,7 +541,10 @@ mod timer_tests {
             ControllerConfig::new(BdAddr([1, 0, 0, 0, 0, 0])),
         ));
         let b = UsbDongle::new(&radio, ControllerConfig::new(BdAddr([2, 0, 0, 0, 0, 0])));
-        b.submit(cmd(&[0x1a, 0x0c, 0x01, 0x03])).await.unwrap();
+        b.submit(cmd(&[0x1a, 0x0c, 0x01, 0x03]))
+            .await
+            .into_result()
+            .unwrap();
         let _ = next_event(&b).await;
         let waiting = a.clone();
         let acl = tokio::spawn(async move {
@@ -537,6 +559,7 @@ mod timer_tests {
         // Inquiry, GIAC, length 1 (1.28 s), unlimited responses.
         a.submit(cmd(&[0x01, 0x04, 0x05, 0x33, 0x8b, 0x9e, 0x01, 0x00]))
             .await
+            .into_result()
             .unwrap();
         let mut codes = Vec::new();
         loop {

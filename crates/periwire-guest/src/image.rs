@@ -30,6 +30,7 @@ const GUEST_TOOLS: &[(&str, &str)] = &[
     ("/usr/bin/hcitool", "bluez"),
     ("/usr/bin/l2ping", "bluez"),
     ("/usr/bin/l2test", "bluez"),
+    ("/usr/bin/sg_reset", "sg3-utils"),
 ];
 /// Where usbip reads USB names from (the Debian build reads `/usr/share/misc`; upstream
 /// defaults to `/usr/share/hwdata`). Both are provided in the guest.

@@ -1,18 +1,31 @@
-//! One opened bulk or interrupt endpoint of a host device, and the transfers of URBs on it.
+//! One opened bulk or interrupt endpoint of a host device, and the URBs queued on it.
 //!
-//! The server hands a device one URB per endpoint at a time, so an endpoint has at most one
-//! URB's transfers in flight. A URB is cancelled by dropping its future; the transfers are
-//! then cancelled in the kernel, but their completions still come back, and they must be
-//! taken off the endpoint before the next URB's own completion can be read.
+//! The server keeps up to [`QUEUE_DEPTH`] URBs of an endpoint in flight at once (see
+//! `UsbDevice::queue_depth`); each becomes one nusb transfer (two for an OUT that ends with
+//! a zero-length packet), and nusb completes them in submission order, as a host controller
+//! does. Each URB's future takes the completions that have arrived off the endpoint, for
+//! whichever URB they belong to, and wakes that URB's future.
+//!
+//! Cancelling one URB (dropping its future) is the hard part: nusb can only cancel every
+//! transfer of an endpoint. So a cancel cancels them all, and while their completions come
+//! back ("draining"), the other URBs' transfers that were cancelled before they moved a byte
+//! are submitted again, in their order; one that had moved data finishes with what it moved
+//! (an IN as a short read; an OUT carries on with what it had not sent). URBs submitted
+//! while draining wait until it ends, so the order on the bus stays the order of submission.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 
 use nusb::transfer::{Buffer, Bulk, Completion as NusbCompletion, In, Interrupt, Out};
 use nusb::Endpoint;
 use periwire_usb::device::Direction;
-use periwire_usb::{Completion, TransferError, Urb, UrbResult};
-use tokio::sync::OwnedMutexGuard;
+use periwire_usb::{Completion, TransferError, Urb};
 
-/// Linux `URB_SHORT_NOT_OK`: a short IN transfer is an error.
-const URB_SHORT_NOT_OK: u32 = 0x0001;
+/// URBs of one bulk or interrupt endpoint kept in flight at once: enough that a network or
+/// serial adapter always has an IN transfer waiting, and a bound on what one endpoint holds.
+pub(crate) const QUEUE_DEPTH: usize = 16;
+
 /// Linux `URB_ZERO_PACKET`: end an OUT transfer that fills its last packet with a
 /// zero-length packet.
 const URB_ZERO_PACKET: u32 = 0x0040;
@@ -50,127 +63,360 @@ impl AnyEndpoint {
         on_endpoint!(self, ep => ep.submit(buffer))
     }
 
-    async fn next_complete(&mut self) -> NusbCompletion {
-        on_endpoint!(self, ep => ep.next_complete().await)
+    fn poll_next_complete(&mut self, cx: &mut Context<'_>) -> Poll<NusbCompletion> {
+        on_endpoint!(self, ep => ep.poll_next_complete(cx))
     }
 
     fn cancel_all(&mut self) {
         on_endpoint!(self, ep => ep.cancel_all())
     }
 
-    async fn clear_halt(&mut self) -> Result<(), nusb::Error> {
-        on_endpoint!(self, ep => ep.clear_halt().await)
+    fn clear_halt(
+        &mut self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), nusb::Error>> + Send>> {
+        on_endpoint!(self, ep => Box::pin(std::future::IntoFuture::into_future(ep.clear_halt())))
     }
 }
 
-/// An opened endpoint and the count of cancelled transfers still to come back from it.
-pub(crate) struct EndpointSlot {
+/// A URB's ticket in its endpoint's queue.
+type Ticket = u64;
+
+/// One nusb transfer: whose it is and whether it is the zero-length end of an OUT.
+#[derive(Clone, Copy)]
+struct Part {
+    ticket: Ticket,
+    zlp: bool,
+}
+
+/// A URB on the endpoint, from submission until its future takes the result.
+struct UrbState {
+    direction: Direction,
+    /// Bytes asked for (IN).
+    asked: usize,
+    /// Transfers submitted or held for it and not yet back.
+    parts: usize,
+    /// Bytes moved so far.
+    data: Vec<u8>,
+    moved: usize,
+    status: Result<(), TransferError>,
+    /// Set once every part is back.
+    done: bool,
+    waker: Option<Waker>,
+}
+
+/// An opened endpoint and the URBs on it: see the [module documentation](self).
+pub(crate) struct EndpointQueue {
     endpoint: AnyEndpoint,
-    abandoned: usize,
+    max_packet: usize,
+    /// Transfers handed to nusb, oldest first.
+    submitted: VecDeque<Part>,
+    urbs: HashMap<Ticket, UrbState>,
+    next_ticket: Ticket,
+    /// Transfers still to come back from a `cancel_all`.
+    draining: usize,
+    /// Transfers a cancel took from other URBs, to submit again once draining ends.
+    resubmit: VecDeque<(Part, Buffer)>,
+    /// Transfers of URBs submitted while draining, to submit after `resubmit`.
+    waiting: VecDeque<(Part, Buffer)>,
 }
 
-impl EndpointSlot {
-    pub(crate) fn new(endpoint: AnyEndpoint) -> Self {
-        Self {
+/// The shared handle of an endpoint's queue.
+pub(crate) type SharedQueue = Arc<Mutex<EndpointQueue>>;
+
+fn lock(queue: &Mutex<EndpointQueue>) -> MutexGuard<'_, EndpointQueue> {
+    // Every change under the lock keeps the queue consistent between statements that can
+    // panic only on allocation, so a poisoned lock is sound to use.
+    queue.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl EndpointQueue {
+    pub(crate) fn new(endpoint: AnyEndpoint) -> SharedQueue {
+        let max_packet = endpoint.max_packet_size().max(1);
+        Arc::new(Mutex::new(Self {
             endpoint,
-            abandoned: 0,
+            max_packet,
+            submitted: VecDeque::new(),
+            urbs: HashMap::new(),
+            next_ticket: 0,
+            draining: 0,
+            resubmit: VecDeque::new(),
+            waiting: VecDeque::new(),
+        }))
+    }
+
+    /// Hands a transfer to nusb, or holds it while a cancel drains.
+    fn push(&mut self, part: Part, buffer: Buffer) {
+        if self.draining > 0 {
+            self.waiting.push_back((part, buffer));
+        } else {
+            self.endpoint.submit(buffer);
+            self.submitted.push_back(part);
         }
     }
 
-    /// Takes the completions of cancelled transfers off the endpoint. Cancel-safe: a
-    /// completion is counted off only once it has been taken.
-    async fn settle(&mut self) {
-        while self.abandoned > 0 {
-            self.endpoint.next_complete().await;
-            self.abandoned -= 1;
+    /// Queues `urb`; its transfers go to the device at once (unless a cancel drains).
+    fn enqueue(&mut self, urb: Urb) -> Ticket {
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        let mut state = UrbState {
+            direction: urb.direction,
+            asked: usize::try_from(urb.length).unwrap_or(usize::MAX),
+            parts: 0,
+            data: Vec::new(),
+            moved: 0,
+            status: Ok(()),
+            done: false,
+            waker: None,
+        };
+        let mut parts = Vec::with_capacity(2);
+        match urb.direction {
+            Direction::In if state.asked == 0 => {}
+            Direction::In => {
+                // nusb (like a host controller) reads whole packets, so ask for the packets
+                // that cover the URB; more than asked for is babble, as on a real bus.
+                let whole = state.asked.div_ceil(self.max_packet);
+                parts.push((false, Buffer::new(whole.saturating_mul(self.max_packet))));
+            }
+            Direction::Out => {
+                let len = urb.data.len();
+                let zero_packet = urb.transfer_flags & URB_ZERO_PACKET != 0
+                    && len > 0
+                    && len.is_multiple_of(self.max_packet);
+                parts.push((false, Buffer::from(urb.data)));
+                if zero_packet {
+                    parts.push((true, Buffer::new(0)));
+                }
+            }
         }
-    }
-
-    /// Resets the endpoint's halt, on the device and in the host's data toggle.
-    pub(crate) async fn clear_halt(&mut self) -> Result<(), nusb::Error> {
-        self.settle().await;
-        self.endpoint.clear_halt().await
-    }
-}
-
-/// Transfers submitted for one URB. If the URB's future is dropped before they complete,
-/// they are cancelled and left for [`EndpointSlot::settle`] to collect.
-struct InFlight {
-    slot: OwnedMutexGuard<EndpointSlot>,
-    pending: usize,
-}
-
-impl InFlight {
-    fn submit(&mut self, buffer: Buffer) {
-        self.slot.endpoint.submit(buffer);
-        self.pending += 1;
-    }
-
-    async fn next(&mut self) -> NusbCompletion {
-        let c = self.slot.endpoint.next_complete().await;
-        self.pending -= 1;
-        c
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        if self.pending > 0 {
-            self.slot.endpoint.cancel_all();
-            self.slot.abandoned += self.pending;
+        state.parts = parts.len();
+        state.done = parts.is_empty();
+        self.urbs.insert(ticket, state);
+        for (zlp, buffer) in parts {
+            self.push(Part { ticket, zlp }, buffer);
         }
+        ticket
     }
-}
 
-/// Carries out a bulk or interrupt URB on its endpoint.
-pub(crate) async fn transfer(mut slot: OwnedMutexGuard<EndpointSlot>, urb: Urb) -> UrbResult {
-    slot.settle().await;
-    let max_packet = slot.endpoint.max_packet_size().max(1);
-    let mut flight = InFlight { slot, pending: 0 };
-    match urb.direction {
-        Direction::In => {
-            let asked = usize::try_from(urb.length).unwrap_or(usize::MAX);
-            if asked == 0 {
-                return Ok(Completion::default());
-            }
-            // nusb (like a host controller) reads whole packets, so ask for the packets that
-            // cover the URB; more than asked for is babble, as it would be on a real bus.
-            let whole_packets = asked.div_ceil(max_packet).saturating_mul(max_packet);
-            flight.submit(Buffer::new(whole_packets));
-            let c = flight.next().await;
-            c.status.map_err(transfer_error)?;
-            let data = c.buffer.into_vec();
-            if data.len() > asked {
-                return Err(TransferError::Overflow);
-            }
-            if urb.transfer_flags & URB_SHORT_NOT_OK != 0 && data.len() < asked {
-                // EREMOTEIO, as Linux reports a short read the URB did not allow.
-                return Err(TransferError::Fault);
-            }
-            Ok(Completion::data_in(data))
-        }
-        Direction::Out => {
-            let len = urb.data.len();
-            let zero_packet = urb.transfer_flags & URB_ZERO_PACKET != 0
-                && len > 0
-                && len.is_multiple_of(max_packet);
-            flight.submit(Buffer::from(urb.data));
-            if zero_packet {
-                flight.submit(Buffer::new(0));
-            }
-            let c = flight.next().await;
-            let zlp = if zero_packet {
-                Some(flight.next().await)
-            } else {
-                None
+    /// Takes every completion that has arrived off the endpoint and gives it to its URB.
+    /// Registers `cx` to hear of the next one while any transfer is out.
+    fn progress(&mut self, cx: &mut Context<'_>) {
+        while !self.submitted.is_empty() {
+            let Poll::Ready(c) = self.endpoint.poll_next_complete(cx) else {
+                return;
             };
-            c.status.map_err(transfer_error)?;
-            if let Some(zlp) = zlp {
-                zlp.status.map_err(transfer_error)?;
+            let Some(part) = self.submitted.pop_front() else {
+                return;
+            };
+            self.complete(part, c);
+            if self.draining > 0 {
+                self.draining -= 1;
+                if self.draining == 0 {
+                    self.end_drain();
+                }
             }
-            Ok(Completion::data_out(c.actual_len))
         }
     }
+
+    /// Submits what a cancel held back: the others' transfers again, then newer ones.
+    fn end_drain(&mut self) {
+        let held: Vec<_> = self
+            .resubmit
+            .drain(..)
+            .chain(self.waiting.drain(..))
+            .collect();
+        for (part, buffer) in held {
+            self.push(part, buffer);
+        }
+    }
+
+    fn complete(&mut self, part: Part, c: NusbCompletion) {
+        let Some(state) = self.urbs.get_mut(&part.ticket) else {
+            // A cancelled URB's transfer: nothing waits for it.
+            return;
+        };
+        let cancelled_here = c.status == Err(nusb::transfer::TransferError::Cancelled);
+        if cancelled_here && self.draining > 0 {
+            // Another URB's cancel took this one along.
+            if c.actual_len == 0 {
+                self.resubmit.push_back((part, c.buffer));
+                return;
+            }
+            if state.direction == Direction::Out && !part.zlp {
+                // Carry on with what had not been sent.
+                state.moved += c.actual_len;
+                let mut sent = c.buffer.into_vec();
+                let rest = sent.split_off(c.actual_len.min(sent.len()));
+                self.resubmit.push_back((part, Buffer::from(rest)));
+                return;
+            }
+        }
+        state.parts -= 1;
+        match state.direction {
+            Direction::In => {
+                let mut data = c.buffer.into_vec();
+                data.truncate(c.actual_len);
+                if cancelled_here && self.draining > 0 {
+                    // Moved data before the cancel: a short read, not a failure.
+                } else if let Err(e) = c.status {
+                    state.status = Err(transfer_error(e));
+                }
+                if data.len() > state.asked {
+                    data.truncate(state.asked);
+                    state.status = Err(TransferError::Overflow);
+                }
+                state.moved = data.len();
+                state.data = data;
+            }
+            Direction::Out => {
+                if !part.zlp {
+                    state.moved += c.actual_len;
+                }
+                if let Err(e) = c.status {
+                    if state.status.is_ok() {
+                        state.status = Err(transfer_error(e));
+                    }
+                }
+            }
+        }
+        if state.parts == 0 {
+            state.done = true;
+            if let Some(waker) = state.waker.take() {
+                waker.wake();
+            }
+        }
+    }
+
+    /// Takes URB `ticket`'s completion if it is done; otherwise keeps `cx` to wake.
+    fn poll_urb(&mut self, ticket: Ticket, cx: &mut Context<'_>) -> Poll<Completion> {
+        self.progress(cx);
+        let Some(state) = self.urbs.get_mut(&ticket) else {
+            return Poll::Ready(TransferError::Cancelled.into());
+        };
+        if !state.done {
+            state.waker = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        let Some(state) = self.urbs.remove(&ticket) else {
+            return Poll::Ready(TransferError::Cancelled.into());
+        };
+        let completion = match state.direction {
+            Direction::In => Completion::data_in(state.data),
+            Direction::Out => Completion::data_out(state.moved),
+        };
+        Poll::Ready(completion.with_status(state.status))
+    }
+
+    /// URB `ticket`'s future was dropped before it finished.
+    fn cancel(&mut self, ticket: Ticket) {
+        let Some(state) = self.urbs.remove(&ticket) else {
+            return;
+        };
+        if state.done {
+            return;
+        }
+        // Transfers not yet handed to nusb just go; ones in nusb need the cancel of all.
+        self.waiting.retain(|(p, _)| p.ticket != ticket);
+        self.resubmit.retain(|(p, _)| p.ticket != ticket);
+        if self.submitted.iter().any(|p| p.ticket == ticket) {
+            self.endpoint.cancel_all();
+            self.draining = self.submitted.len();
+        }
+        // Whoever was registered to hear of completions may have been this URB: let the
+        // others poll again so one of them listens.
+        for other in self.urbs.values_mut() {
+            if let Some(waker) = other.waker.take() {
+                waker.wake();
+            }
+        }
+    }
+
+    /// Ends every held transfer's URB as cancelled.
+    fn drop_held(&mut self) {
+        let held: Vec<Part> = self
+            .waiting
+            .drain(..)
+            .chain(self.resubmit.drain(..))
+            .map(|(p, _)| p)
+            .collect();
+        for part in held {
+            if let Some(state) = self.urbs.get_mut(&part.ticket) {
+                state.status = Err(TransferError::Cancelled);
+                state.parts -= 1;
+                if state.parts == 0 {
+                    state.done = true;
+                    if let Some(waker) = state.waker.take() {
+                        waker.wake();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether no transfer is out or held.
+    fn is_idle(&self) -> bool {
+        self.submitted.is_empty() && self.waiting.is_empty() && self.resubmit.is_empty()
+    }
+}
+
+/// Carries out a bulk or interrupt URB on the endpoint `queue`. A URB that fails partway
+/// still reports what it moved; `URB_SHORT_NOT_OK` is applied by the server for every
+/// device. Dropping the future cancels the URB (see the [module documentation](self)).
+pub(crate) async fn transfer(queue: SharedQueue, urb: Urb) -> Completion {
+    let ticket = lock(&queue).enqueue(urb);
+    let mut guard = CancelOnDrop {
+        queue: &queue,
+        ticket,
+        finished: false,
+    };
+    let completion = std::future::poll_fn(|cx| lock(&queue).poll_urb(ticket, cx)).await;
+    guard.finished = true;
+    completion
+}
+
+/// Cancels its URB unless it finished.
+struct CancelOnDrop<'a> {
+    queue: &'a SharedQueue,
+    ticket: Ticket,
+    finished: bool,
+}
+
+impl Drop for CancelOnDrop<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            lock(self.queue).cancel(self.ticket);
+        }
+    }
+}
+
+/// Cancels every URB on the endpoint: each ends with what it moved, as cancelled (or with
+/// the status the device gave it, if it finished first).
+pub(crate) fn cancel_everything(queue: &SharedQueue) {
+    let mut q = lock(queue);
+    if !q.submitted.is_empty() {
+        q.endpoint.cancel_all();
+    }
+    // What comes back now ends its URB rather than being submitted again.
+    q.draining = 0;
+    q.drop_held();
+}
+
+/// Resets the endpoint's halt, on the device and in the host's data toggle. URBs in flight
+/// on it are cancelled first (they come back with what they moved and the status the
+/// device gave them), as nusb wants no transfer pending for this.
+pub(crate) async fn clear_halt(queue: &SharedQueue) -> Result<(), nusb::Error> {
+    cancel_everything(queue);
+    std::future::poll_fn(|cx| {
+        let mut q = lock(queue);
+        q.progress(cx);
+        if q.is_idle() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+    let halt = lock(queue).endpoint.clear_halt();
+    halt.await
 }
 
 /// The periwire error of a failed nusb transfer.

@@ -6,11 +6,18 @@
 //! interfaces are released and the local drivers are asked to bind again, as `usbip unbind`
 //! would. Linux is the platform this is built and tested on (usbfs under `/dev/bus/usb`).
 //!
-//! Isochronous endpoints are not carried: nusb has no isochronous transfers yet.
+//! Isochronous endpoints are carried on Linux through a small module of periwire's own over
+//! usbfs (nusb 0.2 has no isochronous transfers): the interfaces that have them are claimed
+//! on a usbfs handle of periwire's, the others through nusb.
 
 mod endpoint;
 mod list;
 mod passthrough;
+#[cfg(target_os = "linux")]
+mod usbfs;
+#[cfg(not(target_os = "linux"))]
+#[path = "usbfs_unsupported.rs"]
+mod usbfs;
 mod watch;
 
 pub use list::{list_devices, HostDeviceSummary};

@@ -1,6 +1,7 @@
 //! A host device passed through: [`HostDevice`].
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -9,11 +10,10 @@ use nusb::transfer::{ControlIn, ControlOut, ControlType, Recipient as NusbRecipi
 use nusb::MaybeFuture;
 use periwire_usb::device::Direction;
 use periwire_usb::setup::{request, Recipient, RequestKind};
-use periwire_usb::{
-    AttachError, BoxFuture, Completion, DeviceInfo, TransferError, Urb, UrbResult, UsbDevice,
-};
+use periwire_usb::{AttachError, BoxFuture, Completion, DeviceInfo, TransferError, Urb, UsbDevice};
 
-use crate::endpoint::{self, AnyEndpoint, EndpointSlot};
+use crate::endpoint::{self, AnyEndpoint, EndpointQueue, SharedQueue};
+use crate::usbfs::IsoInterfaces;
 use crate::HostError;
 
 /// How long a control transfer may take. Linux gives its own control requests 5 s
@@ -23,6 +23,10 @@ const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
 const UNPLUG_POLL: Duration = Duration::from_secs(1);
 /// Feature selector ENDPOINT_HALT (USB 2.0 table 9-6).
 const ENDPOINT_HALT: u16 = 0;
+/// bmRequestType of a hub's port request: class, to "other" (USB 2.0 table 11-15).
+const PORT_REQUEST: u8 = 0x23;
+/// Port feature selector PORT_RESET (USB 2.0 table 11-17).
+const PORT_RESET: u16 = 4;
 
 /// A USB device of this machine, exported over USB/IP by its bus id.
 ///
@@ -45,14 +49,22 @@ pub struct HostDevice {
 struct Claimed {
     /// Its address on the bus: a device plugged in again gets a new one.
     address: u8,
+    /// Its usbfs node, `/dev/bus/usb/BBB/DDD`.
+    node: PathBuf,
     device: nusb::Device,
-    interfaces: BTreeMap<u8, nusb::Interface>,
+    /// The interfaces nusb holds.
+    interfaces: NusbInterfaces,
+    /// The interfaces with isochronous endpoints, held on periwire's own usbfs handle.
+    iso: Option<Arc<IsoInterfaces>>,
     endpoints: HashMap<u8, OpenEndpoint>,
 }
 
+/// The interfaces nusb holds, by number.
+type NusbInterfaces = BTreeMap<u8, nusb::Interface>;
+
 struct OpenEndpoint {
     interface: u8,
-    slot: Arc<tokio::sync::Mutex<EndpointSlot>>,
+    queue: SharedQueue,
 }
 
 impl std::fmt::Debug for HostDevice {
@@ -147,51 +159,100 @@ impl HostDevice {
             .open()
             .wait()
             .map_err(|e| AttachError(format!("opening {}: {e}", self.busid)))?;
-        let interfaces = self.claim_all(&device)?;
+        let node = PathBuf::from(format!(
+            "/dev/bus/usb/{:03}/{:03}",
+            found.busnum(),
+            found.device_address()
+        ));
+        let (interfaces, iso) = self.claim_all(&device, &node)?;
         Ok(Claimed {
             address: found.device_address(),
+            node,
             device,
             interfaces,
+            iso,
             endpoints: HashMap::new(),
         })
     }
 
-    /// Takes every interface of the active configuration from its local driver.
+    /// Takes every interface of the active configuration from its local driver: those with
+    /// isochronous endpoints (in any alternate setting) on periwire's own usbfs handle of
+    /// `node`, the others through nusb.
     fn claim_all(
         &self,
         device: &nusb::Device,
-    ) -> Result<BTreeMap<u8, nusb::Interface>, AttachError> {
+        node: &Path,
+    ) -> Result<(NusbInterfaces, Option<Arc<IsoInterfaces>>), AttachError> {
         let config = device
             .active_configuration()
             .map_err(|e| AttachError(format!("{}: no active configuration: {e}", self.busid)))?;
-        let numbers: Vec<u8> = config.interfaces().map(|i| i.interface_number()).collect();
+        let numbers: Vec<(u8, bool)> = config
+            .interfaces()
+            .map(|i| {
+                let iso = i.alt_settings().any(|alt| {
+                    alt.endpoints()
+                        .any(|e| e.transfer_type() == NusbTransferType::Isochronous)
+                });
+                (i.interface_number(), iso)
+            })
+            .collect();
+        let iso = if numbers.iter().any(|&(_, iso)| iso) {
+            let handle = IsoInterfaces::open(node).map_err(|e| {
+                AttachError(format!("{}: opening {}: {e}", self.busid, node.display()))
+            })?;
+            Some(Arc::new(handle))
+        } else {
+            None
+        };
         let mut taken = BTreeMap::new();
-        for n in numbers {
-            match device.detach_and_claim_interface(n).wait() {
-                Ok(interface) => {
-                    taken.insert(n, interface);
+        for (n, has_iso) in numbers {
+            let claimed = match &iso {
+                Some(handle) if has_iso => handle.claim(n).map_err(|e| e.to_string()),
+                _ => device
+                    .detach_and_claim_interface(n)
+                    .wait()
+                    .map(|interface| {
+                        taken.insert(n, interface);
+                    })
+                    .map_err(|e| e.to_string()),
+            };
+            if let Err(e) = claimed {
+                // As in `release_interfaces`: the isochronous ones first.
+                let mut detached = Vec::new();
+                if let Some(handle) = &iso {
+                    detached.extend(handle.numbers());
+                    handle.release();
                 }
-                Err(e) => {
-                    let mut detached: Vec<u8> = taken.into_keys().collect();
-                    detached.push(n);
-                    self.give_back(device, &detached);
-                    return Err(AttachError(format!(
-                        "{}: interface {n} cannot be taken from its driver: {e}",
-                        self.busid
-                    )));
-                }
+                detached.extend(taken.into_keys());
+                detached.push(n);
+                self.give_back(device, &detached);
+                return Err(AttachError(format!(
+                    "{}: interface {n} cannot be taken from its driver: {e}",
+                    self.busid
+                )));
             }
         }
-        tracing::info!(busid = %self.busid, interfaces = taken.len(), "host device taken from its local drivers");
-        Ok(taken)
+        let iso_count = iso.as_ref().map_or(0, |h| h.numbers().len());
+        tracing::info!(busid = %self.busid, interfaces = taken.len() + iso_count, isochronous = iso_count, "host device taken from its local drivers");
+        Ok((taken, iso))
     }
 
     /// Drops every open endpoint (cancelling what is in flight) and interface; the interface
     /// numbers that were held.
     fn release_interfaces(claimed: &mut Claimed) -> Vec<u8> {
         claimed.endpoints.clear();
-        let released: Vec<u8> = claimed.interfaces.keys().copied().collect();
+        let mut released = Vec::new();
+        // The isochronous interfaces first, and now rather than when the last URB future
+        // lets go of the handle: nusb rebinds an interface's driver as it drops it, and a
+        // driver of the whole function (snd-usb-audio binding the audio control interface)
+        // takes its streaming interfaces only if they are free by then.
+        if let Some(iso) = claimed.iso.take() {
+            released.extend(iso.numbers());
+            iso.release();
+        }
+        released.extend(claimed.interfaces.keys().copied());
         claimed.interfaces.clear();
+        released.sort_unstable();
         released
     }
 
@@ -206,14 +267,11 @@ impl HostDevice {
     }
 
     /// The endpoint `address` of the current alternate settings, opened on first use.
-    fn endpoint(
-        &self,
-        address: u8,
-    ) -> Result<Arc<tokio::sync::Mutex<EndpointSlot>>, TransferError> {
+    fn endpoint(&self, address: u8) -> Result<SharedQueue, TransferError> {
         let mut guard = self.claimed();
         let claimed = guard.as_mut().ok_or(TransferError::Disconnected)?;
         if let Some(open) = claimed.endpoints.get(&address) {
-            return Ok(Arc::clone(&open.slot));
+            return Ok(Arc::clone(&open.queue));
         }
         let found = claimed.interfaces.iter().find_map(|(&n, interface)| {
             let alt = interface.descriptor()?;
@@ -245,18 +303,18 @@ impl HostDevice {
             tracing::warn!(busid = %self.busid, endpoint = address, error = %e, "cannot open endpoint");
             TransferError::Fault
         })?;
-        let slot = Arc::new(tokio::sync::Mutex::new(EndpointSlot::new(endpoint)));
+        let queue = EndpointQueue::new(endpoint);
         claimed.endpoints.insert(
             address,
             OpenEndpoint {
                 interface: number,
-                slot: Arc::clone(&slot),
+                queue: Arc::clone(&queue),
             },
         );
-        Ok(slot)
+        Ok(queue)
     }
 
-    async fn control(&self, urb: Urb) -> UrbResult {
+    async fn control(&self, urb: Urb) -> Result<Completion, TransferError> {
         let setup = urb.setup;
         let control_type = match setup.kind() {
             RequestKind::Standard => ControlType::Standard,
@@ -271,6 +329,14 @@ impl HostDevice {
             (Recipient::Other, 3) => NusbRecipient::Other,
             (Recipient::Other, _) => return Err(TransferError::Stall),
         };
+        // A client that resets its port sends it to the device as the hub request it would
+        // be (usbip-host reads it so too): the OS resets the device.
+        if setup.request_type == PORT_REQUEST
+            && setup.request == request::SET_FEATURE
+            && setup.value == PORT_RESET
+        {
+            return self.reset().await;
+        }
         // The requests that change host-side state go through the OS, so that it and the
         // device agree (as usbip-host does in `tweak_special_requests`).
         if control_type == ControlType::Standard {
@@ -285,7 +351,7 @@ impl HostDevice {
                 (NusbRecipient::Endpoint, request::CLEAR_FEATURE)
                     if setup.value == ENDPOINT_HALT =>
                 {
-                    return self.clear_halt(low(setup.index), &urb).await;
+                    return self.clear_halt(low(setup.index)).await;
                 }
                 _ => {}
             }
@@ -318,7 +384,7 @@ impl HostDevice {
         urb: &Urb,
         control_type: ControlType,
         recipient: NusbRecipient,
-    ) -> UrbResult {
+    ) -> Result<Completion, TransferError> {
         let setup = urb.setup;
         self.device()?
             .control_out(
@@ -337,7 +403,44 @@ impl HostDevice {
         Ok(Completion::data_out(urb.data.len()))
     }
 
-    async fn set_configuration(&self, value: u8) -> UrbResult {
+    /// Resets the device through the OS, then opens it again and takes its interfaces, as
+    /// nusb wants after a reset. URBs in flight on its endpoints end as the reset left them.
+    async fn reset(&self) -> Result<Completion, TransferError> {
+        let device = self.device()?;
+        tracing::info!(busid = %self.busid, "client resets the device");
+        if let Some(claimed) = self.claimed().as_mut() {
+            // Cancelled now, they end as cancelled rather than as the reset's "shut down",
+            // which would read as the device gone.
+            for open in claimed.endpoints.values() {
+                endpoint::cancel_everything(&open.queue);
+            }
+            claimed.endpoints.clear();
+            // The isochronous interfaces too (their URBs end as cancelled), now: an ISO URB
+            // future still holding the handle must not keep them from the new one.
+            if let Some(iso) = claimed.iso.take() {
+                iso.release();
+            }
+        }
+        if let Err(e) = device.reset().await {
+            tracing::warn!(busid = %self.busid, error = %e, "reset failed");
+            return Err(TransferError::Stall);
+        }
+        drop(device);
+        // The old handle is spent: let go of it before opening the device afresh.
+        drop(self.claimed().take());
+        match self.open_and_claim() {
+            Ok(claimed) => {
+                *self.claimed() = Some(claimed);
+                Ok(Completion::data_out(0))
+            }
+            Err(e) => {
+                tracing::warn!(busid = %self.busid, error = %e, "after reset");
+                Err(TransferError::Disconnected)
+            }
+        }
+    }
+
+    async fn set_configuration(&self, value: u8) -> Result<Completion, TransferError> {
         let device = self.device()?;
         let active = device
             .active_configuration()
@@ -356,18 +459,37 @@ impl HostDevice {
             return Err(TransferError::Stall);
         }
         if value != 0 {
-            let interfaces = self.claim_all(&device).map_err(|e| {
+            let node = self
+                .claimed()
+                .as_ref()
+                .map(|c| c.node.clone())
+                .ok_or(TransferError::Disconnected)?;
+            let (interfaces, iso) = self.claim_all(&device, &node).map_err(|e| {
                 tracing::warn!(busid = %self.busid, error = %e, "after SET_CONFIGURATION");
                 TransferError::Fault
             })?;
             if let Some(claimed) = self.claimed().as_mut() {
                 claimed.interfaces = interfaces;
+                claimed.iso = iso;
             }
         }
         Ok(Completion::data_out(0))
     }
 
-    async fn set_interface(&self, number: u8, alternate: u8) -> UrbResult {
+    async fn set_interface(&self, number: u8, alternate: u8) -> Result<Completion, TransferError> {
+        if let Some(iso) = self.iso().filter(|iso| iso.holds(number)) {
+            // A blocking ioctl (the OS carries out the control transfer): off the runtime.
+            let changed =
+                tokio::task::spawn_blocking(move || iso.set_interface(number, alternate)).await;
+            return match changed {
+                Ok(Ok(())) => Ok(Completion::data_out(0)),
+                Ok(Err(e)) => {
+                    tracing::debug!(busid = %self.busid, number, alternate, error = %e, "SET_INTERFACE failed");
+                    Err(TransferError::Stall)
+                }
+                Err(_) => Err(TransferError::Fault),
+            };
+        }
         let interface = self.claimed().as_mut().and_then(|claimed| {
             // nusb wants no open endpoint on an interface whose setting changes; the new
             // setting's endpoints open on first use.
@@ -386,16 +508,10 @@ impl HostDevice {
         }
     }
 
-    async fn clear_halt(&self, address: u8, urb: &Urb) -> UrbResult {
-        let slot = self.endpoint(address)?;
-        // A URB still in flight on the endpoint holds it; then the request goes to the device
-        // as it is, which clears the halt there (the host's toggle is the client's concern).
-        let Ok(mut slot) = slot.try_lock_owned() else {
-            return self
-                .control_out(urb, ControlType::Standard, NusbRecipient::Endpoint)
-                .await;
-        };
-        match slot.clear_halt().await {
+    async fn clear_halt(&self, address: u8) -> Result<Completion, TransferError> {
+        // URBs still in flight on the endpoint are cancelled first, as a halt ends them.
+        let queue = self.endpoint(address)?;
+        match endpoint::clear_halt(&queue).await {
             Ok(()) => Ok(Completion::data_out(0)),
             Err(e) => {
                 tracing::debug!(busid = %self.busid, endpoint = address, error = %e, "CLEAR_FEATURE(HALT) failed");
@@ -404,13 +520,24 @@ impl HostDevice {
         }
     }
 
-    async fn bulk_or_interrupt(&self, urb: Urb) -> UrbResult {
+    /// The usbfs handle of the interfaces with isochronous endpoints, while imported.
+    fn iso(&self) -> Option<Arc<IsoInterfaces>> {
+        self.claimed().as_ref().and_then(|c| c.iso.clone())
+    }
+
+    async fn bulk_or_interrupt(&self, urb: Urb) -> Completion {
         if !urb.iso_packets.is_empty() {
-            tracing::warn!(busid = %self.busid, endpoint = urb.endpoint_address(), "isochronous transfers are not carried");
-            return Err(TransferError::Fault);
+            // Only isochronous URBs carry packets.
+            let Some(iso) = self.iso() else {
+                tracing::warn!(busid = %self.busid, endpoint = urb.endpoint_address(), "isochronous URB for a device without isochronous interfaces");
+                return TransferError::Stall.into();
+            };
+            return iso.transfer(&urb).await;
         }
-        let slot = self.endpoint(urb.endpoint_address())?;
-        endpoint::transfer(slot.lock_owned().await, urb).await
+        match self.endpoint(urb.endpoint_address()) {
+            Ok(queue) => endpoint::transfer(queue, urb).await,
+            Err(e) => e.into(),
+        }
     }
 }
 
@@ -436,10 +563,19 @@ impl UsbDevice for HostDevice {
         self.claimed().is_some() || self.is_plugged()
     }
 
-    fn submit(&self, urb: Urb) -> BoxFuture<'_, UrbResult> {
+    fn queue_depth(&self, endpoint_address: u8) -> usize {
+        // The default control pipe stays one at a time: its requests change device state.
+        if endpoint_address & 0x0f == 0 {
+            1
+        } else {
+            endpoint::QUEUE_DEPTH
+        }
+    }
+
+    fn submit(&self, urb: Urb) -> BoxFuture<'_, Completion> {
         Box::pin(async move {
             if urb.endpoint == 0 {
-                self.control(urb).await
+                self.control(urb).await.into()
             } else {
                 self.bulk_or_interrupt(urb).await
             }

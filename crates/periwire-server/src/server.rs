@@ -403,11 +403,11 @@ impl UrbPhase {
     }
 
     fn finish(&mut self, done: Completed<u32, Permit>) {
-        let disconnected = done.result == Err(TransferError::Disconnected);
+        let disconnected = done.completion.status == Err(TransferError::Disconnected);
         // A URB unlinked meanwhile is dropped here: the client was told ECONNRESET.
         if self
             .connection
-            .handle_completion(done.id, usbip_map::urb_done(done.result))
+            .handle_completion(done.id, usbip_map::urb_done(done.completion))
         {
             self.device_gone |= disconnected;
             self.transmit();

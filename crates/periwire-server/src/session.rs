@@ -7,16 +7,20 @@
 //! ends with [`DeviceSession::close`], which waits until the device has dropped every URB
 //! and then releases the device for the next client.
 //!
-//! Each active endpoint gets a task that hands the device its URBs one at a time, in
-//! submission order (the [`UsbDevice`] contract), so a slow endpoint (an interrupt IN that
+//! Each active endpoint gets a task that hands the device its URBs in submission order, as
+//! many at once as the device takes ([`UsbDevice::queue_depth`]: one, unless it queues them
+//! in an OS as a host device does), and completes them in that order, so a slow endpoint (an interrupt IN that
 //! waits for a key press) never holds up another. Completions of all endpoints meet in one
 //! channel, in the order they finish.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::hash::Hash;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 
-use periwire_usb::{Urb, UrbResult, UsbDevice};
+use periwire_usb::{Completion, Urb, UsbDevice};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
@@ -29,7 +33,7 @@ pub struct Completed<K, H> {
     /// The id it was submitted under.
     pub id: K,
     /// What the device made of it.
-    pub result: UrbResult,
+    pub completion: Completion,
     /// What the driver handed in with it (an in-flight permit, say), kept alive until now.
     pub hold: H,
 }
@@ -121,6 +125,7 @@ where
             let (tx, rx) = mpsc::unbounded_channel();
             self.tasks.spawn(run_endpoint(
                 Arc::clone(&self.device),
+                queue_key(&urb),
                 rx,
                 self.done_tx.clone(),
                 self.claim.meters().clone(),
@@ -179,24 +184,103 @@ where
     }
 }
 
+/// A URB the device is working on, in an endpoint task.
+struct Running<'d, K, H> {
+    id: K,
+    hold: H,
+    cancel: oneshot::Receiver<()>,
+    direction: periwire_usb::Direction,
+    flags: u32,
+    length: u32,
+    /// The device's future; `None` once it has finished.
+    future: Option<periwire_usb::BoxFuture<'d, Completion>>,
+    done: Option<Completion>,
+}
+
+impl<'d, K, H> Running<'d, K, H> {
+    fn start(device: &'d dyn UsbDevice, work: Work<K, H>) -> Self {
+        let Work {
+            id,
+            urb,
+            hold,
+            cancel,
+        } = work;
+        Self {
+            id,
+            hold,
+            cancel,
+            direction: urb.direction,
+            flags: urb.transfer_flags,
+            length: urb.length,
+            future: Some(device.submit(urb)),
+            done: None,
+        }
+    }
+}
+
+/// Hands the device an endpoint's URBs: up to its [`UsbDevice::queue_depth`] at once, in
+/// submission order, completing them in that order. A cancelled URB's future is dropped
+/// where it stands; one still queued never reaches the device.
 async fn run_endpoint<K, H>(
     device: Arc<dyn UsbDevice>,
+    address: u8,
     mut queue: mpsc::UnboundedReceiver<Work<K, H>>,
     done: mpsc::UnboundedSender<Completed<K, H>>,
     meters: Meters,
 ) {
-    while let Some(mut work) = queue.recv().await {
-        let direction = work.urb.direction;
-        let result = tokio::select! {
-            biased;
-            _ = &mut work.cancel => continue,
-            r = device.submit(work.urb) => r,
+    let device: &dyn UsbDevice = &*device;
+    let depth = device.queue_depth(address).max(1);
+    let mut running: VecDeque<Running<'_, K, H>> = VecDeque::with_capacity(depth);
+    let mut closed = false;
+    loop {
+        let next = std::future::poll_fn(|cx| {
+            while !closed && running.len() < depth {
+                match queue.poll_recv(cx) {
+                    Poll::Ready(Some(work)) => {
+                        // Cancelled while queued: it never reaches the device.
+                        let mut work = work;
+                        if Pin::new(&mut work.cancel).poll(cx).is_ready() {
+                            continue;
+                        }
+                        running.push_back(Running::start(device, work));
+                    }
+                    Poll::Ready(None) => closed = true,
+                    Poll::Pending => break,
+                }
+            }
+            // Dropping a cancelled URB's future cancels it in the device.
+            running
+                .retain_mut(|r| r.done.is_some() || Pin::new(&mut r.cancel).poll(cx).is_pending());
+            for r in running.iter_mut() {
+                if let Some(future) = r.future.as_mut() {
+                    if let Poll::Ready(c) = future.as_mut().poll(cx) {
+                        r.future = None;
+                        r.done = Some(c);
+                    }
+                }
+            }
+            if running.front().is_some_and(|r| r.done.is_some()) {
+                return Poll::Ready(running.pop_front());
+            }
+            if closed && running.is_empty() {
+                return Poll::Ready(None);
+            }
+            Poll::Pending
+        })
+        .await;
+        let Some(r) = next else {
+            return;
         };
-        meters.record(direction, &result);
+        let Some(completion) = r.done else {
+            continue;
+        };
+        // The host controller's rule, applied here once for every device.
+        let completion = completion.short_not_ok(r.direction, r.flags, r.length);
+        meters.record(r.direction, &completion);
         let completed = Completed {
-            id: work.id,
-            result,
-            hold: work.hold,
+            id: r.id,
+            completion,
+            hold: r.hold,
         };
         if done.send(completed).is_err() {
             return;
@@ -264,13 +348,137 @@ mod tests {
         s.submit(2, urb_in(EP_SOURCE, 16), Arc::clone(&hold));
         let done = next(&mut s).await;
         assert_eq!(done.id, 2);
-        assert_eq!(done.result.map(|c| c.data.len()), Ok(16));
+        assert_eq!(
+            (done.completion.status, done.completion.data.len()),
+            (Ok(()), 16)
+        );
         assert_eq!(s.in_flight(), 1);
         handle.send_interrupt(vec![7; 8]).await.unwrap();
         let done = next(&mut s).await;
-        assert_eq!((done.id, done.result.map(|c| c.data)), (1, Ok(vec![7; 8])));
+        assert_eq!(
+            (done.id, done.completion),
+            (1, Completion::data_in(vec![7; 8]))
+        );
         assert_eq!(s.in_flight(), 0);
         s.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_short_in_with_short_not_ok_comes_back_failed_with_its_data() {
+        let (mut s, _registry, handle) = session();
+        let mut urb = urb_in(EP_INTERRUPT, 16);
+        urb.transfer_flags = periwire_usb::URB_SHORT_NOT_OK;
+        s.submit(1, urb, Arc::new(()));
+        handle.send_interrupt(vec![5; 8]).await.unwrap();
+        let done = next(&mut s).await.completion;
+        assert_eq!(done.status, Err(periwire_usb::TransferError::ShortPacket));
+        assert_eq!((done.actual_length, done.data), (8, vec![5; 8]));
+        s.close().await;
+    }
+
+    /// A device that takes three URBs of an endpoint at once; URB `n` (its length) finishes
+    /// once `n` is in the released set.
+    struct Gated {
+        started: std::sync::atomic::AtomicUsize,
+        released: tokio::sync::watch::Sender<Vec<u32>>,
+    }
+
+    impl UsbDevice for Gated {
+        fn info(&self) -> periwire_usb::DeviceInfo {
+            SourceSink::new().0.info()
+        }
+
+        fn queue_depth(&self, _endpoint_address: u8) -> usize {
+            3
+        }
+
+        fn submit(&self, urb: Urb) -> periwire_usb::BoxFuture<'_, Completion> {
+            self.started
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut released = self.released.subscribe();
+            Box::pin(async move {
+                let n = urb.length;
+                let _ = released.wait_for(|r| r.contains(&n)).await;
+                Completion::data_in(vec![0; n as usize])
+            })
+        }
+    }
+
+    fn gated() -> (DeviceSession<u32, ()>, Arc<Gated>, Registry) {
+        let registry = Registry::new();
+        let device = Arc::new(Gated {
+            started: Default::default(),
+            released: tokio::sync::watch::channel(Vec::new()).0,
+        });
+        let busid = BusId::new("1-2").unwrap();
+        registry
+            .add(Export {
+                busid: busid.clone(),
+                busnum: 1,
+                devnum: 3,
+                name: "gated".into(),
+                device: Arc::clone(&device) as Arc<dyn UsbDevice>,
+            })
+            .unwrap();
+        let claim = registry.claim(&busid).unwrap();
+        (DeviceSession::new(claim), device, registry)
+    }
+
+    async fn started(device: &Gated, n: usize) {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while device.started.load(std::sync::atomic::Ordering::SeqCst) < n {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("URBs handed to the device");
+    }
+
+    #[tokio::test]
+    async fn a_queueing_device_gets_its_depth_of_urbs_and_they_complete_in_order() {
+        let (mut s, device, _registry) = gated();
+        for n in 1..=4 {
+            s.submit(n, urb_in(EP_SOURCE, n), ());
+        }
+        started(&device, 3).await;
+        tokio::task::yield_now().await;
+        assert_eq!(
+            device.started.load(std::sync::atomic::Ordering::SeqCst),
+            3,
+            "the depth bounds it"
+        );
+        // The third finishes first, but comes out only after the first two.
+        device.released.send_replace(vec![3]);
+        device.released.send_replace(vec![3, 1]);
+        assert_eq!(next_gated(&mut s).await, (1, 1));
+        started(&device, 4).await;
+        device.released.send_replace(vec![1, 2, 3, 4]);
+        assert_eq!(next_gated(&mut s).await, (2, 2));
+        assert_eq!(next_gated(&mut s).await, (3, 3));
+        assert_eq!(next_gated(&mut s).await, (4, 4));
+        s.close().await;
+    }
+
+    #[tokio::test]
+    async fn cancelling_a_urb_in_the_middle_of_a_queue_leaves_the_others() {
+        let (mut s, device, _registry) = gated();
+        for n in 1..=3 {
+            s.submit(n, urb_in(EP_SOURCE, n), ());
+        }
+        started(&device, 3).await;
+        assert!(s.cancel(2));
+        device.released.send_replace(vec![1, 2, 3]);
+        assert_eq!(next_gated(&mut s).await, (1, 1));
+        assert_eq!(next_gated(&mut s).await, (3, 3));
+        assert!(s.try_completion().is_none());
+        s.close().await;
+    }
+
+    async fn next_gated(s: &mut DeviceSession<u32, ()>) -> (u32, usize) {
+        let done = tokio::time::timeout(Duration::from_secs(5), s.next_completion())
+            .await
+            .expect("a completion");
+        (done.id, done.completion.data.len())
     }
 
     #[tokio::test]

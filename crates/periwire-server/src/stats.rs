@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use periwire_usb::device::Direction;
-use periwire_usb::UrbResult;
+use periwire_usb::Completion;
 
 /// Counters of URBs and payload bytes, each way.
 #[derive(Debug, Default)]
@@ -30,19 +30,17 @@ pub struct TransferCounts {
 }
 
 impl TransferStats {
-    /// Counts a finished URB: the bytes it moved and whether it failed.
-    pub fn record(&self, direction: Direction, result: &UrbResult) {
+    /// Counts a finished URB: the bytes it moved (a failed one may have moved some) and
+    /// whether it failed.
+    pub fn record(&self, direction: Direction, done: &Completion) {
         self.urbs.fetch_add(1, Ordering::Relaxed);
-        match result {
-            Ok(done) => {
-                let moved = u64::from(done.actual_length);
-                let counter = match direction {
-                    Direction::In => &self.bytes_in,
-                    Direction::Out => &self.bytes_out,
-                };
-                counter.fetch_add(moved, Ordering::Relaxed);
-            }
-            Err(periwire_usb::TransferError::Cancelled) => {}
+        let counter = match direction {
+            Direction::In => &self.bytes_in,
+            Direction::Out => &self.bytes_out,
+        };
+        counter.fetch_add(u64::from(done.actual_length), Ordering::Relaxed);
+        match done.status {
+            Ok(()) | Err(periwire_usb::TransferError::Cancelled) => {}
             Err(_) => {
                 self.errors.fetch_add(1, Ordering::Relaxed);
             }
@@ -68,10 +66,13 @@ mod tests {
     #[test]
     fn bytes_go_the_way_of_the_urb_and_errors_exclude_cancels() {
         let stats = TransferStats::default();
-        stats.record(Direction::In, &Ok(Completion::data_in(vec![0; 10])));
-        stats.record(Direction::Out, &Ok(Completion::data_out(7)));
-        stats.record(Direction::In, &Err(TransferError::Stall));
-        stats.record(Direction::Out, &Err(TransferError::Cancelled));
+        stats.record(Direction::In, &Completion::data_in(vec![0; 10]));
+        stats.record(Direction::Out, &Completion::data_out(7));
+        stats.record(Direction::In, &Completion::failed(TransferError::Stall));
+        stats.record(
+            Direction::Out,
+            &Completion::failed(TransferError::Cancelled),
+        );
         assert_eq!(
             stats.counts(),
             TransferCounts {
@@ -95,8 +96,8 @@ pub struct Meters {
 
 impl Meters {
     /// Counts a finished URB in both.
-    pub fn record(&self, direction: Direction, result: &UrbResult) {
-        self.import.record(direction, result);
-        self.device.record(direction, result);
+    pub fn record(&self, direction: Direction, done: &Completion) {
+        self.import.record(direction, done);
+        self.device.record(direction, done);
     }
 }

@@ -7,7 +7,6 @@
 
 use periwire_usb::{
     Completion, Direction, InterfaceClass, IsoPacket, SetupPacket, Speed, TransferError, Urb,
-    UrbResult,
 };
 use periwire_wire::usbip;
 
@@ -15,6 +14,8 @@ use periwire_wire::usbip;
 const ECONNRESET: i32 = -104;
 /// −ESHUTDOWN.
 const ESHUTDOWN: i32 = -108;
+/// −EREMOTEIO: what Linux reports for a short IN that `URB_SHORT_NOT_OK` forbade.
+const EREMOTEIO: i32 = -121;
 
 /// The Linux `enum usb_device_speed` value of `speed`.
 pub fn speed_to_wire(speed: Speed) -> usbip::Speed {
@@ -85,7 +86,8 @@ pub fn errno(error: TransferError) -> i32 {
         TransferError::Overflow => -75, // EOVERFLOW
         TransferError::Protocol => -71, // EPROTO
         TransferError::Timeout => -62,  // ETIME
-        TransferError::Fault => -121,   // EREMOTEIO
+        TransferError::ShortPacket => EREMOTEIO,
+        TransferError::Fault => -5, // EIO
     }
 }
 
@@ -100,6 +102,7 @@ pub fn status_from_errno(status: i32) -> Result<(), TransferError> {
         -75 => Err(TransferError::Overflow),
         -71 | -84 => Err(TransferError::Protocol),
         -62 | -110 => Err(TransferError::Timeout),
+        EREMOTEIO => Err(TransferError::ShortPacket),
         _ => Err(TransferError::Fault),
     }
 }
@@ -139,24 +142,24 @@ pub fn urb_from_submit(h: &usbip::SubmitHeader, data: Vec<u8>, iso: &[usbip::Iso
     }
 }
 
-/// What the USB/IP connection needs of a finished URB to build its RET_SUBMIT.
-pub fn urb_done(result: UrbResult) -> usbip::UrbDone {
-    match result {
-        Ok(Completion {
-            data,
-            actual_length,
-            iso_packets,
-            start_frame,
-            error_count,
-        }) => usbip::UrbDone {
-            status: 0,
-            data,
-            actual_length,
-            start_frame,
-            error_count,
-            iso_packets: iso_packets.iter().map(iso_to_wire).collect(),
-        },
-        Err(e) => usbip::UrbDone::failed(errno(e)),
+/// What the USB/IP connection needs of a finished URB to build its RET_SUBMIT: the status
+/// and, failed or not, what the URB moved.
+pub fn urb_done(done: Completion) -> usbip::UrbDone {
+    let Completion {
+        status,
+        data,
+        actual_length,
+        iso_packets,
+        start_frame,
+        error_count,
+    } = done;
+    usbip::UrbDone {
+        status: status.err().map_or(0, errno),
+        data,
+        actual_length,
+        start_frame,
+        error_count,
+        iso_packets: iso_packets.iter().map(iso_to_wire).collect(),
     }
 }
 
@@ -173,11 +176,24 @@ mod tests {
             TransferError::Overflow,
             TransferError::Protocol,
             TransferError::Timeout,
+            TransferError::ShortPacket,
             TransferError::Fault,
         ] {
             assert_eq!(status_from_errno(errno(e)), Err(e));
         }
         assert_eq!(status_from_errno(0), Ok(()));
+    }
+
+    #[test]
+    fn a_failed_urb_still_reports_what_it_moved() {
+        let short =
+            urb_done(Completion::data_in(vec![9; 5]).with_status(Err(TransferError::ShortPacket)));
+        assert_eq!(
+            (short.status, short.actual_length, short.data),
+            (EREMOTEIO, 5, vec![9; 5])
+        );
+        let partial = urb_done(Completion::data_out(1024).with_status(Err(TransferError::Stall)));
+        assert_eq!((partial.status, partial.actual_length), (-32, 1024));
     }
 
     #[test]

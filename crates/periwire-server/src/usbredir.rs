@@ -345,9 +345,9 @@ impl Connection {
     }
 
     fn finish(&mut self, done: Completed<TransferId, ()>) -> Result<(), UsbredirError> {
-        let disconnected = done.result == Err(TransferError::Disconnected);
+        let disconnected = done.completion.status == Err(TransferError::Disconnected);
         self.host
-            .handle_completion(done.id, usbredir_map::transfer_result(done.result))?;
+            .handle_completion(done.id, usbredir_map::transfer_result(done.completion))?;
         if disconnected {
             info!("the device went away during a transfer; telling the guest");
             self.host.disconnect();

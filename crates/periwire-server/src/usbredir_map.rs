@@ -2,7 +2,7 @@
 //! ([`periwire_wire::usbredir`]): speeds, status codes, and the URB a usb-host transfer asks
 //! for. [`crate::usbip_map`] does the same for USB/IP.
 
-use periwire_usb::{Direction, SetupPacket, Speed, TransferError, Urb, UrbResult};
+use periwire_usb::{Completion, Direction, SetupPacket, Speed, TransferError, Urb};
 use periwire_wire::usbredir::host::{Transfer, TransferKind, TransferResult};
 use periwire_wire::usbredir::{self, Status};
 
@@ -25,9 +25,10 @@ pub fn status(error: TransferError) -> Status {
         TransferError::Cancelled => Status::Cancelled,
         TransferError::Overflow => Status::Babble,
         TransferError::Timeout => Status::Timeout,
-        TransferError::Disconnected | TransferError::Protocol | TransferError::Fault => {
-            Status::IoError
-        }
+        TransferError::Disconnected
+        | TransferError::Protocol
+        | TransferError::ShortPacket
+        | TransferError::Fault => Status::IoError,
     }
 }
 
@@ -54,19 +55,13 @@ pub fn urb_from_transfer(transfer: Transfer) -> Urb {
     }
 }
 
-/// What the usb-host is told of a finished URB.
-pub fn transfer_result(result: UrbResult) -> TransferResult {
-    match result {
-        Ok(c) => TransferResult {
-            status: Status::Success,
-            data: c.data,
-            actual_length: c.actual_length,
-        },
-        Err(e) => TransferResult {
-            status: status(e),
-            data: Vec::new(),
-            actual_length: 0,
-        },
+/// What the usb-host is told of a finished URB: its status and, failed or not, what it
+/// moved.
+pub fn transfer_result(done: Completion) -> TransferResult {
+    TransferResult {
+        status: done.status.err().map_or(Status::Success, status),
+        data: done.data,
+        actual_length: done.actual_length,
     }
 }
 
@@ -101,11 +96,11 @@ mod tests {
     #[test]
     fn errors_map_to_statuses() {
         assert_eq!(
-            transfer_result(Err(TransferError::Stall)).status,
+            transfer_result(TransferError::Stall.into()).status,
             Status::Stall
         );
         assert_eq!(
-            transfer_result(Err(TransferError::Disconnected)).status,
+            transfer_result(TransferError::Disconnected.into()).status,
             Status::IoError
         );
         assert_eq!(speed_to_wire(Speed::SuperPlus), usbredir::Speed::Super);

@@ -110,9 +110,13 @@ impl Urb {
     }
 }
 
-/// A successfully completed URB.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// What became of a URB: its status together with what it moved, as a host controller
+/// reports it. A URB can fail after moving data (a short IN that `URB_SHORT_NOT_OK`
+/// forbade, a transfer that stalls partway), so the bytes and the status travel together.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Completion {
+    /// `Ok(())`, or why the URB failed.
+    pub status: Result<(), TransferError>,
     /// IN payload, at most the length asked for. Empty for OUT.
     pub data: Vec<u8>,
     /// Bytes transferred: `data.len()` for IN, bytes consumed for OUT.
@@ -123,6 +127,19 @@ pub struct Completion {
     pub start_frame: i32,
     /// ISO packets that failed.
     pub error_count: u32,
+}
+
+impl Default for Completion {
+    fn default() -> Self {
+        Self {
+            status: Ok(()),
+            data: Vec::new(),
+            actual_length: 0,
+            iso_packets: Vec::new(),
+            start_frame: 0,
+            error_count: 0,
+        }
+    }
 }
 
 impl Completion {
@@ -149,7 +166,65 @@ impl Completion {
         data.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
         Self::data_in(data)
     }
+
+    /// A URB that failed with `error` before moving anything.
+    pub fn failed(error: TransferError) -> Self {
+        Self {
+            status: Err(error),
+            ..Self::default()
+        }
+    }
+
+    /// This completion with `status` in place of its own, keeping what it moved.
+    pub fn with_status(mut self, status: Result<(), TransferError>) -> Self {
+        self.status = status;
+        self
+    }
+
+    /// Whether the URB succeeded.
+    pub fn is_ok(&self) -> bool {
+        self.status.is_ok()
+    }
+
+    /// The completion if it succeeded, else its error (dropping any data it moved).
+    pub fn into_result(self) -> Result<Self, TransferError> {
+        match self.status {
+            Ok(()) => Ok(self),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Applies Linux `URB_SHORT_NOT_OK` as a host controller does: an IN URB of `length`
+    /// that `flags` forbid to be short and that came back short, and otherwise succeeded,
+    /// fails with [`TransferError::ShortPacket`] and keeps its data.
+    pub fn short_not_ok(self, direction: Direction, flags: u32, length: u32) -> Self {
+        let short = direction == Direction::In
+            && flags & URB_SHORT_NOT_OK != 0
+            && self.iso_packets.is_empty()
+            && self.actual_length < length;
+        if short && self.status.is_ok() {
+            self.with_status(Err(TransferError::ShortPacket))
+        } else {
+            self
+        }
+    }
 }
+
+impl From<TransferError> for Completion {
+    fn from(error: TransferError) -> Self {
+        Self::failed(error)
+    }
+}
+
+/// For devices whose URBs either succeed or fail having moved nothing (every virtual device).
+impl From<Result<Completion, TransferError>> for Completion {
+    fn from(result: Result<Completion, TransferError>) -> Self {
+        result.unwrap_or_else(Self::failed)
+    }
+}
+
+/// Linux `URB_SHORT_NOT_OK`: a short IN transfer is an error.
+pub const URB_SHORT_NOT_OK: u32 = 0x0001;
 
 /// Why a URB failed. Each wire protocol maps it to its own status codes (USB/IP to negative
 /// Linux errnos); passthrough backends map their OS errors into this enum.
@@ -164,6 +239,10 @@ pub enum TransferError {
     /// The device is gone.
     #[error("device disconnected")]
     Disconnected,
+    /// An IN URB came back short and its `URB_SHORT_NOT_OK` flag forbade it (Linux
+    /// EREMOTEIO); the completion still carries the data.
+    #[error("short packet")]
+    ShortPacket,
     /// The device sent more than asked for.
     #[error("babble / overflow")]
     Overflow,
@@ -182,9 +261,6 @@ pub enum TransferError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct AttachError(pub String);
-
-/// What a URB comes to.
-pub type UrbResult = Result<Completion, TransferError>;
 
 /// What the device list tells about a device.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -214,8 +290,9 @@ pub struct DeviceInfo {
 /// A USB device that periwire can export.
 ///
 /// The server calls [`submit`](Self::submit) once per URB. For one endpoint and direction,
-/// it awaits each future before submitting the next, so a device sees an endpoint's URBs one
-/// at a time and in order; futures of different endpoints run concurrently. Dropping a future
+/// it runs at most [`queue_depth`](Self::queue_depth) futures at once (by default one, so a
+/// device sees an endpoint's URBs one at a time), in submission order, and completes them in
+/// that order; futures of different endpoints run concurrently. Dropping a future
 /// cancels its URB, so futures must be cancel-safe: data a dropped IN future had not yet
 /// returned stays queued for the next one.
 pub trait UsbDevice: Send + Sync + 'static {
@@ -230,7 +307,17 @@ pub trait UsbDevice: Send + Sync + 'static {
     }
 
     /// Carries out one URB.
-    fn submit(&self, urb: Urb) -> BoxFuture<'_, UrbResult>;
+    fn submit(&self, urb: Urb) -> BoxFuture<'_, Completion>;
+
+    /// How many URBs of the endpoint `endpoint_address` (number, bit 7 set for IN) the
+    /// device takes at once. The server keeps up to this many of that endpoint's futures
+    /// running and completes them in submission order. A host device queues several in the
+    /// OS, as a host controller does; the default, one at a time, keeps a virtual device
+    /// simple.
+    fn queue_depth(&self, endpoint_address: u8) -> usize {
+        let _ = endpoint_address;
+        1
+    }
 
     /// A client is importing the device. An error refuses the import (the client is told the
     /// device is in an error state) and the device stays free; a passthrough device fails
@@ -254,5 +341,54 @@ pub trait UsbDevice: Send + Sync + 'static {
     /// The server is shutting down: make everything durable.
     fn shutdown(&self) {
         self.detached();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_short_in_that_short_not_ok_forbids_fails_with_its_data() {
+        let done =
+            Completion::data_in(vec![1, 2, 3]).short_not_ok(Direction::In, URB_SHORT_NOT_OK, 8);
+        assert_eq!(done.status, Err(TransferError::ShortPacket));
+        assert_eq!((done.data, done.actual_length), (vec![1, 2, 3], 3));
+    }
+
+    #[test]
+    fn short_not_ok_leaves_full_ins_outs_and_unflagged_urbs_alone() {
+        let full = Completion::data_in(vec![0; 8]);
+        assert_eq!(
+            full.clone()
+                .short_not_ok(Direction::In, URB_SHORT_NOT_OK, 8),
+            full
+        );
+        let short = Completion::data_in(vec![0; 3]);
+        assert_eq!(short.clone().short_not_ok(Direction::In, 0, 8), short);
+        let out = Completion::data_out(3);
+        assert_eq!(
+            out.clone()
+                .short_not_ok(Direction::Out, URB_SHORT_NOT_OK, 8),
+            out
+        );
+        // An earlier failure is the one reported.
+        let stalled = Completion::data_in(vec![0; 3]).with_status(Err(TransferError::Stall));
+        assert_eq!(
+            stalled
+                .clone()
+                .short_not_ok(Direction::In, URB_SHORT_NOT_OK, 8),
+            stalled
+        );
+    }
+
+    #[test]
+    fn a_partial_out_keeps_what_it_moved() {
+        let done = Completion::data_out(512).with_status(Err(TransferError::Stall));
+        assert!(!done.is_ok());
+        assert_eq!(done.actual_length, 512);
+        assert_eq!(done.into_result(), Err(TransferError::Stall));
+        let ok: Completion = Ok(Completion::data_out(4)).into();
+        assert_eq!(ok.into_result(), Ok(Completion::data_out(4)));
     }
 }

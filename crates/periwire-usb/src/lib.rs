@@ -19,7 +19,7 @@ pub mod standard;
 
 pub use device::{
     AttachError, BoxFuture, Completion, DeviceInfo, Direction, InterfaceClass, IsoPacket, Speed,
-    TransferError, Urb, UrbResult, UsbDevice,
+    TransferError, Urb, UsbDevice, URB_SHORT_NOT_OK,
 };
 pub use setup::SetupPacket;
 

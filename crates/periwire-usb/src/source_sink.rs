@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, Notify};
 use crate::descriptor::{DeviceDescriptors, Endpoint, Interface, TransferType};
 use crate::device::{BoxFuture, Completion, DeviceInfo, Direction, Speed, TransferError, Urb};
 use crate::standard::StandardRequests;
-use crate::{UrbResult, UsbDevice};
+use crate::UsbDevice;
 
 /// Bulk IN source endpoint.
 pub const EP_SOURCE: u8 = 0x81;
@@ -166,7 +166,7 @@ impl SourceSink {
         self.loopback.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    async fn loopback_in(&self, limit: u32) -> UrbResult {
+    async fn loopback_in(&self, limit: u32) -> Result<Completion, TransferError> {
         loop {
             let notified = self.loopback_ready.notified();
             if let Some(mut chunk) = self.loopback().pop_front() {
@@ -183,59 +183,64 @@ impl SourceSink {
     }
 }
 
+impl SourceSink {
+    /// Carries out one URB; none of this device's fails partway.
+    async fn transfer(&self, urb: Urb) -> Result<Completion, TransferError> {
+        if urb.endpoint == 0 {
+            return match self.standard.handle(urb.setup, &urb.data) {
+                Some((result, _)) => result,
+                None => Err(TransferError::Stall),
+            };
+        }
+        match (urb.endpoint_address(), urb.direction) {
+            (EP_SOURCE, Direction::In) => {
+                let data = pattern(urb.length as usize);
+                self.counters
+                    .sourced
+                    .fetch_add(u64::from(urb.length), Ordering::Relaxed);
+                Ok(Completion::data_in(data))
+            }
+            (EP_SINK, Direction::Out) => {
+                self.counters
+                    .sunk
+                    .fetch_add(urb.data.len() as u64, Ordering::Relaxed);
+                Ok(Completion::data_out(urb.data.len()))
+            }
+            (EP_INTERRUPT, Direction::In) => {
+                // recv() is cancel-safe: a dropped URB takes no report with it.
+                let mut rx = self.interrupts.lock().await;
+                match rx.recv().await {
+                    Some(report) => Ok(Completion::data_in_limited(report, urb.length.min(8))),
+                    None => Err(TransferError::Disconnected),
+                }
+            }
+            (EP_LOOP_OUT, Direction::Out) => {
+                let len = urb.data.len();
+                let mut q = self.loopback();
+                let held: usize = q.iter().map(Vec::len).sum();
+                if held + len > LOOPBACK_CAPACITY {
+                    return Err(TransferError::Stall);
+                }
+                if len > 0 {
+                    q.push_back(urb.data);
+                }
+                drop(q);
+                self.loopback_ready.notify_one();
+                Ok(Completion::data_out(len))
+            }
+            (EP_LOOP_IN, Direction::In) => self.loopback_in(urb.length).await,
+            _ => Err(TransferError::Stall),
+        }
+    }
+}
+
 impl UsbDevice for SourceSink {
     fn info(&self) -> DeviceInfo {
         self.standard.descriptors().info()
     }
 
-    fn submit(&self, urb: Urb) -> BoxFuture<'_, UrbResult> {
-        Box::pin(async move {
-            if urb.endpoint == 0 {
-                return match self.standard.handle(urb.setup, &urb.data) {
-                    Some((result, _)) => result,
-                    None => Err(TransferError::Stall),
-                };
-            }
-            match (urb.endpoint_address(), urb.direction) {
-                (EP_SOURCE, Direction::In) => {
-                    let data = pattern(urb.length as usize);
-                    self.counters
-                        .sourced
-                        .fetch_add(u64::from(urb.length), Ordering::Relaxed);
-                    Ok(Completion::data_in(data))
-                }
-                (EP_SINK, Direction::Out) => {
-                    self.counters
-                        .sunk
-                        .fetch_add(urb.data.len() as u64, Ordering::Relaxed);
-                    Ok(Completion::data_out(urb.data.len()))
-                }
-                (EP_INTERRUPT, Direction::In) => {
-                    // recv() is cancel-safe: a dropped URB takes no report with it.
-                    let mut rx = self.interrupts.lock().await;
-                    match rx.recv().await {
-                        Some(report) => Ok(Completion::data_in_limited(report, urb.length.min(8))),
-                        None => Err(TransferError::Disconnected),
-                    }
-                }
-                (EP_LOOP_OUT, Direction::Out) => {
-                    let len = urb.data.len();
-                    let mut q = self.loopback();
-                    let held: usize = q.iter().map(Vec::len).sum();
-                    if held + len > LOOPBACK_CAPACITY {
-                        return Err(TransferError::Stall);
-                    }
-                    if len > 0 {
-                        q.push_back(urb.data);
-                    }
-                    drop(q);
-                    self.loopback_ready.notify_one();
-                    Ok(Completion::data_out(len))
-                }
-                (EP_LOOP_IN, Direction::In) => self.loopback_in(urb.length).await,
-                _ => Err(TransferError::Stall),
-            }
-        })
+    fn submit(&self, urb: Urb) -> BoxFuture<'_, Completion> {
+        Box::pin(async move { self.transfer(urb).await.into() })
     }
 }
 

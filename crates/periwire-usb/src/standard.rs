@@ -4,7 +4,7 @@
 use std::sync::Mutex;
 
 use crate::descriptor::{kind, DeviceDescriptors};
-use crate::device::{Completion, TransferError, UrbResult};
+use crate::device::{Completion, TransferError};
 use crate::setup::{request, Recipient, RequestKind, SetupPacket};
 
 /// Hub class SET_FEATURE(PORT_RESET) as `usbip-host` sees it when a client resets the port
@@ -92,7 +92,11 @@ impl StandardRequests {
     /// Answers `setup` if it is a standard request this module handles; `None` leaves it to
     /// the device (class and vendor requests, interface-specific descriptors such as the HID
     /// report descriptor).
-    pub fn handle(&self, setup: SetupPacket, _data: &[u8]) -> Option<(UrbResult, StandardEvent)> {
+    pub fn handle(
+        &self,
+        setup: SetupPacket,
+        _data: &[u8],
+    ) -> Option<(Result<Completion, TransferError>, StandardEvent)> {
         if setup.request_type == PORT_RESET_REQUEST_TYPE
             && setup.request == request::SET_FEATURE
             && setup.value == USB_PORT_FEAT_RESET

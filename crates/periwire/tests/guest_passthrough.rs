@@ -648,3 +648,187 @@ fn redirect_hands_a_host_stick_to_a_listening_qemu_usb_redir() {
     );
     guest.wait_success(STEP).expect("scenario succeeds");
 }
+
+/// QEMU's `usb-net` (CDC Ethernet, Netchip's IDs) and `usb-serial` (FTDI), as `VID:PID`.
+const NET_IDS: &str = "0525:a4a2";
+const SERIAL_IDS: &str = "0403:6001";
+
+/// The line the test writes into the serial adapter's chardev, and the one the guest writes
+/// back through the adapter.
+const TO_GUEST_LINE: &str = "periwire-serial-to-guest";
+const FROM_GUEST_LINE: &str = "periwire-serial-from-guest";
+
+/// The queued-URB scenario: a network adapter, a serial adapter and the stick, all imported
+/// through periwire. The network interface behind vhci pings QEMU's user-mode gateway (the
+/// adapter's own netdev), the serial port carries a line each way to the test, and the disk
+/// is reset (SCSI device reset: usb-storage's Bulk-Only reset and CLEAR_FEATURE(HALT) on both
+/// bulk endpoints) while a read runs, then reads back what was written.
+fn queued_scenario() -> String {
+    format!(
+        r#"{GUEST_WAIT_HELPERS}{GUEST_USB_HELPERS}{HELPERS}
+        STICK_IDS={STICK_IDS}
+        # net_at PATTERN: the network interface whose device's sysfs path contains PATTERN.
+        net_at() {{
+            for n in /sys/class/net/*; do
+                case "$(readlink -f "$n/device" 2>/dev/null)" in *"$1"*) echo "${{n##*/}}"; return 0 ;; esac
+            done
+            return 1
+        }}
+        # tty_at PATTERN: the USB serial tty whose sysfs path contains PATTERN.
+        tty_at() {{
+            for t in /sys/bus/usb-serial/devices/*; do
+                case "$(readlink -f "$t")" in *"$1"*) echo "${{t##*/}}"; return 0 ;; esac
+            done
+            return 1
+        }}
+        find_stick
+        wait_until 60 "the usb-net adapter" usb_device {NET_IDS}
+        net=$(usb_device {NET_IDS})
+        wait_until 60 "the FTDI adapter" usb_device {SERIAL_IDS}
+        ser=$(usb_device {SERIAL_IDS})
+        serve "$stick" "$net" "$ser"
+        mark SERVING
+
+        # The network adapter: its bulk IN has many URBs queued by cdc_ether.
+        timeout 60 usbip attach -r 127.0.0.1 -b "$net"
+        wait_until 90 "the imported network interface" net_at vhci_hcd
+        nif=$(net_at vhci_hcd)
+        ip link set "$nif" up
+        ip addr add 10.0.2.15/24 dev "$nif"
+        ping -c 20 -s 1400 -W 10 10.0.2.2 >/tmp/ping 2>&1 || true
+        sed 's/^/PING /' /tmp/ping
+        mark NET if=$nif received=$(sed -n 's/.* \([0-9]*\) packets received.*/\1/p' /tmp/ping)
+
+        # The serial adapter: a line from the test, one back.
+        timeout 60 usbip attach -r 127.0.0.1 -b "$ser"
+        wait_until 90 "the imported serial port" tty_at vhci_hcd
+        tty=/dev/$(tty_at vhci_hcd)
+        exec 4<>"$tty"
+        stty -F "$tty" raw -echo 115200
+        mark SERIAL-READY tty=$tty
+        got=$(timeout 60 head -n 1 <&4)
+        mark FROM-HOST line=$got
+        printf '{FROM_GUEST_LINE}\n' >&4
+        read -r _
+        exec 4<&-
+
+        # The stick: written, reset while a read runs, read back.
+        import_stick
+        mount -t vfat /dev/$vdisk /mnt
+        dd if=/dev/urandom of=/mnt/NEW.BIN bs=1k count=2000 2>/dev/null
+        mark NEW $(sha256sum /mnt/NEW.BIN)
+        umount /mnt
+        dd if=/dev/$vdisk of=/dev/null bs=64k 2>/dev/null &
+        reader=$!
+        sg_reset -d /dev/$vdisk
+        mark RESET status=$?
+        wait $reader
+        mark READER status=$?
+        echo 3 >/proc/sys/vm/drop_caches
+        mount -t vfat /dev/$vdisk /mnt
+        mark AFTER $(sha256sum /mnt/NEW.BIN)
+        umount /mnt
+        stop_server
+        "#
+    )
+}
+
+#[test]
+fn host_network_serial_and_reset_stick_pass_through_with_queued_urbs() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let image = stick_image(dir.path());
+    let serial_path = dir.path().join("serial.sock");
+    let config = xhci_stick_guest(
+        queued_scenario(),
+        &image,
+        &[
+            "-device",
+            "usb-storage,bus=xhci.0,drive=stick",
+            "-netdev",
+            "user,id=usbnet,restrict=on",
+            "-device",
+            "usb-net,bus=xhci.0,netdev=usbnet",
+            "-chardev",
+            &format!(
+                "socket,id=ftdi,path={},server=on,wait=off",
+                serial_path.display()
+            ),
+            "-device",
+            "usb-serial,bus=xhci.0,chardev=ftdi",
+        ],
+    )
+    .modules(["usbnet", "cdc_ether", "usbserial", "ftdi_sio"]);
+    let mut guest = Guest::boot(config).expect("boot");
+    // QEMU plugs the FTDI adapter in only once its chardev has a peer: connect as soon as
+    // QEMU listens.
+    let started = Instant::now();
+    let mut serial = loop {
+        match std::os::unix::net::UnixStream::connect(&serial_path) {
+            Ok(s) => break s,
+            Err(e) if started.elapsed() > Duration::from_secs(60) => {
+                panic!("QEMU's chardev for the FTDI adapter: {e}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    expect(&mut guest, "SERVING");
+
+    let net = expect(&mut guest, "NET ");
+    let received: u32 = field(&net, "received").parse().unwrap_or(0);
+    assert!(
+        received >= 18,
+        "pings of QEMU's gateway come back through the usb-net adapter behind vhci: {net}\n{}\n{}",
+        prefixed_lines(guest.transcript(), "PING ").join("\n"),
+        serve_log(&guest)
+    );
+
+    expect(&mut guest, "SERIAL-READY ");
+    serial.set_read_timeout(Some(STEP)).expect("read timeout");
+    use std::io::Write;
+    serial
+        .write_all(format!("{TO_GUEST_LINE}\n").as_bytes())
+        .expect("write to the adapter");
+    let from_host = expect(&mut guest, "FROM-HOST ");
+    assert_eq!(
+        field(&from_host, "line"),
+        TO_GUEST_LINE,
+        "bytes written into the FTDI adapter reach the tty behind vhci"
+    );
+    let mut got = Vec::new();
+    let mut byte = [0u8; 256];
+    while !String::from_utf8_lossy(&got).contains(FROM_GUEST_LINE) {
+        let n = serial.read(&mut byte).unwrap_or_else(|e| {
+            panic!(
+                "the guest's line through the adapter: {e}; got {:?}\n{}",
+                String::from_utf8_lossy(&got),
+                serve_log(&guest)
+            )
+        });
+        assert!(n > 0, "the chardev closed");
+        got.extend_from_slice(&byte[..n]);
+    }
+    guest.send_line("read").expect("tell the guest");
+
+    let new = expect(&mut guest, "NEW ");
+    let digest = new.split_whitespace().nth(1).expect("digest").to_owned();
+    let reset = expect(&mut guest, "RESET ");
+    assert_eq!(
+        field(&reset, "status"),
+        "0",
+        "sg_reset -d succeeds: {reset}\n{}",
+        serve_log(&guest)
+    );
+    let reader = expect(&mut guest, "READER ");
+    assert_eq!(
+        field(&reader, "status"),
+        "0",
+        "the read across the reset completes: {reader}"
+    );
+    let after = expect(&mut guest, "AFTER ");
+    assert!(
+        after.contains(&digest),
+        "after the reset the disk reads back what was written ({digest}): {after}\n{}",
+        serve_log(&guest)
+    );
+    expect_clean_stop(&mut guest, &[]);
+}

@@ -48,7 +48,7 @@ pub use self::protocol::{
 };
 use crate::descriptor::{DeviceDescriptors, Endpoint, Interface, TransferType};
 use crate::device::{
-    BoxFuture, Completion, DeviceInfo, Direction, Speed, TransferError, Urb, UrbResult, UsbDevice,
+    BoxFuture, Completion, DeviceInfo, Direction, Speed, TransferError, Urb, UsbDevice,
 };
 use crate::standard::{StandardEvent, StandardRequests};
 use crate::SetupPacket;
@@ -225,7 +225,7 @@ impl CdcAcm {
         self.settings().line_coding
     }
 
-    fn control(&self, setup: SetupPacket, data: &[u8]) -> UrbResult {
+    fn control(&self, setup: SetupPacket, data: &[u8]) -> Result<Completion, TransferError> {
         if let Some((result, event)) = self.standard.handle(setup, data) {
             if event == StandardEvent::Reset {
                 self.shared.settings.send_if_modified(|s| {
@@ -266,32 +266,32 @@ impl UsbDevice for CdcAcm {
         self.standard.descriptors().info()
     }
 
-    fn submit(&self, urb: Urb) -> BoxFuture<'_, UrbResult> {
+    fn submit(&self, urb: Urb) -> BoxFuture<'_, Completion> {
         if urb.endpoint == 0 {
             let result = self.control(urb.setup, &urb.data);
-            return Box::pin(std::future::ready(result));
+            return Box::pin(std::future::ready(result.into()));
         }
         let address = urb.endpoint_address();
         if self.standard.descriptors().endpoint(address).is_none()
             || self.standard.is_halted(address)
         {
-            return Box::pin(std::future::ready(Err(TransferError::Stall)));
+            return Box::pin(std::future::ready(TransferError::Stall.into()));
         }
         match (address, urb.direction) {
             (DATA_OUT, Direction::Out) => Box::pin(async move {
                 // With no one reading on the host side the bytes are dropped (Err(Closed)),
                 // as a serial line with nothing attached drops them.
                 let _ = self.shared.to_host.push_whole(&urb.data).await;
-                Ok(Completion::data_out(urb.data.len()))
+                Completion::data_out(urb.data.len())
             }),
             (DATA_IN, Direction::In) => {
                 let max = usize::try_from(urb.length).unwrap_or(usize::MAX);
                 if max == 0 {
-                    return Box::pin(std::future::ready(Ok(Completion::default())));
+                    return Box::pin(std::future::ready(Completion::default()));
                 }
                 Box::pin(async move {
                     match self.shared.to_guest.pop(max).await {
-                        Some(data) => Ok(Completion::data_in(data)),
+                        Some(data) => Completion::data_in(data),
                         // The host side is gone and everything it wrote is delivered.
                         None => std::future::pending().await,
                     }
@@ -299,7 +299,7 @@ impl UsbDevice for CdcAcm {
             }
             // No SERIAL_STATE notifications: the notification URB waits until unlinked.
             (NOTIFY_IN, Direction::In) => Box::pin(std::future::pending()),
-            _ => Box::pin(std::future::ready(Err(TransferError::Stall))),
+            _ => Box::pin(std::future::ready(TransferError::Stall.into())),
         }
     }
 }
@@ -436,19 +436,27 @@ mod tests {
         let (port, link) = CdcAcm::new(CdcAcmConfig::default());
         let run = |raw, data: &[u8]| ready_now(port.submit(control(raw, data)));
         // GET_LINE_CODING before any SET: the configured default, 115200 8N1.
-        let r = run([0xa1, 0x21, 0, 0, 0, 0, 7, 0], &[]).unwrap();
+        let r = run([0xa1, 0x21, 0, 0, 0, 0, 7, 0], &[])
+            .into_result()
+            .unwrap();
         assert_eq!(r.data, [0x00, 0xc2, 0x01, 0x00, 0, 0, 8]);
         // SET_LINE_CODING 9600 8N1 (what Linux cdc_acm sends at probe), read back.
         let line = [0x80, 0x25, 0, 0, 0, 0, 8];
-        let r = run([0x21, 0x20, 0, 0, 0, 0, 7, 0], &line).unwrap();
+        let r = run([0x21, 0x20, 0, 0, 0, 0, 7, 0], &line)
+            .into_result()
+            .unwrap();
         assert_eq!(r.actual_length, 7);
         assert_eq!(link.line_coding().baud_rate, 9600);
         assert_eq!(port.line_coding().baud_rate, 9600);
-        let r = run([0xa1, 0x21, 0, 0, 0, 0, 7, 0], &[]).unwrap();
+        let r = run([0xa1, 0x21, 0, 0, 0, 0, 7, 0], &[])
+            .into_result()
+            .unwrap();
         assert_eq!(r.data, line);
         // SET_CONTROL_LINE_STATE DTR | RTS.
         let mut watch = link.watch_settings();
-        run([0x21, 0x22, 0x03, 0, 0, 0, 0, 0], &[]).unwrap();
+        run([0x21, 0x22, 0x03, 0, 0, 0, 0, 0], &[])
+            .into_result()
+            .unwrap();
         assert!(watch.has_changed().unwrap());
         assert_eq!(
             watch.borrow_and_update().control_lines,
@@ -458,19 +466,25 @@ mod tests {
             }
         );
         // SEND_BREAK on and off.
-        run([0x21, 0x23, 0xff, 0xff, 0, 0, 0, 0], &[]).unwrap();
+        run([0x21, 0x23, 0xff, 0xff, 0, 0, 0, 0], &[])
+            .into_result()
+            .unwrap();
         assert!(link.settings().break_on);
-        run([0x21, 0x23, 0, 0, 0, 0, 0, 0], &[]).unwrap();
+        run([0x21, 0x23, 0, 0, 0, 0, 0, 0], &[])
+            .into_result()
+            .unwrap();
         assert!(!link.settings().break_on);
         assert_eq!(link.settings().breaks, 1);
         // Short line coding, wrong interface, encapsulated commands, vendor: stall.
-        let stall = Err(TransferError::Stall);
+        let stall = Completion::failed(TransferError::Stall);
         assert_eq!(run([0x21, 0x20, 0, 0, 0, 0, 3, 0], &[1, 2, 3]), stall);
         assert_eq!(run([0x21, 0x22, 0x01, 0, 1, 0, 0, 0], &[]), stall);
         assert_eq!(run([0xa1, 0x01, 0, 0, 0, 0, 64, 0], &[]), stall);
         assert_eq!(run([0xc0, 0x01, 0, 0, 0, 0, 64, 0], &[]), stall);
         // SET_CONFIGURATION drops the control lines, keeps the line coding.
-        run([0x00, 0x09, 0x01, 0, 0, 0, 0, 0], &[]).unwrap();
+        run([0x00, 0x09, 0x01, 0, 0, 0, 0, 0], &[])
+            .into_result()
+            .unwrap();
         assert_eq!(link.control_lines(), ControlLineState::default());
         assert_eq!(link.line_coding().baud_rate, 9600);
     }
@@ -482,19 +496,30 @@ mod tests {
         let mut urb = port.submit(urb_in(2, 4));
         assert!(poll_once(&mut urb).await.is_none());
         link.write(b"hello world").await.unwrap();
-        assert_eq!(urb.await.unwrap().data, b"hell", "at most the URB's length");
-        let c = port.submit(urb_in(2, 512)).await.unwrap();
+        assert_eq!(
+            urb.await.into_result().unwrap().data,
+            b"hell",
+            "at most the URB's length"
+        );
+        let c = port.submit(urb_in(2, 512)).await.into_result().unwrap();
         assert_eq!(c.data, b"o world", "the leftover on the next URB");
         assert_eq!(c.actual_length, 7);
         // Guest to host.
-        let c = port.submit(urb_out(2, b"ls -l\n")).await.unwrap();
+        let c = port
+            .submit(urb_out(2, b"ls -l\n"))
+            .await
+            .into_result()
+            .unwrap();
         assert_eq!(c.actual_length, 6);
-        port.submit(urb_out(2, b"pwd\n")).await.unwrap();
+        port.submit(urb_out(2, b"pwd\n"))
+            .await
+            .into_result()
+            .unwrap();
         assert_eq!(link.read().await.unwrap(), b"ls -l\npwd\n");
         // A host read waits for the guest.
         let mut read = Box::pin(link.read());
         assert!(poll_once(&mut read).await.is_none());
-        port.submit(urb_out(2, b"x")).await.unwrap();
+        port.submit(urb_out(2, b"x")).await.into_result().unwrap();
         assert_eq!(read.await.unwrap(), b"x");
     }
 
@@ -506,7 +531,14 @@ mod tests {
         link.write(b"abc").await.unwrap();
         drop(urb); // unlinked after the data came, before it was polled again
         assert_eq!(link.pending_to_guest(), 3);
-        assert_eq!(port.submit(urb_in(2, 512)).await.unwrap().data, b"abc");
+        assert_eq!(
+            port.submit(urb_in(2, 512))
+                .await
+                .into_result()
+                .unwrap()
+                .data,
+            b"abc"
+        );
     }
 
     #[tokio::test]
@@ -516,18 +548,45 @@ mod tests {
         assert!(poll_once(&mut write).await.is_none(), "buffer full: waits");
         assert_eq!(link.pending_to_guest(), 8);
         assert!(poll_once(&mut write).await.is_none(), "still waits");
-        assert_eq!(port.submit(urb_in(2, 512)).await.unwrap().data, b"01234567");
+        assert_eq!(
+            port.submit(urb_in(2, 512))
+                .await
+                .into_result()
+                .unwrap()
+                .data,
+            b"01234567"
+        );
         assert!(poll_once(&mut write).await.is_none());
-        assert_eq!(port.submit(urb_in(2, 3)).await.unwrap().data, b"89a");
-        assert_eq!(port.submit(urb_in(2, 512)).await.unwrap().data, b"bcdef");
+        assert_eq!(
+            port.submit(urb_in(2, 3)).await.into_result().unwrap().data,
+            b"89a"
+        );
+        assert_eq!(
+            port.submit(urb_in(2, 512))
+                .await
+                .into_result()
+                .unwrap()
+                .data,
+            b"bcdef"
+        );
         write.await.unwrap();
-        assert_eq!(port.submit(urb_in(2, 512)).await.unwrap().data, b"!");
+        assert_eq!(
+            port.submit(urb_in(2, 512))
+                .await
+                .into_result()
+                .unwrap()
+                .data,
+            b"!"
+        );
     }
 
     #[tokio::test]
     async fn bulk_out_pends_while_the_host_does_not_read() {
         let (port, link) = small(8);
-        port.submit(urb_out(2, b"aaaaaa")).await.unwrap();
+        port.submit(urb_out(2, b"aaaaaa"))
+            .await
+            .into_result()
+            .unwrap();
         let mut urb = port.submit(urb_out(2, b"bbbbbb"));
         assert!(poll_once(&mut urb).await.is_none(), "no room: NAKed");
         // Unlinking a pending OUT URB queues none of its bytes.
@@ -535,7 +594,7 @@ mod tests {
         let mut urb = port.submit(urb_out(2, b"cccccc"));
         assert!(poll_once(&mut urb).await.is_none());
         assert_eq!(link.read().await.unwrap(), b"aaaaaa");
-        assert_eq!(urb.await.unwrap().actual_length, 6);
+        assert_eq!(urb.await.into_result().unwrap().actual_length, 6);
         assert_eq!(link.read().await.unwrap(), b"cccccc");
     }
 
@@ -547,39 +606,64 @@ mod tests {
         assert!(poll_once(&mut urb).await.is_none());
         assert_eq!(
             port.submit(urb_out(1, b"x")).await,
-            Err(TransferError::Stall)
+            Completion::failed(TransferError::Stall)
         );
-        assert_eq!(port.submit(urb_in(3, 8)).await, Err(TransferError::Stall));
-        assert_eq!(port.submit(urb_in(2, 0)).await.unwrap().actual_length, 0);
+        assert_eq!(
+            port.submit(urb_in(3, 8)).await,
+            Completion::failed(TransferError::Stall)
+        );
+        assert_eq!(
+            port.submit(urb_in(2, 0))
+                .await
+                .into_result()
+                .unwrap()
+                .actual_length,
+            0
+        );
         // A halted bulk endpoint stalls until CLEAR_FEATURE(ENDPOINT_HALT).
-        ready_now(port.submit(control([0x02, 0x03, 0, 0, 0x02, 0, 0, 0], &[]))).unwrap();
+        ready_now(port.submit(control([0x02, 0x03, 0, 0, 0x02, 0, 0, 0], &[])))
+            .into_result()
+            .unwrap();
         assert_eq!(
             port.submit(urb_out(2, b"x")).await,
-            Err(TransferError::Stall)
+            Completion::failed(TransferError::Stall)
         );
-        ready_now(port.submit(control([0x02, 0x01, 0, 0, 0x02, 0, 0, 0], &[]))).unwrap();
-        port.submit(urb_out(2, b"x")).await.unwrap();
+        ready_now(port.submit(control([0x02, 0x01, 0, 0, 0x02, 0, 0, 0], &[])))
+            .into_result()
+            .unwrap();
+        port.submit(urb_out(2, b"x")).await.into_result().unwrap();
     }
 
     #[tokio::test]
     async fn device_keeps_working_without_a_link() {
         let (port, link) = small(4);
         link.write(b"hi").await.unwrap();
-        port.submit(urb_out(2, b"abcd")).await.unwrap();
+        port.submit(urb_out(2, b"abcd"))
+            .await
+            .into_result()
+            .unwrap();
         let mut pending_out = port.submit(urb_out(2, b"efgh"));
         assert!(poll_once(&mut pending_out).await.is_none());
         drop(link);
         // The waiting OUT URB and later ones complete; their bytes are discarded.
-        assert_eq!(pending_out.await.unwrap().actual_length, 4);
+        assert_eq!(pending_out.await.into_result().unwrap().actual_length, 4);
         assert_eq!(
             port.submit(urb_out(2, &[0; 100]))
                 .await
+                .into_result()
                 .unwrap()
                 .actual_length,
             100
         );
         // What the host wrote before leaving is still delivered; then IN pends.
-        assert_eq!(port.submit(urb_in(2, 512)).await.unwrap().data, b"hi");
+        assert_eq!(
+            port.submit(urb_in(2, 512))
+                .await
+                .into_result()
+                .unwrap()
+                .data,
+            b"hi"
+        );
         let mut urb = port.submit(urb_in(2, 512));
         assert!(poll_once(&mut urb).await.is_none());
     }
@@ -587,7 +671,7 @@ mod tests {
     #[tokio::test]
     async fn link_fails_once_the_device_is_gone() {
         let (port, link) = small(4);
-        port.submit(urb_out(2, b"bye")).await.unwrap();
+        port.submit(urb_out(2, b"bye")).await.into_result().unwrap();
         link.write(b"1234").await.unwrap();
         let mut write = Box::pin(link.write(b"5"));
         assert!(poll_once(&mut write).await.is_none());

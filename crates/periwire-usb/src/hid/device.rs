@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 use super::class::{ControlReply, HidInterfaceState, HidRequest, Protocol, ReportType};
 use super::InputError;
 use crate::descriptor::{kind, DeviceDescriptors, Endpoint, Interface, TransferType};
-use crate::device::{BoxFuture, Completion, DeviceInfo, Speed, TransferError, Urb, UrbResult};
+use crate::device::{BoxFuture, Completion, DeviceInfo, Speed, TransferError, Urb};
 use crate::standard::{StandardEvent, StandardRequests};
 use crate::SetupPacket;
 
@@ -134,7 +134,11 @@ impl<F: BootFunction> Inner<F> {
     /// Takes the next report for an interrupt IN URB of `length` bytes at time `now`; `None`
     /// when none is queued. A report longer than the URB is dropped with an overflow, as a
     /// host controller reports babble.
-    pub(crate) fn take_report(&mut self, length: u32, now: Instant) -> Option<UrbResult> {
+    pub(crate) fn take_report(
+        &mut self,
+        length: u32,
+        now: Instant,
+    ) -> Option<Result<Completion, TransferError>> {
         let report = self.queue.pop_front()?;
         self.last_report = Some(now);
         let bytes = F::encode(&report, self.hid.protocol);
@@ -334,16 +338,16 @@ impl<F: BootFunction> HidDevice<F> {
         self.shared.detach();
     }
 
-    pub(crate) fn submit(&self, urb: Urb) -> BoxFuture<'_, UrbResult> {
+    pub(crate) fn submit(&self, urb: Urb) -> BoxFuture<'_, Completion> {
         if urb.endpoint == 0 {
             let result = self.control(urb.setup, &urb.data);
-            return Box::pin(std::future::ready(result));
+            return Box::pin(std::future::ready(result.into()));
         }
         if urb.endpoint_address() != INTERRUPT_IN || self.standard.is_halted(INTERRUPT_IN) {
-            return Box::pin(std::future::ready(Err(TransferError::Stall)));
+            return Box::pin(std::future::ready(TransferError::Stall.into()));
         }
         if urb.length == 0 {
-            return Box::pin(std::future::ready(Ok(Completion::default())));
+            return Box::pin(std::future::ready(Completion::default()));
         }
         // Pends until a report is queued and the polling interval has passed; the report
         // leaves the queue only in the poll that completes the URB, so unlinking (dropping)
@@ -358,10 +362,11 @@ impl<F: BootFunction> HidDevice<F> {
             shared
                 .wait(move |inner| inner.take_report(length, Instant::now()))
                 .await
+                .into()
         })
     }
 
-    fn control(&self, setup: SetupPacket, data: &[u8]) -> UrbResult {
+    fn control(&self, setup: SetupPacket, data: &[u8]) -> Result<Completion, TransferError> {
         if let Some((result, event)) = self.standard.handle(setup, data) {
             if event == StandardEvent::Reset {
                 self.shared.lock().reset();
@@ -426,7 +431,7 @@ macro_rules! boot_device_wrapper {
                 self.device.info()
             }
 
-            fn submit(&self, urb: $crate::Urb) -> $crate::BoxFuture<'_, $crate::UrbResult> {
+            fn submit(&self, urb: $crate::Urb) -> $crate::BoxFuture<'_, $crate::Completion> {
                 self.device.submit(urb)
             }
 

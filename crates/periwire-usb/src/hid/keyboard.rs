@@ -576,53 +576,83 @@ mod tests {
         let (kb, h) = Keyboard::new();
         let run = |raw, data: &[u8]| ready_now(kb.submit(control(raw, data)));
         // Report descriptor, cut to wLength.
-        let r = run([0x81, 0x06, 0x00, 0x22, 0x00, 0x00, 0xff, 0x00], &[]).unwrap();
+        let r = run([0x81, 0x06, 0x00, 0x22, 0x00, 0x00, 0xff, 0x00], &[])
+            .into_result()
+            .unwrap();
         assert_eq!(r.data, KEYBOARD_REPORT_DESCRIPTOR);
-        let r = run([0x81, 0x06, 0x00, 0x22, 0x00, 0x00, 0x10, 0x00], &[]).unwrap();
+        let r = run([0x81, 0x06, 0x00, 0x22, 0x00, 0x00, 0x10, 0x00], &[])
+            .into_result()
+            .unwrap();
         assert_eq!(r.data.len(), 16);
         // HID descriptor.
-        let r = run([0x81, 0x06, 0x00, 0x21, 0x00, 0x00, 0x09, 0x00], &[]).unwrap();
+        let r = run([0x81, 0x06, 0x00, 0x21, 0x00, 0x00, 0x09, 0x00], &[])
+            .into_result()
+            .unwrap();
         assert_eq!(r.data, [9, 0x21, 0x11, 0x01, 0, 1, 0x22, 63, 0]);
         // Physical descriptor: none.
         let r = run([0x81, 0x06, 0x00, 0x23, 0x00, 0x00, 0x09, 0x00], &[]);
-        assert_eq!(r, Err(TransferError::Stall));
+        assert_eq!(r, crate::Completion::failed(TransferError::Stall));
         // SET_REPORT(Output): Caps Lock on.
-        let r = run([0x21, 0x09, 0x00, 0x02, 0x00, 0x00, 0x01, 0x00], &[0x02]).unwrap();
+        let r = run([0x21, 0x09, 0x00, 0x02, 0x00, 0x00, 0x01, 0x00], &[0x02])
+            .into_result()
+            .unwrap();
         assert_eq!(r.actual_length, 1);
         assert!(h.leds().caps_lock());
         assert!(!h.leds().num_lock());
         // GET_REPORT(Output) and GET_REPORT(Input).
-        let r = run([0xa1, 0x01, 0x00, 0x02, 0x00, 0x00, 0x01, 0x00], &[]).unwrap();
+        let r = run([0xa1, 0x01, 0x00, 0x02, 0x00, 0x00, 0x01, 0x00], &[])
+            .into_result()
+            .unwrap();
         assert_eq!(r.data, [0x02]);
-        let r = run([0xa1, 0x01, 0x00, 0x01, 0x00, 0x00, 0x08, 0x00], &[]).unwrap();
+        let r = run([0xa1, 0x01, 0x00, 0x01, 0x00, 0x00, 0x08, 0x00], &[])
+            .into_result()
+            .unwrap();
         assert_eq!(r.data, [0; 8]);
         // GET_REPORT(Feature): none. SET_REPORT with no data: stall.
         let r = run([0xa1, 0x01, 0x00, 0x03, 0x00, 0x00, 0x08, 0x00], &[]);
-        assert_eq!(r, Err(TransferError::Stall));
+        assert_eq!(r, crate::Completion::failed(TransferError::Stall));
         let r = run([0x21, 0x09, 0x00, 0x02, 0x00, 0x00, 0x00, 0x00], &[]);
-        assert_eq!(r, Err(TransferError::Stall));
+        assert_eq!(r, crate::Completion::failed(TransferError::Stall));
         // Idle: 500 ms by default, then SET_IDLE(0).
-        let r = run([0xa1, 0x02, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00], &[]).unwrap();
+        let r = run([0xa1, 0x02, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00], &[])
+            .into_result()
+            .unwrap();
         assert_eq!(r.data, [125]);
-        run([0x21, 0x0a, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00], &[]).unwrap();
-        let r = run([0xa1, 0x02, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00], &[]).unwrap();
+        run([0x21, 0x0a, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00], &[])
+            .into_result()
+            .unwrap();
+        let r = run([0xa1, 0x02, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00], &[])
+            .into_result()
+            .unwrap();
         assert_eq!(r.data, [0]);
         // Protocol: report, then boot.
-        let r = run([0xa1, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00], &[]).unwrap();
+        let r = run([0xa1, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00], &[])
+            .into_result()
+            .unwrap();
         assert_eq!(r.data, [1]);
-        run([0x21, 0x0b, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00], &[]).unwrap();
-        let r = run([0xa1, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00], &[]).unwrap();
+        run([0x21, 0x0b, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00], &[])
+            .into_result()
+            .unwrap();
+        let r = run([0xa1, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00], &[])
+            .into_result()
+            .unwrap();
         assert_eq!(r.data, [0]);
         // Requests to interface 1 (which does not exist) stall.
         let r = run([0xa1, 0x03, 0x00, 0x00, 0x01, 0x00, 0x01, 0x00], &[]);
-        assert_eq!(r, Err(TransferError::Stall));
+        assert_eq!(r, crate::Completion::failed(TransferError::Stall));
         // SET_CONFIGURATION resets protocol, idle and LEDs.
-        run([0x00, 0x09, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00], &[]).unwrap();
-        let r = run([0xa1, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00], &[]).unwrap();
+        run([0x00, 0x09, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00], &[])
+            .into_result()
+            .unwrap();
+        let r = run([0xa1, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00], &[])
+            .into_result()
+            .unwrap();
         assert_eq!(r.data, [1]);
         assert_eq!(h.leds(), Leds(0));
         // Standard requests still reach the shared handler.
-        let r = run([0x80, 0x06, 0x00, 0x01, 0x00, 0x00, 0x12, 0x00], &[]).unwrap();
+        let r = run([0x80, 0x06, 0x00, 0x01, 0x00, 0x00, 0x12, 0x00], &[])
+            .into_result()
+            .unwrap();
         assert_eq!(r.data.len(), 18);
     }
 
@@ -633,12 +663,12 @@ mod tests {
         assert!(poll_once(&mut urb).await.is_none(), "no key yet: pends");
         assert!(poll_once(&mut urb).await.is_none(), "still pends");
         h.type_text("hi").await.unwrap();
-        let c = urb.await.unwrap();
+        let c = urb.await.into_result().unwrap();
         assert_eq!(c.data, [0, 0, 0x0b, 0, 0, 0, 0, 0]); // h
         assert_eq!(c.actual_length, 8);
         let mut rest = vec![];
         for _ in 0..3 {
-            rest.push(kb.submit(urb_in(1, 64)).await.unwrap().data);
+            rest.push(kb.submit(urb_in(1, 64)).await.into_result().unwrap().data);
         }
         assert_eq!(rest[1], [0, 0, 0x0c, 0, 0, 0, 0, 0]); // i
         assert_eq!(rest[2], [0; 8]);
@@ -651,7 +681,7 @@ mod tests {
     async fn reports_are_at_least_one_polling_interval_apart() {
         let (kb, h) = Keyboard::new();
         h.type_text("ab").await.unwrap();
-        let first = kb.submit(urb_in(1, 8)).await.unwrap();
+        let first = kb.submit(urb_in(1, 8)).await.into_result().unwrap();
         assert_eq!(first.data, [0, 0, 0x04, 0, 0, 0, 0, 0]); // a
         let mut second = kb.submit(urb_in(1, 8));
         assert!(poll_once(&mut second).await.is_none(), "too soon after 'a'");
@@ -659,7 +689,7 @@ mod tests {
         assert!(poll_once(&mut second).await.is_none(), "still too soon");
         assert_eq!(h.queued(), 3, "the waiting URB holds no report");
         tokio::time::advance(Duration::from_millis(1)).await;
-        assert_eq!(second.await.unwrap().data, [0; 8]);
+        assert_eq!(second.await.into_result().unwrap().data, [0; 8]);
     }
 
     #[tokio::test]
@@ -671,7 +701,7 @@ mod tests {
         assert_eq!(h.queued(), 0);
         h.drained().await.unwrap();
         h.type_text("d").await.unwrap();
-        let c = kb.submit(urb_in(1, 8)).await.unwrap();
+        let c = kb.submit(urb_in(1, 8)).await.into_result().unwrap();
         assert_eq!(c.data, [0, 0, 0x07, 0, 0, 0, 0, 0]); // d, not a
     }
 
@@ -690,9 +720,9 @@ mod tests {
         // Dropped without ever being polled.
         drop(kb.submit(urb_in(1, 8)));
         assert_eq!(h.queued(), 2);
-        let c = kb.submit(urb_in(1, 8)).await.unwrap();
+        let c = kb.submit(urb_in(1, 8)).await.into_result().unwrap();
         assert_eq!(c.data, [0x01, 0, 0x28, 0, 0, 0, 0, 0]);
-        let c = kb.submit(urb_in(1, 8)).await.unwrap();
+        let c = kb.submit(urb_in(1, 8)).await.into_result().unwrap();
         assert_eq!(c.data, [0; 8]);
     }
 
@@ -715,14 +745,14 @@ mod tests {
         let mut typing = Box::pin(h.type_text("bc"));
         assert!(poll_once(&mut typing).await.is_none(), "waits for room");
         // The host takes one report: still no room for a press + release.
-        kb.submit(urb_in(1, 8)).await.unwrap();
+        kb.submit(urb_in(1, 8)).await.into_result().unwrap();
         assert!(poll_once(&mut typing).await.is_none());
-        kb.submit(urb_in(1, 8)).await.unwrap();
+        kb.submit(urb_in(1, 8)).await.into_result().unwrap();
         // Room for 'b' but not yet for 'c'.
         assert!(poll_once(&mut typing).await.is_none());
         assert_eq!(h.queued(), QUEUE_CAPACITY);
         for _ in 0..2 {
-            kb.submit(urb_in(1, 8)).await.unwrap();
+            kb.submit(urb_in(1, 8)).await.into_result().unwrap();
         }
         typing.await.unwrap();
         assert_eq!(h.queued(), QUEUE_CAPACITY);
@@ -763,6 +793,7 @@ mod tests {
             &[0x03],
         ))
         .await
+        .into_result()
         .unwrap();
         let leds = waiting.await.unwrap();
         assert!(leds.caps_lock() && leds.num_lock());
@@ -782,9 +813,15 @@ mod tests {
         h.send(KeyboardReport::key(Modifiers::NONE, key::F1))
             .await
             .unwrap();
-        assert_eq!(kb.submit(urb_in(1, 4)).await, Err(TransferError::Overflow));
+        assert_eq!(
+            kb.submit(urb_in(1, 4)).await,
+            crate::Completion::failed(TransferError::Overflow)
+        );
         // Wrong endpoints stall.
-        assert_eq!(kb.submit(urb_in(2, 8)).await, Err(TransferError::Stall));
+        assert_eq!(
+            kb.submit(urb_in(2, 8)).await,
+            crate::Completion::failed(TransferError::Stall)
+        );
     }
 
     impl Keyboard {

@@ -298,6 +298,7 @@ mod tests {
             [0x81, 0x06, 0x00, 0x22, 0x00, 0x00, 0x40, 0x00],
             &[],
         )))
+        .into_result()
         .unwrap();
         assert_eq!(r.data, MOUSE_REPORT_DESCRIPTOR);
     }
@@ -338,7 +339,7 @@ mod tests {
     }
 
     async fn next(mouse: &Mouse) -> Vec<u8> {
-        mouse.submit(urb_in(1, 4)).await.unwrap().data
+        mouse.submit(urb_in(1, 4)).await.into_result().unwrap().data
     }
 
     #[tokio::test]
@@ -347,7 +348,7 @@ mod tests {
         let mut urb = mouse.submit(urb_in(1, 4));
         assert!(poll_once(&mut urb).await.is_none());
         h.move_by(300, -200).await.unwrap();
-        assert_eq!(urb.await.unwrap().data, [0, 127, 0x81, 0]); // -127
+        assert_eq!(urb.await.into_result().unwrap().data, [0, 127, 0x81, 0]); // -127
         assert_eq!(next(&mouse).await, [0, 127, 0xb7, 0]); // -73
         assert_eq!(next(&mouse).await, [0, 46, 0, 0]);
         assert_eq!(h.queued(), 0);
@@ -369,6 +370,7 @@ mod tests {
             [0xa1, 0x01, 0x00, 0x01, 0x00, 0x00, 0x04, 0x00],
             &[],
         )))
+        .into_result()
         .unwrap();
         assert_eq!(r.data, [1, 0, 0, 0]);
         assert_eq!(next(&mouse).await, [1, 1, 1, 0]);
@@ -378,6 +380,7 @@ mod tests {
             [0x21, 0x0b, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00],
             &[],
         )))
+        .into_result()
         .unwrap();
         assert_eq!(next(&mouse).await, [0, 0, 0]);
         h.drained().await.unwrap();
@@ -386,6 +389,6 @@ mod tests {
             [0x21, 0x09, 0x00, 0x02, 0x00, 0x00, 0x01, 0x00],
             &[1],
         )));
-        assert_eq!(r, Err(crate::TransferError::Stall));
+        assert_eq!(r, crate::Completion::failed(crate::TransferError::Stall));
     }
 }

@@ -19,7 +19,7 @@
 //!   (Linux only ever gets short data on small single-buffer commands — MODE SENSE 192,
 //!   REQUEST SENSE 96, VPD pages — which travel as one URB. A host that split such a phase
 //!   over several URBs with `URB_SHORT_NOT_OK` would expect the short one to fail with
-//!   EREMOTEIO, which a `UrbResult` cannot say together with data.)
+//!   EREMOTEIO, which the session now reports with the data: see `Completion::short_not_ok`.)
 //! - the host sends more than the device wants (cases 9, 11): the rest is accepted and
 //!   discarded (§6.7.3 recommends it); the CSW carries the residue.
 //! - the device would move more than the host asked, or the other way (cases 2, 3, 7, 8, 10,

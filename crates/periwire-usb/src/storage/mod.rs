@@ -36,7 +36,7 @@ pub use scsi::{DataTransfer, Identity, LogicalUnit, SenseData};
 pub use store::{BlockStore, FileStore, MemoryStore, BLOCK_SIZE};
 
 use crate::descriptor::{DeviceDescriptors, Endpoint, Interface, TransferType};
-use crate::device::{BoxFuture, Completion, DeviceInfo, Speed, TransferError, Urb, UrbResult};
+use crate::device::{BoxFuture, Completion, DeviceInfo, Speed, TransferError, Urb};
 use crate::setup::{Recipient, RequestKind, SetupPacket};
 use crate::standard::{StandardEvent, StandardRequests};
 use crate::{AttachError, UsbDevice};
@@ -228,7 +228,7 @@ impl<S: BlockStore> MassStorage<S> {
         }
     }
 
-    fn control(&self, urb: &Urb) -> UrbResult {
+    fn control(&self, urb: &Urb) -> Result<Completion, TransferError> {
         let setup = urb.setup;
         let result = if let Some((result, event)) = self.standard.handle(setup, &urb.data) {
             if event == StandardEvent::Reset {
@@ -244,7 +244,7 @@ impl<S: BlockStore> MassStorage<S> {
     }
 
     /// The class requests of BOT 1.0 §3.
-    fn class_request(&self, setup: SetupPacket) -> UrbResult {
+    fn class_request(&self, setup: SetupPacket) -> Result<Completion, TransferError> {
         let to_us = setup.kind() == RequestKind::Class
             && setup.recipient() == Recipient::Interface
             && setup.index == u16::from(INTERFACE_NUMBER)
@@ -267,7 +267,7 @@ impl<S: BlockStore> MassStorage<S> {
         }
     }
 
-    fn bulk_out(&self, urb: &Urb) -> UrbResult {
+    fn bulk_out(&self, urb: &Urb) -> Result<Completion, TransferError> {
         if self.standard.is_halted(BULK_OUT_ENDPOINT) {
             return Err(TransferError::Stall);
         }
@@ -290,7 +290,7 @@ impl<S: BlockStore> MassStorage<S> {
         }
     }
 
-    async fn bulk_in(&self, urb: &Urb) -> UrbResult {
+    async fn bulk_in(&self, urb: &Urb) -> Result<Completion, TransferError> {
         let max_len = usize::try_from(urb.length).unwrap_or(usize::MAX);
         loop {
             if self.standard.is_halted(BULK_IN_ENDPOINT) {
@@ -319,9 +319,9 @@ impl<S: BlockStore + Send + 'static> UsbDevice for MassStorage<S> {
         self.standard.descriptors().info()
     }
 
-    fn submit(&self, urb: Urb) -> BoxFuture<'_, UrbResult> {
+    fn submit(&self, urb: Urb) -> BoxFuture<'_, Completion> {
         Box::pin(async move {
-            match urb.endpoint_address() {
+            let result = match urb.endpoint_address() {
                 _ if urb.endpoint == 0 => self.control(&urb),
                 BULK_OUT_ENDPOINT => self.bulk_out(&urb),
                 BULK_IN_ENDPOINT => self.bulk_in(&urb).await,
@@ -332,7 +332,8 @@ impl<S: BlockStore + Send + 'static> UsbDevice for MassStorage<S> {
                     );
                     Err(TransferError::Stall)
                 }
-            }
+            };
+            result.into()
         })
     }
 

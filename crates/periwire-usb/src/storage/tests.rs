@@ -627,7 +627,7 @@ fn cbw_bytes(tag: u32, cdb: &[u8], data_in: bool, length: u32) -> Vec<u8> {
 }
 
 async fn csw_of(dev: &MassStorage, tag: u32) -> CommandStatusWrapper {
-    let c = dev.submit(urb_in(1, 13)).await.unwrap();
+    let c = dev.submit(urb_in(1, 13)).await.into_result().unwrap();
     let csw = CommandStatusWrapper::parse(&c.data).unwrap();
     assert_eq!(csw.tag, tag);
     csw
@@ -670,7 +670,11 @@ async fn commands_through_urbs_reach_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let dev = open(&dir, false);
     dev.attached().unwrap();
-    let lun = dev.submit(control(GET_MAX_LUN)).await.unwrap();
+    let lun = dev
+        .submit(control(GET_MAX_LUN))
+        .await
+        .into_result()
+        .unwrap();
     assert_eq!(lun.data, vec![0]);
 
     // WRITE(10) of 2 blocks at LBA 7, in two URBs.
@@ -678,10 +682,15 @@ async fn commands_through_urbs_reach_the_file() {
     let c = dev
         .submit(urb_out(2, cbw_bytes(1, &cdb10(0x2a, 7, 2), false, 1024)))
         .await
+        .into_result()
         .unwrap();
     assert_eq!(c.actual_length, 31);
     for half in payload.chunks(600) {
-        let c = dev.submit(urb_out(2, half.to_vec())).await.unwrap();
+        let c = dev
+            .submit(urb_out(2, half.to_vec()))
+            .await
+            .into_result()
+            .unwrap();
         assert_eq!(c.actual_length as usize, half.len());
     }
     assert_eq!(status(csw_of(&dev, 1).await), passed(0));
@@ -692,8 +701,9 @@ async fn commands_through_urbs_reach_the_file() {
     // Read it back.
     dev.submit(urb_out(2, cbw_bytes(2, &cdb10(0x28, 7, 2), true, 1024)))
         .await
+        .into_result()
         .unwrap();
-    let c = dev.submit(urb_in(1, 1024)).await.unwrap();
+    let c = dev.submit(urb_in(1, 1024)).await.into_result().unwrap();
     assert_eq!(c.data, payload);
     assert_eq!(status(csw_of(&dev, 2).await), passed(0));
 
@@ -703,6 +713,7 @@ async fn commands_through_urbs_reach_the_file() {
         cbw_bytes(3, &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], false, 0),
     ))
     .await
+    .into_result()
     .unwrap();
     assert_eq!(status(csw_of(&dev, 3).await), passed(0));
     dev.detached();
@@ -718,7 +729,7 @@ async fn bulk_in_waits_for_the_command() {
         dev.submit(urb_out(2, cbw_bytes(9, &[0x12, 0, 0, 0, 36, 0], true, 36)))
             .await
     });
-    assert_eq!(data.unwrap().data.len(), 36);
+    assert_eq!(data.into_result().unwrap().data.len(), 36);
     assert_eq!(status(csw_of(&dev, 9).await), passed(0));
 
     // A pending bulk IN that is dropped (unlinked) loses nothing.
@@ -727,6 +738,7 @@ async fn bulk_in_waits_for_the_command() {
     assert!(timeout.is_err(), "no CBW, so the bulk IN stays pending");
     dev.submit(urb_out(2, cbw_bytes(10, &[0; 6], false, 0)))
         .await
+        .into_result()
         .unwrap();
     assert_eq!(status(csw_of(&dev, 10).await), passed(0));
 }
@@ -737,40 +749,54 @@ async fn reset_recovery_after_an_invalid_cbw() {
     let dev = open(&dir, false);
     let ok = dev.submit(urb_out(2, vec![0; 31])).await;
     assert!(ok.is_ok(), "the bad CBW itself is taken");
-    assert_eq!(dev.submit(urb_in(1, 13)).await, Err(TransferError::Stall));
+    assert_eq!(
+        dev.submit(urb_in(1, 13)).await,
+        Completion::failed(TransferError::Stall)
+    );
     assert_eq!(
         dev.submit(urb_out(2, cbw_bytes(1, &[0; 6], false, 0)))
             .await,
-        Err(TransferError::Stall)
+        Completion::failed(TransferError::Stall)
     );
     // GET_STATUS shows the halt.
     let st = dev
         .submit(control([0x82, request::GET_STATUS, 0, 0, 0x81, 0, 2, 0]))
         .await
+        .into_result()
         .unwrap();
     assert_eq!(st.data, vec![1, 0]);
     // Clearing the halts alone is not enough (BOT §6.6.1).
     for ep in [0x81, 0x02] {
-        dev.submit(control(clear_halt(ep))).await.unwrap();
+        dev.submit(control(clear_halt(ep)))
+            .await
+            .into_result()
+            .unwrap();
     }
     assert_eq!(
         dev.submit(urb_out(2, cbw_bytes(1, &[0; 6], false, 0)))
             .await,
-        Err(TransferError::Stall)
+        Completion::failed(TransferError::Stall)
     );
     // Reset Recovery as usb-storage does it: class reset, then clear both halts.
-    dev.submit(control(BULK_ONLY_RESET)).await.unwrap();
+    dev.submit(control(BULK_ONLY_RESET))
+        .await
+        .into_result()
+        .unwrap();
     for ep in [0x81, 0x02] {
-        dev.submit(control(clear_halt(ep))).await.unwrap();
+        dev.submit(control(clear_halt(ep)))
+            .await
+            .into_result()
+            .unwrap();
     }
     dev.submit(urb_out(2, cbw_bytes(2, &[0; 6], false, 0)))
         .await
+        .into_result()
         .unwrap();
     assert_eq!(status(csw_of(&dev, 2).await), passed(0));
     // Other class requests stall.
     assert_eq!(
         dev.submit(control([0xa1, 0xfc, 0, 0, 0, 0, 1, 0])).await,
-        Err(TransferError::Stall)
+        Completion::failed(TransferError::Stall)
     );
 }
 
@@ -782,13 +808,18 @@ async fn read_only_file() {
     assert!(dev.is_read_only());
     dev.submit(urb_out(2, cbw_bytes(1, &cdb10(0x2a, 0, 1), false, 512)))
         .await
+        .into_result()
         .unwrap();
-    dev.submit(urb_out(2, vec![1; 512])).await.unwrap();
+    dev.submit(urb_out(2, vec![1; 512]))
+        .await
+        .into_result()
+        .unwrap();
     assert_eq!(status(csw_of(&dev, 1).await), (CswStatus::Failed, 512));
     dev.submit(urb_out(2, cbw_bytes(2, &[0x03, 0, 0, 0, 18, 0], true, 18)))
         .await
+        .into_result()
         .unwrap();
-    let sense = dev.submit(urb_in(1, 18)).await.unwrap();
+    let sense = dev.submit(urb_in(1, 18)).await.into_result().unwrap();
     assert_eq!(
         (sense.data[2], sense.data[12], sense.data[13]),
         (0x07, 0x27, 0)
