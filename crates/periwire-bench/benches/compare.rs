@@ -68,7 +68,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut extra = Vec::new();
     if !env_flag("PERIWIRE_BENCH_NO_GUEST") {
-        for path in [GuestPath::Usbip, GuestPath::Usbredir] {
+        for path in [GuestPath::Usbip, GuestPath::UsbipTap, GuestPath::Usbredir] {
             guest_rows(path, guest_plan, &mut extra)?;
         }
     }
@@ -90,6 +90,7 @@ fn guest_rows(
 ) -> Result<(), Box<dyn std::error::Error>> {
     let (what, prefix) = match path {
         GuestPath::Usbip => ("vhci-hcd + usb-storage", "guest"),
+        GuestPath::UsbipTap => ("vhci-hcd + usb-storage, TAP network", "guest tap"),
         GuestPath::Usbredir => ("QEMU usb-redir on xHCI + usb-storage", "guest usb-redir"),
     };
     eprintln!("periwire-bench: {prefix} (QEMU TCG, {what})...");
@@ -103,14 +104,16 @@ fn guest_rows(
             } else {
                 " (IMAGE CHECK FAILED)"
             };
-            if path == GuestPath::Usbip {
+            let network = match path {
+                GuestPath::Usbip => Some("through the same QEMU user-mode forward"),
+                GuestPath::UsbipTap => Some("over the same TAP link in the bench's namespace"),
+                GuestPath::Usbredir => None,
+            };
+            if let Some(network) = network {
                 extra.push(ExtraRow {
-                    label: "guest ceiling: raw TCP guest → host".into(),
+                    label: format!("{prefix} ceiling: raw TCP guest → host"),
                     cells: vec![mb(g.raw_upload), String::new()],
-                    note: format!(
-                        "busybox nc, {} MiB, through the same QEMU user-mode forward",
-                        guest_plan.upload_mib
-                    ),
+                    note: format!("busybox nc, {} MiB, {network}", guest_plan.upload_mib),
                 });
             }
             extra.push(ExtraRow {
