@@ -380,8 +380,8 @@ fn raw_upload_rate(listener: &std::net::TcpListener) -> std::io::Result<(u64, f6
     Ok((total, total as f64 / secs.max(1e-3)))
 }
 
-/// Seconds between the two `/proc/uptime` stamps of a `MARK t0 t1` line.
-fn seconds(line: &str) -> Result<f64, String> {
+/// Seconds between the two `/proc/uptime` stamps of a `MARK [WORD] t0 t1` line.
+pub(crate) fn seconds(line: &str) -> Result<f64, String> {
     let t: Vec<f64> = line
         .split_whitespace()
         .skip(1)
