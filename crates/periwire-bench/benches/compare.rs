@@ -122,7 +122,10 @@ fn guest_rows(
                     ratio: String::new(),
                     label: format!("{prefix} ceiling: raw TCP guest → host"),
                     cells: vec![mb(g.raw_upload), String::new()],
-                    note: format!("busybox nc, {} MiB, {network}", guest_plan.upload_mib),
+                    note: format!(
+                        "socat, 1 MiB writes, {} MiB, {network}",
+                        guest_plan.upload_mib
+                    ),
                 });
             }
             extra.push(ExtraRow {
@@ -159,17 +162,6 @@ fn guest_rows(
     Ok(())
 }
 
-/// The median of `values` (0 for none).
-fn median(values: &[f64]) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
 /// The passthrough rows: one guest's stick read through periwire and through the kernel's
 /// usbip-host (the second column), and directly.
 fn passthrough_rows(
@@ -185,8 +177,16 @@ fn passthrough_rows(
     let label = format!("guest passthrough: sequential read, {} MiB", plan.mib);
     match passthrough::run(plan, dir.path()) {
         Ok(r) => {
-            let (periwire, kernel, direct) =
-                (median(&r.periwire), median(&r.kernel), median(&r.direct));
+            let (periwire, kernel, direct) = (
+                bench::median(&r.periwire),
+                bench::median(&r.kernel),
+                bench::median(&r.direct),
+            );
+            // Each round's pair is adjacent in time, so its ratio is the least disturbed by
+            // a machine whose load drifts over the run.
+            let ratios: Vec<f64> = (r.periwire.iter().zip(&r.kernel))
+                .map(|(p, k)| p / k.max(1.0))
+                .collect();
             let rounds = |v: &[f64]| {
                 v.iter()
                     .map(|b| format!("{:.0}", b / 1e6))
@@ -199,11 +199,16 @@ fn passthrough_rows(
                     format!("{:.1} MB/s", periwire / 1e6),
                     format!("{:.1} MB/s", kernel / 1e6),
                 ],
-                ratio: format!("{:.2}", periwire / kernel.max(1.0)),
+                ratio: format!("{:.2}", bench::median(&ratios)),
                 note: format!(
                     "second column: the kernel's usbip-host; both via usbip attach + \
-                     vhci-hcd in one guest, dd bs=1M iflag=direct, alternating; rounds \
-                     periwire {} / kernel {} MB/s",
+                     vhci-hcd in one guest, dd bs=1M iflag=direct, alternating; ratio: \
+                     median of the rounds' ({}); rounds periwire {} / kernel {} MB/s",
+                    ratios
+                        .iter()
+                        .map(|x| format!("{x:.2}"))
+                        .collect::<Vec<_>>()
+                        .join(" "),
                     rounds(&r.periwire),
                     rounds(&r.kernel)
                 ),

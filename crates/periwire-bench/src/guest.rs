@@ -2,9 +2,9 @@
 //! periwire's mass-storage device with the stock `usbip` tool, and `vhci-hcd` +
 //! `usb-storage` carry `dd` (sequential, O_DIRECT, 1 MiB blocks) and `ioping` (4 KiB random
 //! reads, O_DIRECT, one at a time — usb-storage's Bulk-Only Transport runs one command at a
-//! time whatever the queue depth) to periwire's server in this process. First, busybox `nc`
-//! sends raw TCP through the same QEMU user-mode forward: the ceiling of the write row (QEMU
-//! hands the guest's TCP payload to its forward one segment at a time).
+//! time whatever the queue depth) to periwire's server in this process. First, `socat` sends
+//! raw TCP over the same network: the ceiling of the write row (on the user-mode network,
+//! QEMU hands the guest's TCP payload to its forward one segment at a time).
 //!
 //! The USB/IP guest runs twice: on QEMU's user-mode network ([`GuestPath::Usbip`]), whose
 //! guest → host TCP is a few MB/s, and on the harness's TAP network in a namespace of the
@@ -168,7 +168,8 @@ const UPLOAD_PORT: u16 = 5001;
 
 /// How the USB/IP guest gets the disk: the raw upload first, then `usbip attach`.
 const USBIP_ATTACH: &str = r#"
-dd if=/dev/zero bs=64k count=$UPLOAD_CHUNKS 2>/dev/null | nc "$PERIWIRE_SERVER" 5001
+dd if=/dev/zero bs=1M count=$UPLOAD_MIB 2>/dev/null |
+    socat -u -b 1048576 STDIN TCP:"$PERIWIRE_SERVER":5001
 mark UPLOADED
 mkdir -p /var/run/vhci_hcd
 usbip attach -r "$PERIWIRE_SERVER" -b 1-1
@@ -271,10 +272,8 @@ pub fn run(plan: GuestPlan, dir: &Path, path: GuestPath) -> Result<GuestResult, 
         GuestPath::Usbredir => ("", ""),
     };
     let scenario = format!(
-        "SEQ_MIB={}\nRANDOM_SECS={}\nUPLOAD_CHUNKS={}\n{attach}{MEASURE}{detach}mark DETACHED\n",
-        plan.seq_mib,
-        plan.random_secs,
-        upload_bytes / (64 * 1024)
+        "SEQ_MIB={}\nRANDOM_SECS={}\nUPLOAD_MIB={}\n{attach}{MEASURE}{detach}mark DETACHED\n",
+        plan.seq_mib, plan.random_secs, plan.upload_mib
     );
     let mut config = GuestConfig::new(scenario).timeout(Duration::from_secs(240));
     let upload_rate = match path {
@@ -301,6 +300,14 @@ pub fn run(plan: GuestPlan, dir: &Path, path: GuestPath) -> Result<GuestResult, 
     };
     for (path, bytes) in binary_with_libs(&ioping).map_err(err("ioping"))? {
         config = config.file(path, 0o755, bytes);
+    }
+    // The raw upload's sender: socat with 1 MiB reads and writes (busybox nc moves a few KiB
+    // per write, which on the TAP link bounds it below the USB/IP rows it should bound).
+    if path != GuestPath::Usbredir {
+        let socat = which("socat").ok_or("socat is missing (scripts/install-test-deps)")?;
+        for (path, bytes) in binary_with_libs(&socat).map_err(err("socat"))? {
+            config = config.file(path, 0o755, bytes);
+        }
     }
     let step = Duration::from_secs(180);
     let outcome = (|| -> Result<GuestResult, String> {

@@ -31,7 +31,7 @@ impl PassthroughPlan {
     pub fn full() -> Self {
         Self {
             mib: 128,
-            rounds: 3,
+            rounds: 5,
         }
     }
 
