@@ -203,14 +203,16 @@ fn passthrough_rows(
                 note: format!(
                     "second column: the kernel's usbip-host; both via usbip attach + \
                      vhci-hcd in one guest, dd bs=1M iflag=direct, alternating; ratio: \
-                     median of the rounds' ({}); rounds periwire {} / kernel {} MB/s",
+                     median of the rounds' ({}); rounds periwire {} / kernel {} MB/s; \
+                     periwire serve on the guest's one CPU {:.0}% of its reads",
                     ratios
                         .iter()
                         .map(|x| format!("{x:.2}"))
                         .collect::<Vec<_>>()
                         .join(" "),
                     rounds(&r.periwire),
-                    rounds(&r.kernel)
+                    rounds(&r.kernel),
+                    100.0 * bench::median(&r.periwire_cpu)
                 ),
             });
             extra.push(ExtraRow {

@@ -50,6 +50,9 @@ pub struct PassthroughResult {
     pub kernel: Vec<f64>,
     /// periwire's passthrough through vhci-hcd.
     pub periwire: Vec<f64>,
+    /// The share of each periwire read's time that `periwire serve` was on the guest's CPU
+    /// (0..1; the guest has one).
+    pub periwire_cpu: Vec<f64>,
 }
 
 /// The periwire binary the guest runs: `$PERIWIRE_BENCH_PERIWIRE`, or `periwire` beside
@@ -109,6 +112,8 @@ timed_read() {
     read -r t1 _ </proc/uptime
     mark READ "$1" "$t0" "$t1"
 }
+# cpu_ticks PID: user + system time of a process, all its threads, in clock ticks (1/100 s).
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 # import PORT: attach the stick from the server on PORT, wait for its disk behind vhci.
 import() {
     timeout 60 usbip --tcp-port "$1" attach -r 127.0.0.1 -b "$stick"
@@ -129,6 +134,7 @@ mkdir -p /tmp/pw
 printf '[[device]]\nkind = "host"\nbusid = "%s"\n' "$stick" >/tmp/pw/periwire.toml
 periwire serve --config /tmp/pw/periwire.toml --data-dir /tmp/pw --listen 127.0.0.1:3241 \
     >/tmp/pw/log 2>&1 &
+server=$!
 until_ok 60 "periwire serve to answer" usbip --tcp-port 3241 list -r 127.0.0.1
 mark READY stick=$stick
 for round in $(seq "$ROUNDS"); do
@@ -140,7 +146,9 @@ for round in $(seq "$ROUNDS"); do
     usbip unbind -b "$stick"
     until_ok 90 "usb-storage to take the stick back from usbip-host" disk_at "/$stick:"
     import 3241
+    c0=$(cpu_ticks "$server")
     timed_read periwire "$(disk_at vhci_hcd)"
+    mark CPU "$(($(cpu_ticks "$server") - c0))"
     release
     until_ok 90 "usb-storage to take the stick back from periwire" disk_at "/$stick:"
 done
@@ -208,6 +216,7 @@ pub fn run(plan: PassthroughPlan, dir: &Path) -> Result<PassthroughResult, Strin
         .map_err(|e| e.to_string())?;
     let bytes = f64::from(plan.mib) * 1024.0 * 1024.0;
     let mut result = PassthroughResult::default();
+    let mut periwire_secs = Vec::new();
     for _ in 0..plan.rounds * 3 {
         let line = guest
             .expect_line("READ ", step)
@@ -222,11 +231,23 @@ pub fn run(plan: PassthroughPlan, dir: &Path) -> Result<PassthroughResult, Strin
         match which.as_str() {
             "direct" => result.direct.push(bytes / secs),
             "kernel" => result.kernel.push(bytes / secs),
-            "periwire" => result.periwire.push(bytes / secs),
+            "periwire" => {
+                result.periwire.push(bytes / secs);
+                periwire_secs.push(secs);
+            }
             _ => return Err(format!("unknown path in {line:?}")),
         }
     }
     guest.expect_line("DONE", step).map_err(|e| e.to_string())?;
+    let ticks = guest
+        .transcript()
+        .iter()
+        .filter_map(|l| l.text.strip_prefix("CPU "))
+        .filter_map(|t| t.trim().parse::<f64>().ok());
+    result.periwire_cpu = ticks
+        .zip(&periwire_secs)
+        .map(|(ticks, secs)| ticks / 100.0 / secs)
+        .collect();
     guest.wait_success(step).map_err(|e| e.to_string())?;
     Ok(result)
 }
