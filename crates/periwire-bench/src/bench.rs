@@ -445,6 +445,8 @@ pub struct ExtraRow {
     pub label: String,
     /// One cell per target.
     pub cells: Vec<String>,
+    /// The ratio column (first cell ÷ second), if the row has one.
+    pub ratio: String,
     /// The last column.
     pub note: String,
 }
@@ -582,7 +584,7 @@ pub fn render(results: &Results, extra: &[ExtraRow]) -> String {
             e.label.clone(),
             e.cells.first().cloned().unwrap_or_default(),
             e.cells.get(1).cloned().unwrap_or_default(),
-            String::new(),
+            e.ratio.clone(),
             String::new(),
             e.note.clone(),
         ]);

@@ -2,9 +2,13 @@
 //! periwire's mass-storage device with the stock `usbip` tool, and `vhci-hcd` +
 //! `usb-storage` carry `dd` (sequential, O_DIRECT, 1 MiB blocks) and `ioping` (4 KiB random
 //! reads, O_DIRECT, one at a time — usb-storage's Bulk-Only Transport runs one command at a
-//! time whatever the queue depth) to periwire's server in this process. First, busybox `nc`
-//! sends raw TCP through the same QEMU user-mode forward: the ceiling of the write row (QEMU
-//! hands the guest's TCP payload to its forward one segment at a time).
+//! time whatever the queue depth) to periwire's server in this process. First, `socat` sends
+//! raw TCP over the same network: the ceiling of the write row (on the user-mode network,
+//! QEMU hands the guest's TCP payload to its forward one segment at a time).
+//!
+//! The USB/IP guest runs twice: on QEMU's user-mode network ([`GuestPath::Usbip`]), whose
+//! guest → host TCP is a few MB/s, and on the harness's TAP network in a namespace of the
+//! bench's ([`GuestPath::UsbipTap`]), where the server binds its socket too.
 //!
 //! The same disk and the same measurements also run through QEMU's own `usb-redir` on an
 //! emulated xHCI ([`GuestPath::Usbredir`]): periwire's usbredir server, no usbip in the guest
@@ -15,7 +19,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use periwire_guest::{Guest, GuestConfig, Kernel, RedirBus};
+use periwire_guest::{Guest, GuestConfig, Kernel, RedirBus, TapNetwork, TAP_HOST_ADDR, USBIP_PORT};
 use periwire_server::usbredir::UsbredirConfig;
 use periwire_server::{serve, Export, Registry, ServerConfig};
 use periwire_usb::storage::{serial_number, MassStorage, StorageConfig};
@@ -62,6 +66,9 @@ impl GuestPlan {
 pub enum GuestPath {
     /// USB/IP through QEMU's user-mode network, `usbip attach`, `vhci-hcd`.
     Usbip,
+    /// The same, on a TAP device in a network namespace the bench creates (QEMU and the
+    /// server's socket inside it).
+    UsbipTap,
     /// QEMU's `usb-redir` on an emulated xHCI, dialling periwire's usbredir listener.
     Usbredir,
 }
@@ -77,8 +84,8 @@ pub struct GuestResult {
     pub iops: f64,
     /// Requests ioping completed.
     pub random_requests: u64,
-    /// Raw TCP from the guest to the host through the same QEMU forward (busybox `nc`),
-    /// bytes per second: the ceiling of the write row (USB/IP only; 0 for usb-redir).
+    /// Raw TCP from the guest to the host over the same network (busybox `nc`), bytes per
+    /// second: the ceiling of the write row (USB/IP only; 0 for usb-redir).
     pub raw_upload: f64,
     /// CPU time periwire's server used while the disk was attached.
     pub server_cpu: Duration,
@@ -129,7 +136,7 @@ fn install_ioping() {
     }
 }
 
-fn which(tool: &str) -> Option<String> {
+pub(crate) fn which(tool: &str) -> Option<String> {
     let out = Command::new("sh")
         .args(["-c", &format!("command -v {tool}")])
         .output()
@@ -139,7 +146,7 @@ fn which(tool: &str) -> Option<String> {
 }
 
 /// A host binary and the shared libraries it loads (as `ldd` lists them), as guest files.
-fn binary_with_libs(path: &str) -> std::io::Result<Vec<(String, Vec<u8>)>> {
+pub(crate) fn binary_with_libs(path: &str) -> std::io::Result<Vec<(String, Vec<u8>)>> {
     let mut files = vec![(path.to_owned(), std::fs::read(path)?)];
     let out = Command::new("ldd").arg(path).output()?;
     for line in String::from_utf8_lossy(&out.stdout).lines() {
@@ -161,7 +168,8 @@ const UPLOAD_PORT: u16 = 5001;
 
 /// How the USB/IP guest gets the disk: the raw upload first, then `usbip attach`.
 const USBIP_ATTACH: &str = r#"
-dd if=/dev/zero bs=64k count=$UPLOAD_CHUNKS 2>/dev/null | nc 10.0.2.100 5001
+dd if=/dev/zero bs=1M count=$UPLOAD_MIB 2>/dev/null |
+    socat -u -b 1048576 STDIN TCP:"$PERIWIRE_SERVER":5001
 mark UPLOADED
 mkdir -p /var/run/vhci_hcd
 usbip attach -r "$PERIWIRE_SERVER" -b 1-1
@@ -215,16 +223,33 @@ pub fn run(plan: GuestPlan, dir: &Path, path: GuestPath) -> Result<GuestResult, 
         })
         .map_err(|b| format!("duplicate {b}"))?;
     let runtime = server_runtime(SERVER_THREADS).map_err(err("runtime"))?;
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .map_err(err("bind"))?;
+    // On the TAP network, the server's sockets are made inside its namespace, at the
+    // guest's default ports (nothing else is there).
+    let net = match path {
+        GuestPath::UsbipTap => Some(TapNetwork::new().map_err(|e| e.to_string())?),
+        _ => None,
+    };
+    let bind = |port: u16| -> Result<std::net::TcpListener, String> {
+        match &net {
+            Some(net) => net
+                .bind_tcp((TAP_HOST_ADDR, port).into())
+                .map_err(|e| e.to_string()),
+            None => std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}")),
+        }
+    };
+    let listener = bind(USBIP_PORT)?;
+    listener.set_nonblocking(true).map_err(err("bind"))?;
+    let listener = {
+        let _runtime = runtime.enter();
+        tokio::net::TcpListener::from_std(listener).map_err(err("bind"))?
+    };
     let port = listener.local_addr().map_err(err("bind"))?.port();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let stopped = async {
         let _ = stopped.await;
     };
     let server = match path {
-        GuestPath::Usbip => {
+        GuestPath::Usbip | GuestPath::UsbipTap => {
             runtime.spawn(serve(listener, registry, ServerConfig::default(), stopped))
         }
         GuestPath::Usbredir => runtime.spawn(periwire_server::usbredir::serve(
@@ -239,18 +264,16 @@ pub fn run(plan: GuestPlan, dir: &Path, path: GuestPath) -> Result<GuestResult, 
     };
 
     let ioping = which("ioping").ok_or("ioping is missing")?;
-    let upload = std::net::TcpListener::bind("127.0.0.1:0").map_err(err("bind"))?;
+    let upload = bind(UPLOAD_PORT)?;
     let upload_port = upload.local_addr().map_err(err("bind"))?.port();
     let upload_bytes = u64::from(plan.upload_mib) * 1024 * 1024;
     let (attach, detach) = match path {
-        GuestPath::Usbip => (USBIP_ATTACH, "usbip detach -p 0\n"),
+        GuestPath::Usbip | GuestPath::UsbipTap => (USBIP_ATTACH, "usbip detach -p 0\n"),
         GuestPath::Usbredir => ("", ""),
     };
     let scenario = format!(
-        "SEQ_MIB={}\nRANDOM_SECS={}\nUPLOAD_CHUNKS={}\n{attach}{MEASURE}{detach}mark DETACHED\n",
-        plan.seq_mib,
-        plan.random_secs,
-        upload_bytes / (64 * 1024)
+        "SEQ_MIB={}\nRANDOM_SECS={}\nUPLOAD_MIB={}\n{attach}{MEASURE}{detach}mark DETACHED\n",
+        plan.seq_mib, plan.random_secs, plan.upload_mib
     );
     let mut config = GuestConfig::new(scenario).timeout(Duration::from_secs(240));
     let upload_rate = match path {
@@ -259,6 +282,13 @@ pub fn run(plan: GuestPlan, dir: &Path, path: GuestPath) -> Result<GuestResult, 
                 .modules(["vhci-hcd", "usb-storage", "sd_mod"])
                 .server_port(port)
                 .forward(UPLOAD_PORT, upload_port);
+            Some(std::thread::spawn(move || raw_upload_rate(&upload)))
+        }
+        GuestPath::UsbipTap => {
+            let net = net.as_ref().ok_or("the TAP network is missing")?;
+            config = config
+                .modules(["vhci-hcd", "usb-storage", "sd_mod"])
+                .tap_network(net);
             Some(std::thread::spawn(move || raw_upload_rate(&upload)))
         }
         GuestPath::Usbredir => {
@@ -271,11 +301,19 @@ pub fn run(plan: GuestPlan, dir: &Path, path: GuestPath) -> Result<GuestResult, 
     for (path, bytes) in binary_with_libs(&ioping).map_err(err("ioping"))? {
         config = config.file(path, 0o755, bytes);
     }
+    // The raw upload's sender: socat with 1 MiB reads and writes (busybox nc moves a few KiB
+    // per write, which on the TAP link bounds it below the USB/IP rows it should bound).
+    if path != GuestPath::Usbredir {
+        let socat = which("socat").ok_or("socat is missing (scripts/install-test-deps)")?;
+        for (path, bytes) in binary_with_libs(&socat).map_err(err("socat"))? {
+            config = config.file(path, 0o755, bytes);
+        }
+    }
     let step = Duration::from_secs(180);
     let outcome = (|| -> Result<GuestResult, String> {
         let mut guest = Guest::boot(config).map_err(|e| e.to_string())?;
         let line = |g: &mut Guest, m: &str| g.expect_line(m, step).map_err(|e| e.to_string());
-        if path == GuestPath::Usbip {
+        if path != GuestPath::Usbredir {
             line(&mut guest, "UPLOADED")?;
         }
         line(&mut guest, "ATTACHED")?;
@@ -349,8 +387,8 @@ fn raw_upload_rate(listener: &std::net::TcpListener) -> std::io::Result<(u64, f6
     Ok((total, total as f64 / secs.max(1e-3)))
 }
 
-/// Seconds between the two `/proc/uptime` stamps of a `MARK t0 t1` line.
-fn seconds(line: &str) -> Result<f64, String> {
+/// Seconds between the two `/proc/uptime` stamps of a `MARK [WORD] t0 t1` line.
+pub(crate) fn seconds(line: &str) -> Result<f64, String> {
     let t: Vec<f64> = line
         .split_whitespace()
         .skip(1)

@@ -6,7 +6,8 @@
 //! which first installs what the guest part needs). This library holds everything but the
 //! peer, which is a dev-dependency: [`client`] (the one load generator every server faces),
 //! [`target`] (the servers, each on its own runtime), [`loopback`] (the ceiling), [`bench`]
-//! (rows, rounds, medians, the table) and [`guest`] (the disk through a real kernel).
+//! (rows, rounds, medians, the table), [`guest`] (the disk through a real kernel) and
+//! [`passthrough`] (a guest's stick through periwire's passthrough against the kernel's).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -15,4 +16,5 @@ pub mod bench;
 pub mod client;
 pub mod guest;
 pub mod loopback;
+pub mod passthrough;
 pub mod target;

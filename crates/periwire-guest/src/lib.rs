@@ -25,10 +25,11 @@
 //!
 //! `/init` mounts `/proc`, `/sys`, `/dev` (devtmpfs), `/dev/pts`, `/tmp` and `/run`; loads
 //! the requested modules with their dependencies (resolved on the host from `modules.dep`);
-//! brings up `eth0` as 10.0.2.15/24 with the default route via 10.0.2.2 (unless
-//! [`GuestConfig::without_network`]); runs the scenario
+//! brings up `eth0` (10.0.2.15/24 via 10.0.2.2 on the user-mode network, 10.77.0.2/24 via
+//! 10.77.0.1 on a [`TapNetwork`]; none with [`GuestConfig::without_network`]); runs the scenario
 //! with `sh -e` in `/root`; prints `PERIWIRE-GUEST-EXIT <status>` and powers off. The
-//! scenario sees `$PERIWIRE_SERVER` (10.0.2.100) and `$PERIWIRE_PORT` (3240) and two helpers:
+//! scenario sees `$PERIWIRE_SERVER` (10.0.2.100, or 10.77.0.1 on a [`TapNetwork`]) and
+//! `$PERIWIRE_PORT` (3240) and two helpers:
 //! `wait_for PATH [SECONDS]` and `mark WORDS...`. Its standard input is the console, so
 //! [`Guest::send_line`] can feed it (`read -r line`).
 //!
@@ -43,11 +44,20 @@
 //!
 //! # Networking
 //!
-//! QEMU user-mode networking with `restrict=on`: the guest reaches nothing but the forwards.
+//! By default, QEMU user-mode networking with `restrict=on`: the guest reaches nothing but the forwards.
 //! Every TCP connection the guest opens to 10.0.2.100:`guest_port` becomes a new TCP
 //! connection from the host to 127.0.0.1:`host_port` (made by `socat`, which QEMU starts
 //! for each guest connection), so the server sees one connection per guest connection and
-//! each side sees the other close.
+//! each side sees the other close. User-mode networking moves guest → host TCP at a few
+//! MB/s only.
+//!
+//! [`GuestConfig::tap_network`] gives the guest a faster, equally isolated link instead: a
+//! network namespace the test creates ([`TapNetwork::new`]) holds a TAP device with
+//! 10.77.0.1/24 and nothing else; QEMU runs inside the namespace with its card on the TAP
+//! device, and the test's servers bind inside it too ([`TapNetwork::bind_tcp`], or
+//! [`TapNetwork::command`] for a program). The guest reaches the host end at 10.77.0.1
+//! directly, no forwards; the namespace has no route out, so nothing leaves it. Dropping
+//! the last [`TapNetwork`] clone and the guest deletes the namespace.
 //!
 //! # Serialisation and timeouts
 //!
@@ -65,6 +75,7 @@
 mod cpio;
 mod image;
 mod modules;
+mod tap;
 
 use std::fmt;
 use std::fs::File;
@@ -79,6 +90,7 @@ use std::time::{Duration, Instant};
 
 pub use image::{GuestFile, Kernel};
 pub use modules::normalize as normalize_module_name;
+pub use tap::{TapNetwork, TAP_GUEST_ADDR, TAP_HOST_ADDR, TAP_PREFIX};
 
 /// The address the guest reaches the host's forwarded ports at.
 pub const SERVER_ADDR: &str = "10.0.2.100";
@@ -157,6 +169,10 @@ pub enum Error {
         /// The last console lines.
         tail: String,
     },
+    /// The guest's network could not be set up, or the configuration asks for what its
+    /// network cannot do.
+    #[error("guest network: {0}")]
+    Network(String),
     /// The scenario exited with a non-zero status ([`Guest::wait_success`] only).
     #[error("scenario failed with exit status {status}\n--- console tail ---\n{tail}")]
     ScenarioFailed {
@@ -223,6 +239,17 @@ pub struct Exposed {
     pub host_port: u16,
 }
 
+/// The guest's network card, if any.
+#[derive(Debug, Clone)]
+pub enum Network {
+    /// No card ([`GuestConfig::without_network`]).
+    None,
+    /// QEMU user-mode networking, `restrict=on`, with the forwards and exposed ports.
+    User,
+    /// A TAP device in a network namespace of the test's ([`GuestConfig::tap_network`]).
+    Tap(TapNetwork),
+}
+
 /// How to boot a guest. Build it with [`GuestConfig::new`] and the chained setters.
 #[derive(Debug, Clone)]
 pub struct GuestConfig {
@@ -250,9 +277,9 @@ pub struct GuestConfig {
     pub memory_mib: u32,
     /// Virtual CPUs (QEMU's multi-threaded TCG runs each on its own host thread).
     pub cpus: u32,
-    /// Whether the guest has its network card (user-mode, `restrict=on`) and `/init` brings
-    /// up `eth0`. Without it the forwards and exposed ports do nothing.
-    pub network: bool,
+    /// The guest's network card, which `/init` brings up as `eth0`. Forwards and exposed
+    /// ports are of the user-mode network only.
+    pub network: Network,
     /// The longest the guest may live; after it QEMU is killed and waits fail. A failure
     /// limit, not a synchronisation means.
     pub timeout: Duration,
@@ -273,7 +300,7 @@ impl GuestConfig {
             kernel_args: Vec::new(),
             memory_mib: 512,
             cpus: 1,
-            network: true,
+            network: Network::User,
             timeout: Duration::from_secs(300),
         }
     }
@@ -370,7 +397,16 @@ impl GuestConfig {
     /// A guest without a network card: for a VM the harness does not run itself
     /// ([`BootImage`]), whose launcher gives it no user-mode network to reach.
     pub fn without_network(mut self) -> Self {
-        self.network = false;
+        self.network = Network::None;
+        self
+    }
+
+    /// Puts the guest's card on `net`'s TAP device instead of the user-mode network: QEMU
+    /// runs inside `net`'s namespace, and the guest reaches the servers bound there at
+    /// [`TAP_HOST_ADDR`] (its `$PERIWIRE_SERVER`). For tests that move data faster than
+    /// user-mode networking carries it. Forwards and exposed ports cannot be used with it.
+    pub fn tap_network(mut self, net: &TapNetwork) -> Self {
+        self.network = Network::Tap(net.clone());
         self
     }
 
@@ -525,6 +561,8 @@ pub struct Guest {
     readers: Vec<JoinHandle<()>>,
     _initrd: tempfile::NamedTempFile,
     _lock: GuestLock,
+    /// The TAP network's namespace, kept until QEMU (killed by the drop) is gone.
+    _net: Option<TapNetwork>,
 }
 
 impl fmt::Debug for Guest {
@@ -694,13 +732,35 @@ impl BootImage {
         // The guest's own watchdog fires a little after the host's limit.
         let guest_limit = config.timeout.as_secs() + 10;
         let mut files = config.files.clone();
-        if !config.network {
-            files.push(GuestFile {
+        // "ADDRESS/PREFIX GATEWAY SERVER" for /init and lib.sh.
+        let network = match &config.network {
+            Network::None => None,
+            Network::User => Some(format!("10.0.2.15/24 10.0.2.2 {SERVER_ADDR}")),
+            Network::Tap(_) => {
+                if !config.forwards.is_empty() || !config.exposed.is_empty() {
+                    return Err(Error::Network(
+                        "forwards and exposed ports are of the user-mode network; on a TAP \
+                         network, bind the server in its namespace (TapNetwork::bind_tcp)"
+                            .into(),
+                    ));
+                }
+                Some(format!(
+                    "{TAP_GUEST_ADDR}/{TAP_PREFIX} {TAP_HOST_ADDR} {TAP_HOST_ADDR}"
+                ))
+            }
+        };
+        files.push(match network {
+            Some(line) => GuestFile {
+                path: "/etc/periwire/network".into(),
+                mode: 0o644,
+                contents: format!("{line}\n").into_bytes(),
+            },
+            None => GuestFile {
                 path: "/etc/periwire/no-network".into(),
                 mode: 0o644,
                 contents: Vec::new(),
-            });
-        }
+            },
+        });
         let scenario = image::scenario_archive(&config.scenario, guest_limit, &files);
 
         let lock = GuestLock::acquire()?;
@@ -767,7 +827,16 @@ impl Guest {
     pub fn boot(config: GuestConfig) -> Result<Guest> {
         let boot = BootImage::build(&config)?;
         let qemu = std::env::var("PERIWIRE_QEMU").unwrap_or_else(|_| "qemu-system-x86_64".into());
-        let mut cmd = Command::new(&qemu);
+        let tap = match &config.network {
+            Network::Tap(net) => Some(net.clone()),
+            _ => None,
+        };
+        // On a TAP network, QEMU runs inside its namespace (`ip` execs it, so the child is
+        // QEMU itself).
+        let mut cmd = match &tap {
+            Some(net) => net.command(&qemu),
+            None => Command::new(&qemu),
+        };
         cmd.args([
             "-accel",
             "tcg",
@@ -793,9 +862,17 @@ impl Guest {
         .arg(boot.initrd())
         .arg("-append")
         .arg(boot.cmdline());
-        if config.network {
+        let netdev = match &config.network {
+            Network::None => None,
+            Network::User => Some(netdev_arg(&config.forwards, &config.exposed)),
+            Network::Tap(_) => Some(format!(
+                "tap,id=n0,ifname={},script=no,downscript=no",
+                tap::TAP_DEVICE
+            )),
+        };
+        if let Some(netdev) = netdev {
             cmd.arg("-netdev")
-                .arg(netdev_arg(&config.forwards, &config.exposed))
+                .arg(netdev)
                 .args(["-device", "virtio-net-pci,netdev=n0,romfile="]);
         }
         cmd.args(&config.qemu_args)
@@ -837,14 +914,9 @@ impl Guest {
             .stdin
             .take()
             .map(|s| Box::new(s) as Box<dyn Write + Send>);
-        Ok(Guest::new(
-            Vm::Qemu(child),
-            stdin,
-            events,
-            readers,
-            started,
-            boot,
-        ))
+        let mut guest = Guest::new(Vm::Qemu(child), stdin, events, readers, started, boot);
+        guest._net = tap;
+        Ok(guest)
     }
 
     /// A guest some other program runs (libvirt), booted from `boot`: `console` is a stream
@@ -895,6 +967,7 @@ impl Guest {
             readers,
             _initrd: boot.initrd,
             _lock: boot.lock,
+            _net: None,
         }
     }
 

@@ -6,7 +6,7 @@ use std::net::TcpListener;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use periwire_guest::{Error, Guest, GuestConfig};
+use periwire_guest::{Error, Guest, GuestConfig, TapNetwork, TAP_HOST_ADDR};
 
 /// Failure limit for one wait; boots take a few seconds, so this is never reached when
 /// things work.
@@ -213,4 +213,139 @@ fn kill_ends_a_guest_at_once_and_one_thread_may_run_two_guests() {
     eprintln!("killed {:?}", t.elapsed());
     let o = other.wait_success(LIMIT).unwrap();
     eprintln!("other {:?} {:?}", t.elapsed(), o.ended_at);
+}
+
+/// Bytes the TAP test moves each way.
+const TAP_BYTES: usize = 16 * 1024 * 1024;
+
+/// `sha256sum` of `data`, computed by the host's coreutils.
+fn host_sha256(data: &[u8]) -> String {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("sha256sum (coreutils)");
+    child.stdin.take().unwrap().write_all(data).unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+/// A TAP network carries data both ways between the guest and listeners bound in its
+/// namespace, intact; the guest reaches nothing outside the namespace: not a listener on
+/// the host's own loopback, not another address.
+#[test]
+fn tap_network_carries_data_both_ways_and_nothing_leaves_its_namespace() {
+    use std::io::Write;
+    let net = TapNetwork::new().unwrap();
+    let up = net.bind_tcp((TAP_HOST_ADDR, 5001).into()).unwrap();
+    let down = net.bind_tcp((TAP_HOST_ADDR, 5002).into()).unwrap();
+    // Outside the namespace: a listener on the host's loopback, at a port nothing in the
+    // namespace listens on. The guest tries it at the link's host end and at the user-mode
+    // network's host address.
+    let outside = TcpListener::bind("127.0.0.1:0").unwrap();
+    let outside_port = outside.local_addr().unwrap().port();
+    // Pseudo-random bytes (xorshift), so a reordered or dropped segment changes the digest.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let sent: Vec<u8> = (0..TAP_BYTES)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let sent_digest = host_sha256(&sent);
+    // The connections' results come back on a channel, so a guest that never connects
+    // fails the test (with its console) rather than hang it.
+    let (tx, results) = mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut conn, _) = up.accept().unwrap();
+        let mut received = Vec::new();
+        conn.read_to_end(&mut received).unwrap();
+        // Closed, so the guest's `nc` ends.
+        drop(conn);
+        tx.send(received).unwrap();
+        let (mut conn, _) = down.accept().unwrap();
+        conn.write_all(&sent).unwrap();
+    });
+    let started = Instant::now();
+    let mut guest = Guest::boot(
+        GuestConfig::new(format!(
+            r#"
+            mark ADDR $(ip -4 addr show dev eth0 | grep inet)
+            dd if=/dev/urandom of=/tmp/up bs=1M count={mib} 2>/dev/null
+            mark UP-SUM $(sha256sum </tmp/up)
+            nc "$PERIWIRE_SERVER" 5001 </tmp/up
+            nc "$PERIWIRE_SERVER" 5002 </dev/null >/tmp/down
+            mark DOWN-SUM $(sha256sum </tmp/down)
+            for target in "$PERIWIRE_SERVER" 10.0.2.2 192.0.2.1; do
+                if timeout 20 nc -w 10 "$target" {outside_port} </dev/null; then
+                    mark OUTSIDE reached "$target"
+                else
+                    mark OUTSIDE unreachable "$target"
+                fi
+            done
+            "#,
+            mib = TAP_BYTES >> 20,
+        ))
+        .tap_network(&net),
+    )
+    .unwrap();
+    let addr = guest.expect_line("ADDR ", LIMIT).unwrap();
+    assert!(addr.contains("10.77.0.2/24"), "the guest's address: {addr}");
+    let up_sum = guest.expect_line("UP-SUM ", LIMIT).unwrap();
+    let received = results
+        .recv_timeout(LIMIT)
+        .unwrap_or_else(|e| panic!("the guest's upload: {e}\n{}", guest.tail(40)));
+    assert_eq!(received.len(), TAP_BYTES, "guest → host bytes");
+    assert_eq!(
+        up_sum.split_whitespace().nth(1),
+        Some(host_sha256(&received).as_str()),
+        "guest → host data arrives intact"
+    );
+    let down_sum = guest.expect_line("DOWN-SUM ", LIMIT).unwrap();
+    assert_eq!(
+        down_sum.split_whitespace().nth(1),
+        Some(sent_digest.as_str()),
+        "host → guest data arrives intact"
+    );
+    for target in ["10.77.0.1", "10.0.2.2", "192.0.2.1"] {
+        assert_eq!(
+            guest.expect_line("OUTSIDE ", LIMIT).unwrap(),
+            format!("OUTSIDE unreachable {target}"),
+            "the guest cannot reach port {outside_port} at {target}"
+        );
+    }
+    report("tap", &guest.wait_success(LIMIT).unwrap());
+    // Nothing reached the listener outside the namespace.
+    outside.set_nonblocking(true).unwrap();
+    assert_eq!(
+        outside.accept().map(|(_, peer)| peer).map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::WouldBlock),
+        "no connection from the guest reached the host's loopback"
+    );
+    // And the namespace has no route beyond its link.
+    let route = std::process::Command::new("ip")
+        .args(["-n", net.name(), "route", "get", "192.0.2.1"])
+        .output()
+        .unwrap();
+    assert!(
+        !route.status.success(),
+        "no route out of the namespace: {}",
+        String::from_utf8_lossy(&route.stdout)
+    );
+    let name = net.name().to_owned();
+    drop(guest);
+    drop(net);
+    assert!(
+        !std::path::Path::new("/run/netns").join(&name).exists(),
+        "the namespace {name} is deleted with the guest and the network"
+    );
+    eprintln!("tap: whole test {:?}", started.elapsed());
 }

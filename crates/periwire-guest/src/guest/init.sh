@@ -48,9 +48,11 @@ if [ ! -e /etc/periwire/no-network ]; then
         [ "$tries" -le 100 ] || fail "no eth0"
         usleep 100000
     done
+    # "ADDRESS/PREFIX GATEWAY SERVER": the user-mode network's or a TAP network's.
+    read -r addr gateway _ </etc/periwire/network || fail "no /etc/periwire/network"
     ip link set eth0 up || fail "eth0 up"
-    ip addr add 10.0.2.15/24 dev eth0 || fail "eth0 address"
-    ip route add default via 10.0.2.2 || fail "default route"
+    ip addr add "$addr" dev eth0 || fail "eth0 address"
+    ip route add default via "$gateway" || fail "default route"
 fi
 
 read -r up _ </proc/uptime

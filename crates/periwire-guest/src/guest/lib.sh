@@ -1,7 +1,11 @@
 # Helpers every periwire-guest scenario can use (sourced before the scenario).
 
-# The USB/IP server, as the guest sees it (QEMU forwards it to the host's loopback).
+# The USB/IP server, as the guest sees it: QEMU forwards 10.0.2.100 to the host's loopback
+# on the user-mode network; on a TAP network it is the host end of the link.
 PERIWIRE_SERVER=10.0.2.100
+if [ -r /etc/periwire/network ]; then
+    read -r _ _ PERIWIRE_SERVER </etc/periwire/network
+fi
 PERIWIRE_PORT=3240
 export PERIWIRE_SERVER PERIWIRE_PORT
 
