@@ -234,6 +234,11 @@ async fn run_endpoint<K, H>(
     let mut closed = false;
     loop {
         let next = std::future::poll_fn(|cx| {
+            // Dropping a cancelled URB's future cancels it in the device. This comes before
+            // the queue is read: the slot a cancel frees must be filled in the same poll, as
+            // nothing else would wake the task for the URBs already waiting in the queue.
+            running
+                .retain_mut(|r| r.done.is_some() || Pin::new(&mut r.cancel).poll(cx).is_pending());
             while !closed && running.len() < depth {
                 match queue.poll_recv(cx) {
                     Poll::Ready(Some(work)) => {
@@ -248,9 +253,6 @@ async fn run_endpoint<K, H>(
                     Poll::Pending => break,
                 }
             }
-            // Dropping a cancelled URB's future cancels it in the device.
-            running
-                .retain_mut(|r| r.done.is_some() || Pin::new(&mut r.cancel).poll(cx).is_pending());
             for r in running.iter_mut() {
                 if let Some(future) = r.future.as_mut() {
                     if let Poll::Ready(c) = future.as_mut().poll(cx) {
@@ -373,6 +375,24 @@ mod tests {
         let done = next(&mut s).await.completion;
         assert_eq!(done.status, Err(periwire_usb::TransferError::ShortPacket));
         assert_eq!((done.actual_length, done.data), (8, vec![5; 8]));
+        s.close().await;
+    }
+
+    #[tokio::test]
+    async fn cancelling_the_urb_a_device_works_on_lets_the_queued_one_in() {
+        // One URB at a time on the interrupt endpoint: the second waits in the queue until
+        // the first is cancelled (as a driver closing and reopening a tty does).
+        let (mut s, _registry, handle) = session();
+        s.submit(1, urb_in(EP_INTERRUPT, 8), Arc::new(()));
+        s.submit(2, urb_in(EP_INTERRUPT, 8), Arc::new(()));
+        tokio::task::yield_now().await;
+        assert!(s.cancel(1));
+        handle.send_interrupt(vec![9; 8]).await.unwrap();
+        let done = next(&mut s).await;
+        assert_eq!(
+            (done.id, done.completion),
+            (2, Completion::data_in(vec![9; 8]))
+        );
         s.close().await;
     }
 
