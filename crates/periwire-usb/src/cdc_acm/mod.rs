@@ -435,28 +435,21 @@ mod tests {
     fn class_requests() {
         let (port, link) = CdcAcm::new(CdcAcmConfig::default());
         let run = |raw, data: &[u8]| ready_now(port.submit(control(raw, data)));
+        let ok = |raw, data: &[u8]| run(raw, data).into_result().expect("request completes");
         // GET_LINE_CODING before any SET: the configured default, 115200 8N1.
-        let r = run([0xa1, 0x21, 0, 0, 0, 0, 7, 0], &[])
-            .into_result()
-            .unwrap();
+        let r = ok([0xa1, 0x21, 0, 0, 0, 0, 7, 0], &[]);
         assert_eq!(r.data, [0x00, 0xc2, 0x01, 0x00, 0, 0, 8]);
         // SET_LINE_CODING 9600 8N1 (what Linux cdc_acm sends at probe), read back.
         let line = [0x80, 0x25, 0, 0, 0, 0, 8];
-        let r = run([0x21, 0x20, 0, 0, 0, 0, 7, 0], &line)
-            .into_result()
-            .unwrap();
+        let r = ok([0x21, 0x20, 0, 0, 0, 0, 7, 0], &line);
         assert_eq!(r.actual_length, 7);
         assert_eq!(link.line_coding().baud_rate, 9600);
         assert_eq!(port.line_coding().baud_rate, 9600);
-        let r = run([0xa1, 0x21, 0, 0, 0, 0, 7, 0], &[])
-            .into_result()
-            .unwrap();
+        let r = ok([0xa1, 0x21, 0, 0, 0, 0, 7, 0], &[]);
         assert_eq!(r.data, line);
         // SET_CONTROL_LINE_STATE DTR | RTS.
         let mut watch = link.watch_settings();
-        run([0x21, 0x22, 0x03, 0, 0, 0, 0, 0], &[])
-            .into_result()
-            .unwrap();
+        ok([0x21, 0x22, 0x03, 0, 0, 0, 0, 0], &[]);
         assert!(watch.has_changed().unwrap());
         assert_eq!(
             watch.borrow_and_update().control_lines,
@@ -466,13 +459,9 @@ mod tests {
             }
         );
         // SEND_BREAK on and off.
-        run([0x21, 0x23, 0xff, 0xff, 0, 0, 0, 0], &[])
-            .into_result()
-            .unwrap();
+        ok([0x21, 0x23, 0xff, 0xff, 0, 0, 0, 0], &[]);
         assert!(link.settings().break_on);
-        run([0x21, 0x23, 0, 0, 0, 0, 0, 0], &[])
-            .into_result()
-            .unwrap();
+        ok([0x21, 0x23, 0, 0, 0, 0, 0, 0], &[]);
         assert!(!link.settings().break_on);
         assert_eq!(link.settings().breaks, 1);
         // Short line coding, wrong interface, encapsulated commands, vendor: stall.
@@ -482,9 +471,7 @@ mod tests {
         assert_eq!(run([0xa1, 0x01, 0, 0, 0, 0, 64, 0], &[]), stall);
         assert_eq!(run([0xc0, 0x01, 0, 0, 0, 0, 64, 0], &[]), stall);
         // SET_CONFIGURATION drops the control lines, keeps the line coding.
-        run([0x00, 0x09, 0x01, 0, 0, 0, 0, 0], &[])
-            .into_result()
-            .unwrap();
+        ok([0x00, 0x09, 0x01, 0, 0, 0, 0, 0], &[]);
         assert_eq!(link.control_lines(), ControlLineState::default());
         assert_eq!(link.line_coding().baud_rate, 9600);
     }
